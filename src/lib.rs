@@ -1,0 +1,37 @@
+//! audit-tail: a PostgreSQL audit trail with a live second copy.
+//!
+//! The SQL side (sql/) writes one users_audit row per changed field and exports each day to CSV
+//! with pg_cron. The consumer streams the same rows through logical replication into rolling daily
+//! CSV files. See docs/architecture.md for the flow, module by module.
+
+pub mod cli;
+pub mod cluster;
+pub mod demo;
+pub mod sink;
+pub mod sql;
+
+/// Every error the program can end with; `main` alone turns these into exit codes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    #[error(transparent)]
+    Sql(#[from] sql::SqlError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("output failed: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Whether this is stdout closed by the reader (`| head`): a normal end, not a failure.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}

@@ -1,0 +1,107 @@
+//! The `text` form of a row on stdout: one readable line, not a data format.
+//!
+//! Sits at the end of the flow beside the CSV files. For users_audit rows the line reads like a
+//! sentence; any other table gets `table col=value ...`. NULL prints as NULL, text in quotes.
+
+use std::fmt::Write;
+
+/// One line (without newline) for a row of `table` whose columns are `names` and `values`.
+pub fn format_row(table: &str, names: &[&str], values: &[Option<&str>]) -> String {
+    let get = |name: &str| {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .and_then(|i| values.get(i).copied())
+    };
+    let audit_columns = [
+        "changed_at",
+        "user_id",
+        "field_changed",
+        "old_value",
+        "new_value",
+        "changed_by",
+    ];
+    if table == "users_audit" && audit_columns.iter().all(|c| get(c).is_some()) {
+        let at = get("changed_at").flatten().map(seconds).unwrap_or("NULL");
+        return format!(
+            "{at} user {user} {field}: {old} → {new} by {by}",
+            user = get("user_id").flatten().unwrap_or("NULL"),
+            field = get("field_changed").flatten().unwrap_or("NULL"),
+            old = quoted(get("old_value").flatten()),
+            new = quoted(get("new_value").flatten()),
+            by = get("changed_by").flatten().unwrap_or("NULL"),
+        );
+    }
+    let mut line = table.to_string();
+    for (name, value) in names.iter().zip(values) {
+        let _ = write!(line, " {name}={}", quoted(*value));
+    }
+    line
+}
+
+/// `2025-10-21 11:55:51.123456` → `2025-10-21 11:55:51`.
+fn seconds(timestamp: &str) -> &str {
+    timestamp.get(..19).unwrap_or(timestamp)
+}
+
+fn quoted(value: Option<&str>) -> String {
+    match value {
+        None => "NULL".to_string(),
+        Some(v) => format!("{v:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AUDIT: [&str; 7] = [
+        "id",
+        "user_id",
+        "changed_at",
+        "changed_by",
+        "field_changed",
+        "old_value",
+        "new_value",
+    ];
+
+    #[test]
+    fn audit_rows_read_as_a_sentence() {
+        let values = [
+            Some("1"),
+            Some("1"),
+            Some("2025-10-21 11:55:51.482913"),
+            Some("alice"),
+            Some("name"),
+            Some("Иван Иванов"),
+            Some("Иван Сидоров"),
+        ];
+        assert_eq!(
+            format_row("users_audit", &AUDIT, &values),
+            "2025-10-21 11:55:51 user 1 name: \"Иван Иванов\" → \"Иван Сидоров\" by alice"
+        );
+    }
+
+    #[test]
+    fn null_is_not_an_empty_string() {
+        let values = [
+            Some("2"),
+            Some("3"),
+            Some("2025-10-21 00:00:00"),
+            Some("bob"),
+            Some("email"),
+            None,
+            Some(""),
+        ];
+        assert_eq!(
+            format_row("users_audit", &AUDIT, &values),
+            "2025-10-21 00:00:00 user 3 email: NULL → \"\" by bob"
+        );
+    }
+
+    #[test]
+    fn control_characters_cannot_break_the_line() {
+        let line = format_row("notes", &["id", "body"], &[Some("7"), Some("a\nb\"c")]);
+        assert_eq!(line, "notes id=\"7\" body=\"a\\nb\\\"c\"");
+    }
+}

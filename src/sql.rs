@@ -1,0 +1,104 @@
+//! Ordinary SQL connections (tokio-postgres) and the SQL scripts embedded in the binary.
+//!
+//! This sits beside the replication flow: `setup`, `demo`, pre-flight checks and `verify` use it.
+//! Notices the server sends (the installer's hints, for one) are passed on to the log on stderr.
+
+use std::future::poll_fn;
+
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+
+/// sql/install.sql: the tables, trigger, export functions, publication, role and cron job.
+pub const INSTALL_SQL: &str = include_str!("../sql/install.sql");
+
+/// sql/demo_data.sql: the reference scenario that leaves six audit rows.
+pub const DEMO_DATA_SQL: &str = include_str!("../sql/demo_data.sql");
+
+/// A server error with what the server said, and what to do about it when known.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {}", describe(.source))]
+pub struct SqlError {
+    pub context: String,
+    #[source]
+    pub source: tokio_postgres::Error,
+}
+
+impl SqlError {
+    /// Wraps `source` with what we were doing when it happened.
+    pub fn new(context: impl Into<String>, source: tokio_postgres::Error) -> SqlError {
+        SqlError {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The SQLSTATE of the server's error, when the server sent one.
+    pub fn code(&self) -> Option<&str> {
+        self.source.as_db_error().map(|e| e.code().code())
+    }
+}
+
+/// The server's message with its detail and hint, or the client-side error's chain.
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let mut text = db.message().to_string();
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!(" ({detail})"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!("; hint: {hint}"));
+        }
+        return text;
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// Connects and drives the connection on its own task, logging the server's notices.
+pub async fn connect(config: &Config) -> Result<Client, SqlError> {
+    let (client, mut connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| SqlError::new("could not connect to PostgreSQL", e))?;
+    tokio::spawn(async move {
+        while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notice(notice)) => {
+                    let text = match notice.hint() {
+                        Some(hint) => format!("{} (hint: {hint})", notice.message()),
+                        None => notice.message().to_string(),
+                    };
+                    match notice.severity() {
+                        "WARNING" => tracing::warn!("{text}"),
+                        _ => tracing::info!("{text}"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "SQL connection closed");
+                    break;
+                }
+            }
+        }
+    });
+    Ok(client)
+}
+
+/// Applies sql/install.sql to the database `client` is connected to. `export_dir`, when given,
+/// is the server-side directory for the nightly export files (kept from before when None).
+pub async fn install(client: &Client, export_dir: Option<&str>) -> Result<(), SqlError> {
+    if let Some(dir) = export_dir {
+        client
+            .execute("SELECT set_config('audit.export_dir', $1, false)", &[&dir])
+            .await
+            .map_err(|e| SqlError::new("could not set audit.export_dir", e))?;
+    }
+    client
+        .batch_execute(INSTALL_SQL)
+        .await
+        .map_err(|e| SqlError::new("sql/install.sql failed", e))
+}

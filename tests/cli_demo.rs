@@ -1,0 +1,57 @@
+//! `audit-tail demo` as a user runs it: the binary, a real throwaway cluster, stdout and exit code.
+
+use std::process::Command;
+
+#[test]
+fn demo_prints_the_six_reference_rows_and_their_csv() {
+    let out = Command::new(env!("CARGO_BIN_EXE_audit-tail"))
+        .arg("demo")
+        .output()
+        .expect("run audit-tail demo");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    for expected in [
+        "user 1 name: \"Иван Иванов\" → \"Иван Сидоров\" by admin@example.com",
+        "user 1 role: \"user\" → \"admin\" by admin@example.com",
+        "user 2 email: \"petr@example.com\" → \"petr_p@example.com\" by postgres",
+        "user 3 name: \"Андрей Сидоров\" → \"Сергей Иванов\" by hr@example.com",
+        "user 3 email: \"sidorov@example.com\" → \"ivanov_s@example.com\" by hr@example.com",
+        "user 3 role: \"manager\" → \"user\" by hr@example.com",
+        "id,user_id,changed_at,changed_by,field_changed,old_value,new_value\n",
+        ",admin@example.com,name,Иван Иванов,Иван Сидоров\n",
+        ",hr@example.com,role,manager,user\n",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    let csv_rows = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("id,user_id"))
+        .count();
+    assert_eq!(csv_rows, 7, "header and six rows:\n{stdout}");
+    // Logs go to stderr, never into the data on stdout.
+    assert!(!stdout.contains("INFO"), "{stdout}");
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = Command::new(env!("CARGO_BIN_EXE_audit-tail"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("demo"));
+}
+
+#[test]
+fn an_unknown_command_is_a_usage_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_audit-tail"))
+        .arg("frobnicate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"));
+}
