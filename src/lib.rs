@@ -4,9 +4,13 @@
 //! with pg_cron. The consumer streams the same rows through logical replication into rolling daily
 //! CSV files. See docs/architecture.md for the flow, module by module.
 
+pub mod capture;
+pub mod checkpoint;
 pub mod cli;
 pub mod cluster;
 pub mod demo;
+pub mod lsn;
+pub mod pgoutput;
 pub mod sink;
 pub mod sql;
 

@@ -1,0 +1,219 @@
+//! The durable position: the state file in out-dir that makes the stream exactly once.
+//!
+//! Sits after the sinks and before the acknowledgement: the sinks fsync their data files, then
+//! this file is replaced atomically (write a temporary file, fsync it, rename it over the old one,
+//! fsync the directory) with the end LSN of the last transaction whose rows are all on disk and
+//! the length of every stream file at that point. Only then is that LSN sent to the server as
+//! flushed. On start the files are cut back to these lengths and streaming resumes from this LSN.
+//!
+//! Format (text, one fact per line, so an operator can read it):
+//! ```text
+//! audit-tail state 1
+//! lsn 0/1A2B3C8
+//! file users_audit_stream_20251021.csv 1234
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::lsn::Lsn;
+
+/// The state file's name inside out-dir.
+pub const STATE_FILE: &str = "audit-tail.state";
+const TEMP_FILE: &str = "audit-tail.state.tmp";
+const MAGIC: &str = "audit-tail state 1";
+
+/// What is durable: every transaction ending at or before `lsn` is in the files, whose lengths
+/// at that point are `files`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Checkpoint {
+    pub lsn: Lsn,
+    pub files: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("could not {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "{path} line {line} is not a valid audit-tail state ({reason}): it was edited or damaged; \
+         restore it from a backup, or move the out-dir aside to start a new stream"
+    )]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+}
+
+impl Checkpoint {
+    /// The text of the state file.
+    pub fn encode(&self) -> String {
+        let mut text = format!("{MAGIC}\nlsn {}\n", self.lsn);
+        for (name, len) in &self.files {
+            text.push_str(&format!("file {name} {len}\n"));
+        }
+        text
+    }
+
+    /// Parses the text of a state file; `path` is for the error message.
+    pub fn decode(text: &str, path: &Path) -> Result<Checkpoint, CheckpointError> {
+        let corrupt = |line: usize, reason: &str| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            line,
+            reason: reason.to_string(),
+        };
+        if !text.ends_with('\n') {
+            return Err(corrupt(
+                text.lines().count(),
+                "it does not end with a newline",
+            ));
+        }
+        let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+        match lines.next() {
+            Some((_, MAGIC)) => {}
+            _ => return Err(corrupt(1, "the first line is not the format marker")),
+        }
+        let mut checkpoint = Checkpoint::default();
+        let mut seen_lsn = false;
+        for (n, line) in lines {
+            let fields: Vec<&str> = line.split(' ').collect();
+            match fields.as_slice() {
+                ["lsn", lsn] if !seen_lsn => {
+                    checkpoint.lsn = lsn.parse().map_err(|_| corrupt(n, "bad LSN"))?;
+                    seen_lsn = true;
+                }
+                ["file", name, len] if is_plain_file_name(name) => {
+                    let len = len.parse().map_err(|_| corrupt(n, "bad file length"))?;
+                    if checkpoint.files.insert(name.to_string(), len).is_some() {
+                        return Err(corrupt(n, "a file is listed twice"));
+                    }
+                }
+                _ => return Err(corrupt(n, "unexpected line")),
+            }
+        }
+        if !seen_lsn {
+            return Err(corrupt(2, "no lsn line"));
+        }
+        Ok(checkpoint)
+    }
+
+    /// Reads the state file of `dir`; None when there is none yet.
+    pub fn load(dir: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
+        let path = dir.join(STATE_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => Checkpoint::decode(&text, &path).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CheckpointError::Io {
+                action: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Replaces the state file of `dir` atomically and durably. `dir_handle` is `dir` opened for
+    /// reading, to fsync the rename.
+    pub fn store(&self, dir: &Path, dir_handle: &File) -> Result<(), CheckpointError> {
+        let temp = dir.join(TEMP_FILE);
+        let path = dir.join(STATE_FILE);
+        let io = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CheckpointError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(io("create", &temp))?;
+        file.write_all(self.encode().as_bytes())
+            .map_err(io("write", &temp))?;
+        file.sync_all().map_err(io("fsync", &temp))?;
+        drop(file);
+        fs::rename(&temp, &path).map_err(io("rename into place", &path))?;
+        dir_handle
+            .sync_all()
+            .map_err(io("fsync the directory", dir))
+    }
+}
+
+/// File names we write are plain: no separators, spaces or control characters.
+pub fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'%'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_its_text() {
+        let mut files = BTreeMap::new();
+        files.insert("users_audit_stream_20251021.csv".to_string(), 1234);
+        files.insert("a%2Fb_stream_20251022-2.csv".to_string(), 0);
+        let c = Checkpoint {
+            lsn: Lsn(0x1_0000_00AB),
+            files,
+        };
+        let text = c.encode();
+        assert!(text.contains("lsn 1/AB\n"));
+        assert_eq!(Checkpoint::decode(&text, Path::new("s")).unwrap(), c);
+    }
+
+    #[test]
+    fn damaged_state_is_refused_with_the_line() {
+        let p = Path::new("s");
+        for (text, line) in [
+            ("", 0),
+            ("audit-tail state 1\nlsn 0/1", 2),
+            ("something else\nlsn 0/1\n", 1),
+            ("audit-tail state 1\n", 2),
+            ("audit-tail state 1\nlsn zz\n", 2),
+            ("audit-tail state 1\nlsn 0/1\nfile x.csv -3\n", 3),
+            ("audit-tail state 1\nlsn 0/1\nfile ../x.csv 3\n", 3),
+            (
+                "audit-tail state 1\nlsn 0/1\nfile x.csv 3\nfile x.csv 4\n",
+                4,
+            ),
+            ("audit-tail state 1\nlsn 0/1\nlsn 0/2\n", 3),
+        ] {
+            match Checkpoint::decode(text, p) {
+                Err(CheckpointError::Corrupt { line: l, .. }) => assert_eq!(l, line, "{text:?}"),
+                other => panic!("{text:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn store_replaces_and_load_reads_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = File::open(dir.path()).unwrap();
+        assert_eq!(Checkpoint::load(dir.path()).unwrap(), None);
+        let mut c = Checkpoint {
+            lsn: Lsn(5),
+            ..Default::default()
+        };
+        c.store(dir.path(), &handle).unwrap();
+        c.lsn = Lsn(9);
+        c.files.insert("f.csv".into(), 7);
+        c.store(dir.path(), &handle).unwrap();
+        assert_eq!(Checkpoint::load(dir.path()).unwrap(), Some(c));
+        assert!(!dir.path().join(TEMP_FILE).exists());
+    }
+}

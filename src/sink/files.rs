@@ -1,0 +1,609 @@
+//! Rolling CSV files: one file per table per day in out-dir, `<table>_stream_YYYYMMDD.csv`.
+//!
+//! Sits after `capture` and before `checkpoint` in the flow. Rows are encoded by the one encoder
+//! (`copy_csv`) and written as they arrive, so memory stays flat whatever a transaction's size;
+//! the checkpoint records each file's length at the last durable commit, and on start every file
+//! is cut back to that length, which removes a half-written transaction and any partial line.
+//!
+//! The day of a row is the date of its `changed_at` value when the table has that column (so the
+//! file for day D holds the rows of the nightly export of D, even for a transaction that began
+//! before midnight and committed after), otherwise the UTC date of the commit.
+//!
+//! A file's first line is the header of column names. When a table's columns change (a Relation
+//! message with other columns), its rows go on in a new file for the same day,
+//! `<table>_stream_YYYYMMDD-2.csv` (then -3, ...), whose header names the new columns: no file
+//! ever holds lines that disagree with its header.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use nix::fcntl::{Flock, FlockArg};
+
+use super::copy_csv;
+use crate::capture::Row;
+use crate::checkpoint::{Checkpoint, CheckpointError, STATE_FILE};
+use crate::lsn::{Lsn, PgTimestamp};
+
+const LOCK_FILE: &str = "audit-tail.lock";
+/// Rows are written to the file once this much is buffered (and at every durable point).
+const WRITE_CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("could not {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "another audit-tail is already writing to {0}: run one consumer per out-dir (each with its own slot and out-dir)"
+    )]
+    Locked(PathBuf),
+    #[error("refusing to start: {0}")]
+    Refuse(String),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SinkError {
+    let path = path.to_path_buf();
+    move |source| SinkError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+struct OpenFile {
+    file: File,
+    path: PathBuf,
+    /// Encoded rows not yet written to the file.
+    buffer: Vec<u8>,
+    /// The file's length including `buffer`.
+    len: u64,
+    /// Whether bytes were written since the last fsync.
+    unsynced: bool,
+    /// Whether a row went here since the last durable point; idle files are closed then.
+    touched: bool,
+}
+
+/// Which file rows of one table and day currently go to, and the header it has.
+struct Route {
+    file: String,
+    header: Vec<u8>,
+}
+
+/// The stream files of one out-dir, held under an exclusive lock.
+pub struct StreamFiles {
+    dir: PathBuf,
+    dir_handle: File,
+    _lock: Flock<File>,
+    open: HashMap<String, OpenFile>,
+    routes: HashMap<String, Route>,
+    /// Lengths of the files written by the transaction in progress.
+    changed: HashMap<String, u64>,
+    /// Lengths and end LSN as of the last commit; durable once `make_durable` stored them.
+    committed: Checkpoint,
+    durable: Checkpoint,
+}
+
+impl StreamFiles {
+    /// Opens (creating it if needed) and locks `dir`, then cuts every file back to the length of
+    /// the last durable checkpoint. Returns the files; `durable_lsn()` says where to resume.
+    pub fn open(dir: &Path) -> Result<StreamFiles, SinkError> {
+        fs::create_dir_all(dir).map_err(io_err("create the out-dir", dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("create the lock file", &lock_path))?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| SinkError::Locked(dir.to_path_buf()))?;
+        let dir_handle = File::open(dir).map_err(io_err("open the out-dir", dir))?;
+        let checkpoint = reconcile(dir)?;
+        let files = StreamFiles {
+            dir: dir.to_path_buf(),
+            dir_handle,
+            _lock: lock,
+            open: HashMap::new(),
+            routes: HashMap::new(),
+            changed: HashMap::new(),
+            committed: checkpoint.clone(),
+            durable: checkpoint,
+        };
+        // Prove the directory writable now rather than at the first row.
+        files.durable.store(&files.dir, &files.dir_handle)?;
+        Ok(files)
+    }
+
+    /// The end LSN of the last transaction whose rows are all on disk.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable.lsn
+    }
+
+    /// Whether everything committed is durable.
+    pub fn is_durable(&self) -> bool {
+        self.committed == self.durable
+    }
+
+    /// Appends a row of a transaction committing at `commit_time`.
+    pub fn append(&mut self, row: &Row, commit_time: PgTimestamp) -> Result<(), SinkError> {
+        let base = base_name(row, commit_time);
+        let mut header = Vec::new();
+        copy_csv::encode_header(&mut header, &row.table.columns);
+        let current = self.routes.get(&base).filter(|r| r.header == header);
+        let file = match current {
+            Some(route) => route.file.clone(),
+            None => {
+                let file = self.route(&base, &header)?;
+                self.routes.insert(
+                    base,
+                    Route {
+                        file: file.clone(),
+                        header,
+                    },
+                );
+                file
+            }
+        };
+        let open = self.open_file(&file)?;
+        copy_csv::encode_row(&mut open.buffer, row.values.iter().map(|v| v.as_deref()));
+        open.touched = true;
+        if open.buffer.len() >= WRITE_CHUNK {
+            write_out(open)?;
+        }
+        let len = open.len + open.buffer.len() as u64;
+        self.changed.insert(file, len);
+        Ok(())
+    }
+
+    /// The transaction whose rows were appended since the last commit is complete.
+    pub fn commit(&mut self, end_lsn: Lsn) {
+        self.committed.files.extend(self.changed.drain());
+        self.committed.lsn = self.committed.lsn.max(end_lsn);
+    }
+
+    /// Everything before `lsn` is known to hold no row for us (an idle keepalive position while no
+    /// transaction is open): it may be acknowledged once durable.
+    pub fn advance_idle(&mut self, lsn: Lsn) {
+        self.committed.lsn = self.committed.lsn.max(lsn);
+    }
+
+    /// Writes and fsyncs every file, then stores the checkpoint. Returns the durable LSN.
+    pub fn make_durable(&mut self) -> Result<Lsn, SinkError> {
+        for open in self.open.values_mut() {
+            write_out(open)?;
+            if open.unsynced {
+                open.file.sync_data().map_err(io_err("fsync", &open.path))?;
+                open.unsynced = false;
+            }
+        }
+        if self.committed != self.durable {
+            self.committed.store(&self.dir, &self.dir_handle)?;
+            self.durable = self.committed.clone();
+        }
+        // Close files nobody wrote to since the last durable point: yesterday's, mostly.
+        self.open
+            .retain(|_, open| std::mem::take(&mut open.touched));
+        Ok(self.durable.lsn)
+    }
+
+    /// Picks the file for rows of `base` with `header`: the newest variant when its header
+    /// matches, else a new variant.
+    fn route(&mut self, base: &str, header: &[u8]) -> Result<String, SinkError> {
+        let mut newest = None;
+        for n in 1.. {
+            let name = variant(base, n);
+            if self.committed.files.contains_key(&name)
+                || self.open.contains_key(&name)
+                || self.dir.join(&name).exists()
+            {
+                newest = Some((n, name));
+            } else {
+                break;
+            }
+        }
+        let Some((n, name)) = newest else {
+            let name = variant(base, 1);
+            self.create(&name, header)?;
+            return Ok(name);
+        };
+        if self.file_starts_with(&name, header)? {
+            return Ok(name);
+        }
+        let next = variant(base, n + 1);
+        tracing::info!(file = %next, "the table's columns changed: its rows go on in a new file");
+        self.create(&next, header)?;
+        Ok(next)
+    }
+
+    fn file_starts_with(&mut self, name: &str, header: &[u8]) -> Result<bool, SinkError> {
+        if let Some(open) = self.open.get_mut(name) {
+            write_out(open)?;
+        }
+        let path = self.dir.join(name);
+        let mut start = vec![0u8; header.len()];
+        let mut file = File::open(&path).map_err(io_err("open", &path))?;
+        match file.read_exact(&mut start) {
+            Ok(()) => Ok(start == header),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(io_err("read", &path)(e)),
+        }
+    }
+
+    fn create(&mut self, name: &str, header: &[u8]) -> Result<(), SinkError> {
+        let path = self.dir.join(name);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        self.open.insert(
+            name.to_string(),
+            OpenFile {
+                file,
+                path,
+                buffer: header.to_vec(),
+                len: 0,
+                unsynced: true,
+                touched: true,
+            },
+        );
+        Ok(())
+    }
+
+    fn open_file(&mut self, name: &str) -> Result<&mut OpenFile, SinkError> {
+        if !self.open.contains_key(name) {
+            let path = self.dir.join(name);
+            let file = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(io_err("open", &path))?;
+            let len = file.metadata().map_err(io_err("stat", &path))?.len();
+            self.open.insert(
+                name.to_string(),
+                OpenFile {
+                    file,
+                    path,
+                    buffer: Vec::new(),
+                    len,
+                    unsynced: false,
+                    touched: false,
+                },
+            );
+        }
+        Ok(self.open.get_mut(name).expect("inserted above"))
+    }
+}
+
+fn write_out(open: &mut OpenFile) -> Result<(), SinkError> {
+    if open.buffer.is_empty() {
+        return Ok(());
+    }
+    open.file
+        .write_all(&open.buffer)
+        .map_err(io_err("write", &open.path))?;
+    open.len += open.buffer.len() as u64;
+    open.buffer.clear();
+    open.unsynced = true;
+    Ok(())
+}
+
+/// `users_audit_stream_20251021` for a row of public.users_audit on 2025-10-21.
+fn base_name(row: &Row, commit_time: PgTimestamp) -> String {
+    let day = row
+        .table
+        .changed_at
+        .and_then(|i| row.values.get(i))
+        .and_then(|v| v.as_deref())
+        .and_then(date_prefix)
+        .or_else(|| commit_time.to_datetime().map(|t| t.date_naive()))
+        .unwrap_or_default();
+    let table = if row.table.schema == "public" {
+        file_safe(&row.table.name)
+    } else {
+        format!(
+            "{}.{}",
+            file_safe(&row.table.schema),
+            file_safe(&row.table.name)
+        )
+    };
+    format!("{table}_stream_{}", day.format("%Y%m%d"))
+}
+
+fn variant(base: &str, n: u32) -> String {
+    if n == 1 {
+        format!("{base}.csv")
+    } else {
+        format!("{base}-{n}.csv")
+    }
+}
+
+/// The date of a timestamp's text output in ISO DateStyle (`2025-10-21 11:55:51...`); None for
+/// anything else (`infinity`, BC dates, years past 9999), which then falls back to the commit day.
+fn date_prefix(value: &[u8]) -> Option<NaiveDate> {
+    let text = std::str::from_utf8(value.get(..10)?).ok()?;
+    if value.len() > 10 && value[10] != b' ' {
+        return None;
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
+}
+
+/// Table and schema names may hold any character: keep [A-Za-z0-9_], percent-encode the rest.
+fn file_safe(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn is_stream_file(name: &str) -> bool {
+    name.ends_with(".csv") && name.contains("_stream_")
+}
+
+/// Brings the files back to the last checkpoint, or refuses when they cannot be explained by it.
+fn reconcile(dir: &Path) -> Result<Checkpoint, SinkError> {
+    let checkpoint = Checkpoint::load(dir)?;
+    let mut on_disk = BTreeMap::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_stream_file(&name) {
+            let len = entry
+                .metadata()
+                .map_err(io_err("stat", &entry.path()))?
+                .len();
+            on_disk.insert(name, len);
+        }
+    }
+    let Some(checkpoint) = checkpoint else {
+        if let Some(name) = on_disk.keys().next() {
+            return Err(SinkError::Refuse(format!(
+                "{} holds stream files ({name}, ...) but no {STATE_FILE}, so what in them is complete is unknown: \
+                 restore {STATE_FILE}, or move the files aside to start the stream afresh",
+                dir.display()
+            )));
+        }
+        return Ok(Checkpoint::default());
+    };
+    for (name, &len) in &checkpoint.files {
+        let path = dir.join(name);
+        match on_disk.get(name) {
+            None => {
+                return Err(SinkError::Refuse(format!(
+                    "{} is in {STATE_FILE} but missing: restore it, or move the out-dir aside to start afresh",
+                    path.display()
+                )));
+            }
+            Some(&actual) if actual < len => {
+                return Err(SinkError::Refuse(format!(
+                    "{} is {actual} bytes, shorter than the {len} bytes recorded in {STATE_FILE}: \
+                     it was cut or edited outside audit-tail; restore it, or move the out-dir aside to start afresh",
+                    path.display()
+                )));
+            }
+            Some(&actual) if actual > len => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err("open", &path))?;
+                file.set_len(len).map_err(io_err("truncate", &path))?;
+                file.sync_all().map_err(io_err("fsync", &path))?;
+                tracing::info!(file = %name, bytes = actual - len,
+                    "cut back the rows of a transaction that was not durable; the server sends it again");
+            }
+            Some(_) => {}
+        }
+    }
+    for name in on_disk
+        .keys()
+        .filter(|n| !checkpoint.files.contains_key(*n))
+    {
+        let path = dir.join(name);
+        fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        tracing::info!(file = %name,
+            "removed a file created after the last durable point; the server sends its rows again");
+    }
+    Ok(checkpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::capture::Table;
+
+    fn table(columns: &[&str]) -> Arc<Table> {
+        Arc::new(Table {
+            oid: 1,
+            schema: "public".into(),
+            name: "users_audit".into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            changed_at: columns.iter().position(|c| *c == "changed_at"),
+        })
+    }
+
+    fn row(table: &Arc<Table>, values: &[Option<&str>]) -> Row {
+        Row {
+            table: table.clone(),
+            values: values
+                .iter()
+                .map(|v| v.map(|s| Bytes::copy_from_slice(s.as_bytes())))
+                .collect(),
+        }
+    }
+
+    fn read(dir: &Path, name: &str) -> String {
+        fs::read_to_string(dir.join(name)).unwrap()
+    }
+
+    #[test]
+    fn rows_go_to_the_day_of_changed_at_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(&["id", "changed_at"]);
+        let mut files = StreamFiles::open(dir.path()).unwrap();
+        files
+            .append(
+                &row(&t, &[Some("1"), Some("2025-10-21 23:59:59.9")]),
+                PgTimestamp(0),
+            )
+            .unwrap();
+        files
+            .append(
+                &row(&t, &[Some("2"), Some("2025-10-22 00:00:00")]),
+                PgTimestamp(0),
+            )
+            .unwrap();
+        files.commit(Lsn(100));
+        assert!(!files.is_durable());
+        assert_eq!(files.make_durable().unwrap(), Lsn(100));
+        assert!(files.is_durable());
+        // A transaction in progress when the process dies...
+        files
+            .append(
+                &row(&t, &[Some("3"), Some("2025-10-22 01:00:00")]),
+                PgTimestamp(0),
+            )
+            .unwrap();
+        files
+            .append(
+                &row(&t, &[Some("4"), Some("2025-10-23 01:00:00")]),
+                PgTimestamp(0),
+            )
+            .unwrap();
+        files.make_durable().unwrap();
+        drop(files);
+        assert!(read(dir.path(), "users_audit_stream_20251022.csv").contains("\n3,"));
+        // ...is cut back on the next start, and files it created are removed.
+        let files = StreamFiles::open(dir.path()).unwrap();
+        assert_eq!(files.durable_lsn(), Lsn(100));
+        assert_eq!(
+            read(dir.path(), "users_audit_stream_20251021.csv"),
+            "id,changed_at\n1,2025-10-21 23:59:59.9\n"
+        );
+        assert_eq!(
+            read(dir.path(), "users_audit_stream_20251022.csv"),
+            "id,changed_at\n2,2025-10-22 00:00:00\n"
+        );
+        assert!(!dir.path().join("users_audit_stream_20251023.csv").exists());
+    }
+
+    #[test]
+    fn without_changed_at_the_commit_day_counts_and_names_are_made_safe() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Arc::new(Table {
+            oid: 2,
+            schema: "sales".into(),
+            name: "Orders/2".into(),
+            columns: vec!["x".into()],
+            changed_at: None,
+        });
+        let mut files = StreamFiles::open(dir.path()).unwrap();
+        // 2000-01-02 12:00 UTC in the protocol's clock.
+        let noon = PgTimestamp((36 * 3600) * 1_000_000);
+        files.append(&row(&t, &[Some("")]), noon).unwrap();
+        files.commit(Lsn(5));
+        files.make_durable().unwrap();
+        assert_eq!(
+            read(dir.path(), "sales.Orders%2F2_stream_20000102.csv"),
+            "x\n\"\"\n"
+        );
+    }
+
+    #[test]
+    fn a_schema_change_starts_a_new_file_with_the_new_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = table(&["id", "changed_at"]);
+        let new = table(&["id", "changed_at", "ip"]);
+        let mut files = StreamFiles::open(dir.path()).unwrap();
+        let day = Some("2025-10-21 10:00:00");
+        files
+            .append(&row(&old, &[Some("1"), day]), PgTimestamp(0))
+            .unwrap();
+        files.commit(Lsn(1));
+        files.make_durable().unwrap();
+        drop(files);
+        let mut files = StreamFiles::open(dir.path()).unwrap();
+        files
+            .append(&row(&old, &[Some("2"), day]), PgTimestamp(0))
+            .unwrap();
+        files
+            .append(
+                &row(&new, &[Some("3"), day, Some("10.0.0.1")]),
+                PgTimestamp(0),
+            )
+            .unwrap();
+        files.commit(Lsn(2));
+        files.make_durable().unwrap();
+        assert_eq!(
+            read(dir.path(), "users_audit_stream_20251021.csv"),
+            "id,changed_at\n1,2025-10-21 10:00:00\n2,2025-10-21 10:00:00\n"
+        );
+        assert_eq!(
+            read(dir.path(), "users_audit_stream_20251021-2.csv"),
+            "id,changed_at,ip\n3,2025-10-21 10:00:00,10.0.0.1\n"
+        );
+    }
+
+    #[test]
+    fn hand_edits_and_a_second_consumer_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(&["id", "changed_at"]);
+        let mut files = StreamFiles::open(dir.path()).unwrap();
+        assert!(matches!(
+            StreamFiles::open(dir.path()),
+            Err(SinkError::Locked(_))
+        ));
+        files
+            .append(
+                &row(&t, &[Some("1"), Some("2025-10-21 10:00:00")]),
+                PgTimestamp(0),
+            )
+            .unwrap();
+        files.commit(Lsn(1));
+        files.make_durable().unwrap();
+        drop(files);
+        let path = dir.path().join("users_audit_stream_20251021.csv");
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(5).unwrap();
+        let err = StreamFiles::open(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("shorter than"), "{err}");
+        fs::remove_file(&path).unwrap();
+        let err = StreamFiles::open(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("missing"), "{err}");
+        fs::remove_file(dir.path().join(STATE_FILE)).unwrap();
+        fs::write(&path, "x\n").unwrap();
+        let err = StreamFiles::open(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("no audit-tail.state"), "{err}");
+    }
+
+    #[test]
+    fn dates_come_only_from_iso_timestamps() {
+        assert_eq!(
+            date_prefix(b"2025-10-21 11:55:51"),
+            NaiveDate::from_ymd_opt(2025, 10, 21)
+        );
+        assert_eq!(
+            date_prefix(b"2025-10-21"),
+            NaiveDate::from_ymd_opt(2025, 10, 21)
+        );
+        assert_eq!(date_prefix(b"infinity"), None);
+        assert_eq!(date_prefix(b"12025-10-21 00:00:00"), None);
+        assert_eq!(date_prefix(b"2025-13-21 00:00:00"), None);
+    }
+}
