@@ -1,6 +1,12 @@
 //! Command-line arguments (clap). Clap's types end here: commands get plain values.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::lsn::Lsn;
+use crate::sink::stdout::Format;
+use crate::stream::Until;
 
 /// A PostgreSQL audit trail with a live second copy.
 #[derive(Debug, Parser)]
@@ -14,9 +20,75 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where to connect: shared by the commands that talk to a server.
+#[derive(Debug, clap::Args)]
+pub struct DsnArg {
+    /// libpq connection URL or key=value string; missing parts come from PGHOST, PGPORT, PGUSER,
+    /// PGPASSWORD, PGDATABASE and ~/.pgpass.
+    #[arg(long, env = "AUDIT_TAIL_DSN", value_name = "CONNINFO")]
+    pub dsn: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Stream the publication into rolling daily CSV files (exactly once) and to stdout.
+    Stream {
+        #[command(flatten)]
+        dsn: DsnArg,
+        /// Logical replication slot; created (pgoutput) when missing.
+        #[arg(long, default_value = "audit_tail")]
+        slot: String,
+        /// Publication to stream.
+        #[arg(long, default_value = "users_audit_pub")]
+        publication: String,
+        /// Directory of the CSV files and the state file.
+        #[arg(long, default_value = "./audit-stream")]
+        out_dir: PathBuf,
+        /// How rows are printed on stdout.
+        #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+        format: FormatArg,
+        /// Stop once everything committed before this position is durable and acknowledged:
+        /// `now` (the server's position at start) or an LSN like 0/16B3748.
+        #[arg(long, value_parser = parse_until, value_name = "now|X/Y")]
+        until: Option<Until>,
+    },
+    /// Apply sql/install.sql (embedded in this binary) to the database.
+    Setup {
+        #[command(flatten)]
+        dsn: DsnArg,
+        /// Server-side directory for the nightly export files (kept from before when omitted;
+        /// /tmp on a first install).
+        #[arg(long, value_name = "DIR")]
+        export_dir: Option<String>,
+    },
     /// Run the reference scenario on a throwaway local PostgreSQL: prints the audit rows and the
     /// nightly export's CSV, then removes the cluster. Needs only an installed PostgreSQL server.
     Demo,
+}
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Text,
+    Json,
+    None,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Text => Format::Text,
+            FormatArg::Json => Format::Json,
+            FormatArg::None => Format::None,
+        }
+    }
+}
+
+fn parse_until(s: &str) -> Result<Until, String> {
+    if s == "now" {
+        return Ok(Until::Now);
+    }
+    s.parse::<Lsn>()
+        .map(Until::Lsn)
+        .map_err(|e| format!("{e}, or `now`"))
 }

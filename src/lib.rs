@@ -11,8 +11,11 @@ pub mod cluster;
 pub mod demo;
 pub mod lsn;
 pub mod pgoutput;
+pub mod replication;
 pub mod sink;
 pub mod sql;
+pub mod stream;
+pub mod wire;
 
 /// Every error the program can end with; `main` alone turns these into exit codes.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +24,10 @@ pub enum Error {
     Cluster(#[from] cluster::ClusterError),
     #[error(transparent)]
     Sql(#[from] sql::SqlError),
+    #[error(transparent)]
+    Stream(#[from] stream::StreamError),
+    #[error(transparent)]
+    Params(#[from] wire::params::ParamsError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -34,6 +41,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The exit code: 2 for input the user must correct (arguments, connection strings), 1 for
+    /// everything else that failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Params(_) => 2,
+            _ => 1,
+        }
+    }
+
     /// Whether this is stdout closed by the reader (`| head`): a normal end, not a failure.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, Error::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)

@@ -3,9 +3,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use audit_tail::cli::{Cli, Command};
+use audit_tail::stream::StreamConfig;
+use audit_tail::wire::ConnParams;
+use audit_tail::{Error, sql};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,19 +24,70 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Demo => audit_tail::demo::run(&mut std::io::stdout().lock()).await,
-        }
-    });
-    match result {
+    match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("audit-tail: error: {}", chain(&e));
-            ExitCode::from(1)
+            ExitCode::from(e.exit_code())
         }
     }
+}
+
+async fn run(command: Command) -> Result<(), Error> {
+    let env = |name: &str| std::env::var(name).ok();
+    match command {
+        Command::Demo => audit_tail::demo::run(&mut std::io::stdout().lock()).await,
+        Command::Setup { dsn, export_dir } => {
+            let params = ConnParams::resolve(dsn.dsn.as_deref(), &env)?;
+            tracing::info!(server = %params, "applying sql/install.sql");
+            let client = sql::connect(&params.sql_config()).await?;
+            sql::install(&client, export_dir.as_deref()).await?;
+            tracing::info!("installed");
+            Ok(())
+        }
+        Command::Stream {
+            dsn,
+            slot,
+            publication,
+            out_dir,
+            format,
+            until,
+        } => {
+            let config = StreamConfig {
+                conn: ConnParams::resolve(dsn.dsn.as_deref(), &env)?,
+                slot,
+                publication,
+                out_dir,
+                format: format.into(),
+                until,
+            };
+            let shutdown = shutdown_on_signal();
+            audit_tail::stream::run(config, shutdown, std::io::stdout()).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Turns true on SIGINT or SIGTERM.
+fn shutdown_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("could not install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing the current write"),
+            _ = int.recv() => tracing::info!("SIGINT: finishing the current write"),
+        }
+        let _ = tx.send(true);
+    });
+    rx
 }
 
 fn init_logging(verbose: u8) {

@@ -31,6 +31,17 @@ impl SqlError {
         }
     }
 
+    /// Whether retrying later can succeed: the server is unreachable, starting or shutting down,
+    /// rather than refusing us (authentication, a missing database or object).
+    pub fn is_transient(&self) -> bool {
+        match self.code() {
+            // Client-side: connection refused or lost is transient; a configuration problem
+            // (such as no password to give) is not.
+            None => !self.source.to_string().starts_with("invalid configuration"),
+            Some(code) => code.starts_with("08") || code.starts_with("57P") || code == "53300",
+        }
+    }
+
     /// The SQLSTATE of the server's error, when the server sent one.
     pub fn code(&self) -> Option<&str> {
         self.source.as_db_error().map(|e| e.code().code())

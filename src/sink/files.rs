@@ -195,6 +195,18 @@ impl StreamFiles {
         Ok(self.durable.lsn)
     }
 
+    /// Forgets everything after the durable checkpoint: closes the files and cuts them back to
+    /// its lengths, as a restart would. Used before re-streaming after a lost connection, since
+    /// the server then sends again every transaction that was not acknowledged.
+    pub fn rewind(&mut self) -> Result<(), SinkError> {
+        self.open.clear();
+        self.routes.clear();
+        self.changed.clear();
+        self.durable = reconcile(&self.dir)?;
+        self.committed = self.durable.clone();
+        Ok(())
+    }
+
     /// Picks the file for rows of `base` with `header`: the newest variant when its header
     /// matches, else a new variant.
     fn route(&mut self, base: &str, header: &[u8]) -> Result<String, SinkError> {

@@ -41,9 +41,13 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates an empty database named after the test.
+    /// Creates an empty database named after the test, in this binary's shared cluster.
     pub fn new(test: &str) -> TestDb {
-        let cluster = cluster();
+        TestDb::on(cluster(), test)
+    }
+
+    /// Creates an empty database named after the test in `cluster`.
+    pub fn on(cluster: Arc<Cluster>, test: &str) -> TestDb {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let mut name = format!("t{}_{}_{}", std::process::id(), n, test.to_lowercase());
         name.truncate(60);
@@ -114,6 +118,18 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        // Slots keep a database from being dropped: end their walsenders, then drop them.
+        let _ = self.cluster.psql(
+            "postgres",
+            &format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE database = '{0}' AND active_pid IS NOT NULL; \
+                 SELECT pg_sleep(0.2); \
+                 SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE database = '{0}' AND NOT active",
+                self.name
+            ),
+        );
         let _ = self.cluster.psql(
             "postgres",
             &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name),
@@ -136,4 +152,158 @@ pub fn install_with_psql(cluster: &Cluster, database: &str, extra: &[&str]) -> O
         .arg(repo_path("sql/install.sql"))
         .output()
         .expect("run psql")
+}
+
+/// A running `audit-tail stream` child process.
+pub struct Consumer {
+    pub child: std::process::Child,
+}
+
+impl Consumer {
+    /// Starts `audit-tail stream` for `db` into `out_dir` with slot `db.name`, plus `extra` args.
+    pub fn spawn(db: &TestDb, out_dir: &Path, extra: &[&str]) -> Consumer {
+        let child = stream_command(db, out_dir, extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn audit-tail stream");
+        Consumer { child }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `audit-tail stream` for `db` (slot named after the database) into `out_dir`.
+pub fn stream_command(db: &TestDb, out_dir: &Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_audit-tail"));
+    cmd.arg("stream")
+        .arg("--dsn")
+        .arg(db.cluster.conninfo(&db.name))
+        .arg("--slot")
+        .arg(&db.name)
+        .arg("--out-dir")
+        .arg(out_dir)
+        .args(extra)
+        .env_remove("AUDIT_TAIL_DSN")
+        .env("RUST_LOG", "audit_tail=debug");
+    cmd
+}
+
+/// Runs `audit-tail stream --until now` to completion; panics unless it exits 0.
+pub fn catch_up(db: &TestDb, out_dir: &Path) -> Output {
+    let out = stream_command(db, out_dir, &["--until", "now", "--format", "none"])
+        .output()
+        .expect("run audit-tail stream");
+    assert!(
+        out.status.success(),
+        "stream --until now failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The records of a CSV text: split at line ends outside quotes, so quoted newlines stay inside.
+pub fn csv_records(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    let mut current = Vec::new();
+    let mut quoted = false;
+    for &b in bytes {
+        current.push(b);
+        match b {
+            b'"' => quoted = !quoted,
+            b'\n' if !quoted => records.push(std::mem::take(&mut current)),
+            _ => {}
+        }
+    }
+    assert!(
+        current.is_empty(),
+        "CSV ends in a partial line: {:?}",
+        String::from_utf8_lossy(&current)
+    );
+    records
+}
+
+/// Checks that the stream files in `out_dir` hold exactly the rows of users_audit: per day, the
+/// same header and the same records as COPY, no more, no fewer, none twice. Returns the number
+/// of rows compared.
+pub async fn assert_files_equal_table(db: &TestDb, out_dir: &Path) -> usize {
+    use futures_util::TryStreamExt;
+    let client = db.client().await;
+    let days: Vec<String> = client
+        .query(
+            "SELECT DISTINCT to_char(changed_at, 'YYYYMMDD') FROM users_audit ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut files: Vec<String> = std::fs::read_dir(out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("users_audit_stream_"))
+        .collect();
+    files.sort();
+    let expected_files: Vec<String> = days
+        .iter()
+        .map(|d| format!("users_audit_stream_{d}.csv"))
+        .collect();
+    assert_eq!(
+        files, expected_files,
+        "one stream file per day of users_audit"
+    );
+    let mut total = 0;
+    for day in &days {
+        let query = format!(
+            "COPY (SELECT * FROM users_audit WHERE to_char(changed_at, 'YYYYMMDD') = '{day}' ORDER BY id) \
+             TO STDOUT WITH (FORMAT csv, HEADER)"
+        );
+        let chunks: Vec<bytes::Bytes> = client
+            .copy_out(&query)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let reference = chunks.concat();
+        let stream = std::fs::read(out_dir.join(format!("users_audit_stream_{day}.csv"))).unwrap();
+        let mut want = csv_records(&reference);
+        let mut got = csv_records(&stream);
+        assert_eq!(got.first(), want.first(), "header of {day}");
+        let (want_rows, got_rows) = (want.split_off(1), got.split_off(1));
+        let mut sorted_want = want_rows.clone();
+        let mut sorted_got = got_rows.clone();
+        sorted_want.sort();
+        sorted_got.sort();
+        let mut deduped = sorted_got.clone();
+        deduped.dedup();
+        assert_eq!(
+            deduped.len(),
+            sorted_got.len(),
+            "duplicate rows in the stream file of {day}"
+        );
+        if sorted_got != sorted_want {
+            let missing = sorted_want
+                .iter()
+                .filter(|r| !sorted_got.contains(r))
+                .count();
+            let extra = sorted_got
+                .iter()
+                .filter(|r| !sorted_want.contains(r))
+                .count();
+            panic!(
+                "stream file of {day} differs from the table: {} rows in the table, {} in the file, {missing} missing, {extra} extra",
+                sorted_want.len(),
+                sorted_got.len()
+            );
+        }
+        total += want_rows.len();
+    }
+    total
 }

@@ -1,0 +1,389 @@
+//! `audit-tail stream`: drives the flow wire → replication → pgoutput → capture → sinks →
+//! checkpoint → acknowledgement, and reconnects when the connection is lost.
+//!
+//! Durability is batched: after a commit the files are fsynced and the checkpoint stored as soon
+//! as no further message is already buffered, or at the latest `FLUSH_DELAY` after the first
+//! commit not yet durable. Only then is the commit's end LSN sent to the server as flushed. While
+//! no transaction is open and everything is durable, keepalive positions are acknowledged too, so
+//! a quiet publication on a busy server does not pin WAL.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::capture::{Capture, CaptureError, Event};
+use crate::lsn::{Lsn, PgTimestamp};
+use crate::pgoutput::{self, DecodeError};
+use crate::replication::messages::{self, ReplicationMessageError, ServerMessage};
+use crate::replication::slot::{self, PreflightError};
+use crate::sink::files::{SinkError, StreamFiles};
+use crate::sink::stdout::{Format, Printer};
+use crate::sql::{self, SqlError};
+use crate::wire::conn::CopyMessage;
+use crate::wire::{ConnParams, WalConnection, WireError};
+
+/// The longest a committed row waits for its fsync under steady load.
+const FLUSH_DELAY: Duration = Duration::from_millis(50);
+/// A status update goes to the server at least this often (well inside wal_sender_timeout).
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// Idle keepalive positions are made durable at most this often.
+const IDLE_ACK_INTERVAL: Duration = Duration::from_secs(1);
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// When `--until` stops the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// The server's WAL position when the stream starts.
+    Now,
+    Lsn(Lsn),
+}
+
+/// Everything `stream` needs, past the command line.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub conn: ConnParams,
+    pub slot: String,
+    pub publication: String,
+    pub out_dir: PathBuf,
+    pub format: Format,
+    pub until: Option<Until>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("the walsender sent an invalid message: {0}")]
+    Message(#[from] ReplicationMessageError),
+    #[error("could not decode the change at {lsn}: {source}")]
+    Decode { lsn: Lsn, source: DecodeError },
+    #[error("invalid change stream at {lsn}: {source}")]
+    Capture { lsn: Lsn, source: CaptureError },
+    #[error("could not write to stdout: {0}")]
+    Stdout(io::Error),
+}
+
+impl StreamError {
+    /// Whether reconnecting cannot help, so the program must stop and say why.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            StreamError::Preflight(e) => !e.is_transient(),
+            StreamError::Sql(e) => !e.is_transient(),
+            StreamError::Wire(WireError::Auth(_)) => true,
+            StreamError::Wire(WireError::Server(e)) => matches!(
+                e.code.as_str(),
+                // invalid password, rejected by pg_hba, no such database, undefined object
+                // (a dropped publication), invalidated slot, invalid slot name, no privilege
+                "28P01" | "28000" | "3D000" | "42704" | "55000" | "42602" | "42501"
+            ),
+            StreamError::Wire(_) | StreamError::Message(_) => false,
+            StreamError::Sink(_)
+            | StreamError::Decode { .. }
+            | StreamError::Capture { .. }
+            | StreamError::Stdout(_) => true,
+        }
+    }
+}
+
+/// Streams until `--until` is reached, `shutdown` turns true, or stdout is closed (all exit 0),
+/// or a fatal error.
+pub async fn run<W: Write>(
+    config: StreamConfig,
+    mut shutdown: watch::Receiver<bool>,
+    out: W,
+) -> Result<(), StreamError> {
+    let mut files = StreamFiles::open(&config.out_dir)?;
+    let mut printer = Printer::new(config.format, out);
+    let mut target = match config.until {
+        Some(Until::Lsn(lsn)) => Some(lsn),
+        _ => None,
+    };
+    let mut backoff = BACKOFF_FIRST;
+    let mut attempt = 0u32;
+    loop {
+        let mut session = Session {
+            config: &config,
+            files: &mut files,
+            printer: &mut printer,
+            target: &mut target,
+            streaming: false,
+        };
+        let result = session.run(&mut shutdown).await;
+        let streamed = session.streaming;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_fatal() => {
+                // Keep what is complete; the files stay consistent with the checkpoint either way.
+                if let Err(sink) = files.make_durable() {
+                    tracing::error!(error = %sink, "could not make the last rows durable");
+                }
+                return Err(e);
+            }
+            Err(e) => {
+                files.make_durable()?;
+                files.rewind()?;
+                if streamed {
+                    backoff = BACKOFF_FIRST;
+                    attempt = 0;
+                }
+                attempt += 1;
+                tracing::warn!(attempt, retry_in = ?backoff, error = %e, "stream interrupted; reconnecting");
+                tokio::select! {
+                    _ = sleep(backoff) => {}
+                    _ = stopped(&mut shutdown) => return Ok(()),
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Resolves once `shutdown` is true; never when its sender is gone without saying so.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// One connection's worth of streaming.
+struct Session<'a, W: Write> {
+    config: &'a StreamConfig,
+    files: &'a mut StreamFiles,
+    printer: &'a mut Printer<W>,
+    target: &'a mut Option<Lsn>,
+    /// Whether START_REPLICATION succeeded (resets the reconnect backoff).
+    streaming: bool,
+}
+
+/// The transaction being received.
+#[derive(Clone, Copy)]
+struct Txn {
+    commit_lsn: Lsn,
+    commit_time: PgTimestamp,
+}
+
+impl<W: Write> Session<'_, W> {
+    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), StreamError> {
+        let cfg = self.config;
+        let client = sql::connect(&cfg.conn.sql_config()).await?;
+        let out_dir = cfg.out_dir.display().to_string();
+        slot::preflight(
+            &client,
+            &cfg.slot,
+            &cfg.publication,
+            self.files.durable_lsn(),
+            &out_dir,
+        )
+        .await?;
+        drop(client);
+
+        let mut conn = WalConnection::connect(&cfg.conn).await?;
+        if cfg.until == Some(Until::Now) && self.target.is_none() {
+            let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
+            let position = rows
+                .first()
+                .and_then(|row| row.get(2).cloned().flatten())
+                .and_then(|text| text.parse::<Lsn>().ok())
+                .ok_or_else(|| WireError::Protocol("IDENTIFY_SYSTEM without xlogpos".into()))?;
+            *self.target = Some(position);
+            tracing::info!(until = %position, "will stop once every transaction committed before this position is durable");
+        }
+        let start = self.files.durable_lsn();
+        conn.start_copy_both(&slot::start_replication_command(
+            &cfg.slot,
+            start,
+            &cfg.publication,
+        ))
+        .await?;
+        self.streaming = true;
+        tracing::info!(slot = %cfg.slot, %start, server = %cfg.conn, "streaming");
+
+        let mut state = State {
+            capture: Capture::new(start),
+            txn: None,
+            received: start,
+            acked: start,
+            pending_since: None,
+            last_status: Instant::now(),
+            last_idle_ack: Instant::now(),
+        };
+        loop {
+            if let Some(target) = *self.target
+                && self.files.durable_lsn() >= target
+                && !state.capture.in_transaction()
+            {
+                self.send_status(&mut conn, &mut state, false).await?;
+                conn.finish().await?;
+                tracing::info!(%target, durable = %self.files.durable_lsn(), "reached --until; stopping");
+                return Ok(());
+            }
+            if let Some(since) = state.pending_since
+                && (since.elapsed() >= FLUSH_DELAY || !conn.has_buffered_message())
+            {
+                self.make_durable(&mut conn, &mut state).await?;
+            }
+            let status_every = if self.target.is_some() {
+                IDLE_ACK_INTERVAL
+            } else {
+                STATUS_INTERVAL
+            };
+            let status_at = state.last_status + status_every;
+            let flush_at = state.pending_since.map(|t| t + FLUSH_DELAY);
+            tokio::select! {
+                biased;
+                _ = stopped(shutdown) => {
+                    self.make_durable(&mut conn, &mut state).await?;
+                    conn.finish().await?;
+                    tracing::info!(durable = %self.files.durable_lsn(), "stopped on signal");
+                    return Ok(());
+                }
+                message = conn.recv() => {
+                    let data = match message? {
+                        CopyMessage::Data(data) => data,
+                        CopyMessage::Done => return Err(WireError::Closed.into()),
+                    };
+                    match self.handle(messages::decode(data)?, &mut state) {
+                        Ok(reply) => {
+                            if reply {
+                                self.send_status(&mut conn, &mut state, false).await?;
+                            }
+                        }
+                        Err(StreamError::Stdout(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+                            self.make_durable(&mut conn, &mut state).await?;
+                            conn.finish().await?;
+                            tracing::info!("stdout was closed; stopping");
+                            return Ok(());
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ = sleep_until(flush_at.unwrap_or(status_at)), if flush_at.is_some() => {
+                    self.make_durable(&mut conn, &mut state).await?;
+                }
+                _ = sleep_until(status_at) => {
+                    // Ask for a keepalive while waiting for --until, to learn the server's position.
+                    let ask = self.target.is_some();
+                    self.send_status(&mut conn, &mut state, ask).await?;
+                }
+            }
+        }
+    }
+
+    /// Takes one message from the walsender; returns whether the server asked for a reply.
+    fn handle(&mut self, message: ServerMessage, state: &mut State) -> Result<bool, StreamError> {
+        match message {
+            ServerMessage::XLogData { start, payload, .. } => {
+                state.received = state.received.max(start);
+                let decoded = pgoutput::decode(payload)
+                    .map_err(|source| StreamError::Decode { lsn: start, source })?;
+                let event = state
+                    .capture
+                    .handle(decoded)
+                    .map_err(|source| StreamError::Capture { lsn: start, source })?;
+                match event {
+                    None => {}
+                    Some(Event::Begin {
+                        commit_lsn,
+                        commit_time,
+                    }) => {
+                        state.txn = Some(Txn {
+                            commit_lsn,
+                            commit_time,
+                        });
+                    }
+                    Some(Event::Row(row)) => {
+                        let txn = state.txn.ok_or(StreamError::Capture {
+                            lsn: start,
+                            source: CaptureError::OutOfOrder("row outside a transaction"),
+                        })?;
+                        self.files.append(&row, txn.commit_time)?;
+                        self.printer
+                            .row(&row, txn.commit_lsn, txn.commit_time)
+                            .map_err(StreamError::Stdout)?;
+                    }
+                    Some(Event::Commit { end_lsn, .. }) => {
+                        state.txn = None;
+                        self.files.commit(end_lsn);
+                        self.printer.flush().map_err(StreamError::Stdout)?;
+                        state.pending_since.get_or_insert_with(Instant::now);
+                    }
+                }
+                Ok(false)
+            }
+            ServerMessage::Keepalive {
+                wal_end,
+                reply_requested,
+            } => {
+                let idle = !state.capture.in_transaction() && self.files.is_durable();
+                let due = state.last_idle_ack.elapsed() >= IDLE_ACK_INTERVAL
+                    || reply_requested
+                    || self.target.is_some_and(|t| wal_end >= t);
+                if idle && due && wal_end > self.files.durable_lsn() {
+                    self.files.advance_idle(wal_end);
+                    state.last_idle_ack = Instant::now();
+                    // Due now: nothing to wait for.
+                    state.pending_since = Some(Instant::now() - FLUSH_DELAY);
+                }
+                Ok(reply_requested)
+            }
+        }
+    }
+
+    /// fsyncs the files, stores the checkpoint, and acknowledges the new durable position.
+    async fn make_durable(
+        &mut self,
+        conn: &mut WalConnection,
+        state: &mut State,
+    ) -> Result<(), StreamError> {
+        // fsync blocks this task; a disk slower than wal_sender_timeout would trip it, which the
+        // periodic status cannot help.
+        let durable = self.files.make_durable()?;
+        state.pending_since = None;
+        if durable > state.acked {
+            self.send_status(conn, state, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_status(
+        &mut self,
+        conn: &mut WalConnection,
+        state: &mut State,
+        reply: bool,
+    ) -> Result<(), StreamError> {
+        // Only what is durable is acknowledged, and it never moves backwards.
+        let flushed = self.files.durable_lsn().max(state.acked);
+        let written = state.received.max(flushed);
+        let mut buf = BytesMut::with_capacity(34);
+        messages::standby_status(&mut buf, written, flushed, PgTimestamp::now(), reply);
+        conn.send_copy_data(&buf).await?;
+        state.acked = flushed;
+        state.last_status = Instant::now();
+        tracing::trace!(%written, %flushed, "status update");
+        Ok(())
+    }
+}
+
+struct State {
+    capture: Capture,
+    txn: Option<Txn>,
+    received: Lsn,
+    acked: Lsn,
+    /// When the first commit that is not yet durable arrived.
+    pending_since: Option<Instant>,
+    last_status: Instant,
+    last_idle_ack: Instant,
+}

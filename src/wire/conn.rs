@@ -1,0 +1,348 @@
+//! The replication connection's socket: connect (TCP or Unix), startup with
+//! `replication=database`, authentication (trust, password, MD5, SCRAM-SHA-256), simple queries,
+//! and CopyBoth. Reads go into a buffer the connection owns, so `recv` is cancel-safe under
+//! `select!`; writes happen outside `select!`.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::frame::{self, Backend};
+use super::{ConnParams, Host, WireError};
+
+/// Session settings pinned at startup so text values equal COPY's output byte for byte.
+pub const PINNED_OPTIONS: &str =
+    "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c client_encoding=UTF8";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
+
+/// What arrived in CopyBoth mode.
+pub enum CopyMessage {
+    Data(Bytes),
+    /// The server ended the copy (CopyDone).
+    Done,
+}
+
+/// A connection in replication mode.
+pub struct WalConnection {
+    socket: Box<dyn Socket>,
+    read: BytesMut,
+    write: BytesMut,
+    server_version: Option<String>,
+}
+
+impl WalConnection {
+    /// Connects, starts up in `replication=database` mode and authenticates.
+    pub async fn connect(params: &ConnParams) -> Result<WalConnection, WireError> {
+        let socket: Box<dyn Socket> = match &params.host {
+            Host::Tcp(host) => {
+                let target = format!("{host}:{}", params.port);
+                let stream =
+                    connect_with_timeout(TcpStream::connect((host.as_str(), params.port)), &target)
+                        .await?;
+                stream.set_nodelay(true)?;
+                set_keepalive(&stream)?;
+                Box::new(stream)
+            }
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{}", params.port));
+                let target = path.display().to_string();
+                Box::new(connect_with_timeout(UnixStream::connect(&path), &target).await?)
+            }
+        };
+        let mut conn = WalConnection {
+            socket,
+            read: BytesMut::with_capacity(64 * 1024),
+            write: BytesMut::new(),
+            server_version: None,
+        };
+        frontend::startup_message(
+            [
+                ("user", params.user.as_str()),
+                ("database", params.dbname.as_str()),
+                ("replication", "database"),
+                ("application_name", params.application_name.as_str()),
+                ("client_encoding", "UTF8"),
+                ("options", PINNED_OPTIONS),
+            ],
+            &mut conn.write,
+        )?;
+        conn.flush().await?;
+        conn.authenticate(params).await?;
+        Ok(conn)
+    }
+
+    /// The server's version string (`15.18 (Debian ...)`), as reported at startup.
+    pub fn server_version(&self) -> Option<&str> {
+        self.server_version.as_deref()
+    }
+
+    async fn authenticate(&mut self, params: &ConnParams) -> Result<(), WireError> {
+        let password = || {
+            params.password.as_deref().ok_or_else(|| {
+                WireError::Auth(format!(
+                    "the server asks for a password for user \"{}\": put it in --dsn, PGPASSWORD or ~/.pgpass",
+                    params.user
+                ))
+            })
+        };
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            match self.next_message().await? {
+                Message::AuthenticationOk => {}
+                Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(password()?.as_bytes(), &mut self.write)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let hash =
+                        md5_hash(params.user.as_bytes(), password()?.as_bytes(), body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.write)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut offered = Vec::new();
+                    while let Some(m) = mechanisms.next()? {
+                        offered.push(m.to_string());
+                    }
+                    if !offered.iter().any(|m| m == SCRAM_SHA_256) {
+                        return Err(WireError::Auth(format!(
+                            "the server offers SASL mechanisms {offered:?}; audit-tail supports SCRAM-SHA-256"
+                        )));
+                    }
+                    let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.write)?;
+                    scram = Some(s);
+                    self.flush().await?;
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| protocol("SASL continue without a start"))?;
+                    s.update(body.data())
+                        .map_err(|e| WireError::Auth(format!("SCRAM failed: {e}")))?;
+                    frontend::sasl_response(s.message(), &mut self.write)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| protocol("SASL final without a start"))?;
+                    s.finish(body.data()).map_err(|e| {
+                        WireError::Auth(format!("the server's SCRAM proof did not verify: {e}"))
+                    })?;
+                }
+                Message::ParameterStatus(body) => {
+                    if body.name()? == "server_version" {
+                        self.server_version = Some(body.value()?.to_string());
+                    }
+                }
+                Message::BackendKeyData(_) => {}
+                Message::ReadyForQuery(_) => return Ok(()),
+                Message::AuthenticationKerberosV5
+                | Message::AuthenticationScmCredential
+                | Message::AuthenticationGss
+                | Message::AuthenticationSspi
+                | Message::AuthenticationGssContinue(_) => {
+                    return Err(WireError::Auth(
+                        "the server asks for Kerberos/GSSAPI/SSPI authentication, which audit-tail does not support: use scram-sha-256 in pg_hba.conf".into(),
+                    ));
+                }
+                other => return Err(protocol(&format!("{} during startup", name(&other)))),
+            }
+        }
+    }
+
+    /// Runs a simple query; returns the rows of its last result as text.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, WireError> {
+        frontend::query(sql, &mut self.write)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.next_message().await? {
+                Message::RowDescription(_) => rows.clear(),
+                Message::DataRow(body) => {
+                    let buffer = body.buffer();
+                    let mut ranges = body.ranges();
+                    let mut row = Vec::new();
+                    while let Some(range) = ranges.next()? {
+                        row.push(range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned()));
+                    }
+                    rows.push(row);
+                }
+                Message::CommandComplete(_) | Message::EmptyQueryResponse => {}
+                Message::ErrorResponse(body) => error = Some(frame::server_error(body.fields())?),
+                Message::ReadyForQuery(_) => {
+                    return match error {
+                        Some(e) => Err(WireError::Server(e)),
+                        None => Ok(rows),
+                    };
+                }
+                other => return Err(protocol(&format!("{} after a query", name(&other)))),
+            }
+        }
+    }
+
+    /// Sends a command that enters CopyBoth mode (START_REPLICATION) and waits until it has.
+    pub async fn start_copy_both(&mut self, sql: &str) -> Result<(), WireError> {
+        frontend::query(sql, &mut self.write)?;
+        self.flush().await?;
+        loop {
+            match self.next_frame().await? {
+                Backend::CopyBothResponse => return Ok(()),
+                Backend::Other(Message::ErrorResponse(body)) => {
+                    let error = frame::server_error(body.fields())?;
+                    return Err(WireError::Server(error));
+                }
+                Backend::Other(Message::NoticeResponse(_)) => {}
+                Backend::Other(other) => {
+                    return Err(protocol(&format!(
+                        "{} instead of CopyBothResponse",
+                        name(&other)
+                    )));
+                }
+                Backend::CopyData(_) => return Err(protocol("CopyData before CopyBothResponse")),
+            }
+        }
+    }
+
+    /// The next CopyData payload in CopyBoth mode. Cancel-safe.
+    pub async fn recv(&mut self) -> Result<CopyMessage, WireError> {
+        loop {
+            match self.next_frame().await? {
+                Backend::CopyData(data) => return Ok(CopyMessage::Data(data)),
+                Backend::Other(Message::CopyDone) => return Ok(CopyMessage::Done),
+                Backend::Other(Message::ErrorResponse(body)) => {
+                    return Err(WireError::Server(frame::server_error(body.fields())?));
+                }
+                Backend::Other(Message::NoticeResponse(body)) => {
+                    let notice = frame::server_error(body.fields())?;
+                    tracing::info!("server notice: {notice}");
+                }
+                Backend::Other(Message::ParameterStatus(_)) => {}
+                Backend::Other(other) => {
+                    return Err(protocol(&format!("{} in CopyBoth mode", name(&other))));
+                }
+                Backend::CopyBothResponse => return Err(protocol("a second CopyBothResponse")),
+            }
+        }
+    }
+
+    /// Whether a whole message is already buffered (more work is waiting without a read).
+    pub fn has_buffered_message(&self) -> bool {
+        if self.read.len() < 5 {
+            return false;
+        }
+        let len = u32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]);
+        self.read.len() > len as usize
+    }
+
+    /// Sends one CopyData message.
+    pub async fn send_copy_data(&mut self, payload: &[u8]) -> Result<(), WireError> {
+        frontend::CopyData::new(payload)?.write(&mut self.write);
+        self.flush().await
+    }
+
+    /// Ends CopyBoth mode from our side and closes the connection politely.
+    pub async fn finish(mut self) -> Result<(), WireError> {
+        frontend::copy_done(&mut self.write);
+        frontend::terminate(&mut self.write);
+        self.flush().await?;
+        self.socket.shutdown().await.ok();
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), WireError> {
+        self.socket.write_all(&self.write).await?;
+        self.write.clear();
+        self.socket.flush().await?;
+        Ok(())
+    }
+
+    async fn next_frame(&mut self) -> Result<Backend, WireError> {
+        loop {
+            if let Some(frame) = frame::parse(&mut self.read)? {
+                return Ok(frame);
+            }
+            self.read.reserve(64 * 1024);
+            if self.socket.read_buf(&mut self.read).await? == 0 {
+                return Err(WireError::Closed);
+            }
+        }
+    }
+
+    async fn next_message(&mut self) -> Result<Message, WireError> {
+        loop {
+            match self.next_frame().await? {
+                Backend::Other(Message::ErrorResponse(body)) => {
+                    return Err(WireError::Server(frame::server_error(body.fields())?));
+                }
+                Backend::Other(Message::NoticeResponse(body)) => {
+                    let notice = frame::server_error(body.fields())?;
+                    tracing::info!("server notice: {notice}");
+                }
+                Backend::Other(message) => return Ok(message),
+                Backend::CopyBothResponse => return Err(protocol("unexpected CopyBothResponse")),
+                Backend::CopyData(_) => return Err(protocol("unexpected CopyData")),
+            }
+        }
+    }
+}
+
+async fn connect_with_timeout<T>(
+    connect: impl std::future::Future<Output = std::io::Result<T>>,
+    target: &str,
+) -> Result<T, WireError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(source)) => Err(WireError::Connect {
+            target: target.to_string(),
+            source,
+        }),
+        Err(_) => Err(WireError::Connect {
+            target: target.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out after 30 s"),
+        }),
+    }
+}
+
+/// TCP keepalive so a dead peer is noticed even while we wait for data.
+fn set_keepalive(stream: &TcpStream) -> std::io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let fd = stream;
+    let err = |e: nix::Error| std::io::Error::from(e);
+    setsockopt(fd, sockopt::KeepAlive, &true).map_err(err)?;
+    setsockopt(fd, sockopt::TcpKeepIdle, &30).map_err(err)?;
+    setsockopt(fd, sockopt::TcpKeepInterval, &10).map_err(err)?;
+    setsockopt(fd, sockopt::TcpKeepCount, &3).map_err(err)?;
+    Ok(())
+}
+
+fn protocol(what: &str) -> WireError {
+    WireError::Protocol(what.to_string())
+}
+
+fn name(message: &Message) -> &'static str {
+    match message {
+        Message::CommandComplete(_) => "CommandComplete",
+        Message::CopyInResponse(_) => "CopyInResponse",
+        Message::CopyOutResponse(_) => "CopyOutResponse",
+        Message::DataRow(_) => "DataRow",
+        Message::RowDescription(_) => "RowDescription",
+        Message::ReadyForQuery(_) => "ReadyForQuery",
+        Message::CopyDone => "CopyDone",
+        _ => "a message",
+    }
+}

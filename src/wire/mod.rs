@@ -1,0 +1,69 @@
+//! The connection to a walsender: socket, startup, authentication and message framing.
+//!
+//! First stage of the flow. tokio-postgres cannot run START_REPLICATION (no CopyBoth mode, no
+//! `replication` startup parameter), so this connection is ours, built on postgres-protocol's
+//! frontend encoders, backend parser and SCRAM/MD5 helpers, with our own handling of the
+//! CopyBothResponse `W` that its parser does not know. `frame` does no I/O; `conn` owns the socket.
+
+pub mod conn;
+pub mod frame;
+pub mod params;
+
+use std::fmt;
+use std::io;
+
+pub use conn::WalConnection;
+pub use params::{ConnParams, Host};
+
+/// An ErrorResponse from the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerError {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.code)?;
+        if let Some(detail) = &self.detail {
+            write!(f, ": {detail}")?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "; hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("could not connect to {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("replication connection lost: {0}")]
+    Io(#[from] io::Error),
+    #[error("the server closed the replication connection")]
+    Closed,
+    #[error("server error: {0}")]
+    Server(ServerError),
+    #[error("{0}")]
+    Auth(String),
+    #[error("unexpected message from the server: {0}")]
+    Protocol(String),
+}
+
+impl WireError {
+    /// The SQLSTATE when the server reported the error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            WireError::Server(e) => Some(&e.code),
+            _ => None,
+        }
+    }
+}

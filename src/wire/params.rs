@@ -1,0 +1,335 @@
+//! Where and as whom to connect: a libpq-style connection string completed as psql would.
+//!
+//! `--dsn` (or AUDIT_TAIL_DSN) takes a URL (`postgresql://user@host:5432/db`) or key=value pairs
+//! (`host=/var/run/postgresql dbname=app`); tokio-postgres parses both. What it leaves out comes
+//! from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE and the password file (PGPASSFILE or
+//! ~/.pgpass), then libpq's defaults. The one result feeds both the replication connection (ours)
+//! and the SQL connection (tokio-postgres). Only the first host of a list is used.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use tokio_postgres::config::Host as PgHost;
+
+/// A server address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Tcp(String),
+    /// The directory holding the server's socket `.s.PGSQL.<port>`.
+    Unix(PathBuf),
+}
+
+/// Everything needed to open a connection.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnParams {
+    pub host: Host,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+    pub application_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParamsError {
+    #[error(
+        "invalid connection string ({0}): give a URL like postgresql://user@host:5432/dbname or \
+         key=value pairs like \"host=localhost port=5432 dbname=app user=audit_tail\""
+    )]
+    Invalid(String),
+    #[error("invalid {name} {value:?}: {what}")]
+    Env {
+        name: &'static str,
+        value: String,
+        what: &'static str,
+    },
+}
+
+impl ConnParams {
+    /// Completes `dsn` from the environment (`env` looks a variable up) and the password file.
+    pub fn resolve(
+        dsn: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ConnParams, ParamsError> {
+        let parsed = match dsn.map(str::trim).filter(|d| !d.is_empty()) {
+            Some(dsn) => tokio_postgres::Config::from_str(dsn)
+                .map_err(|e| ParamsError::Invalid(e.to_string()))?,
+            None => tokio_postgres::Config::new(),
+        };
+        let env = |name: &str| env(name).filter(|v| !v.is_empty());
+
+        let host = match parsed.get_hosts().first() {
+            Some(PgHost::Tcp(h)) => host_of(h),
+            Some(PgHost::Unix(p)) => Host::Unix(p.clone()),
+            None => match env("PGHOST") {
+                Some(h) => host_of(h.split(',').next().unwrap_or_default()),
+                None => Host::Unix(default_socket_dir()),
+            },
+        };
+        let port = match parsed.get_ports().first() {
+            Some(&p) => p,
+            None => match env("PGPORT") {
+                Some(p) => p.parse().map_err(|_| ParamsError::Env {
+                    name: "PGPORT",
+                    value: p,
+                    what: "not a port number",
+                })?,
+                None => 5432,
+            },
+        };
+        let user = parsed
+            .get_user()
+            .map(str::to_string)
+            .or_else(|| env("PGUSER"))
+            .unwrap_or_else(os_user);
+        let dbname = parsed
+            .get_dbname()
+            .map(str::to_string)
+            .or_else(|| env("PGDATABASE"))
+            .unwrap_or_else(|| user.clone());
+        let application_name = parsed
+            .get_application_name()
+            .unwrap_or("audit-tail")
+            .to_string();
+        let mut params = ConnParams {
+            host,
+            port,
+            user,
+            password: None,
+            dbname,
+            application_name,
+        };
+        params.password = parsed
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .or_else(|| env("PGPASSWORD"))
+            .or_else(|| {
+                let file = env("PGPASSFILE")
+                    .map(PathBuf::from)
+                    .or_else(|| env("HOME").map(|h| Path::new(&h).join(".pgpass")))?;
+                let text = std::fs::read_to_string(file).ok()?;
+                pgpass_lookup(&text, &params)
+            });
+        Ok(params)
+    }
+
+    /// The same target as a tokio-postgres configuration, for ordinary SQL.
+    pub fn sql_config(&self) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        match &self.host {
+            Host::Tcp(h) => config.host(h),
+            Host::Unix(p) => config.host_path(p),
+        };
+        config
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name(&self.application_name)
+            .connect_timeout(std::time::Duration::from_secs(30));
+        if let Some(p) = &self.password {
+            config.password(p);
+        }
+        config
+    }
+}
+
+/// Shown in logs and errors: never the password.
+impl fmt::Display for ConnParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = match &self.host {
+            Host::Tcp(h) => h.clone(),
+            Host::Unix(p) => p.display().to_string(),
+        };
+        write!(
+            f,
+            "host={host} port={} user={} dbname={}",
+            self.port, self.user, self.dbname
+        )?;
+        if self.password.is_some() {
+            write!(f, " password=********")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ConnParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+fn host_of(h: &str) -> Host {
+    if h.starts_with('/') {
+        Host::Unix(PathBuf::from(h))
+    } else {
+        Host::Tcp(h.to_string())
+    }
+}
+
+/// libpq's compiled-in socket directory: /var/run/postgresql on Debian, /tmp upstream.
+fn default_socket_dir() -> PathBuf {
+    let debian = Path::new("/var/run/postgresql");
+    if debian.is_dir() {
+        debian.to_path_buf()
+    } else {
+        PathBuf::from("/tmp")
+    }
+}
+
+fn os_user() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "postgres".to_string())
+}
+
+/// The password of the first matching `hostname:port:database:username:password` line. `*`
+/// matches anything; `\:` and `\\` are escapes. A socket connection matches `localhost` or its
+/// directory, as in libpq.
+fn pgpass_lookup(text: &str, params: &ConnParams) -> Option<String> {
+    let port = params.port.to_string();
+    let hosts: Vec<String> = match &params.host {
+        Host::Tcp(h) => vec![h.clone()],
+        Host::Unix(p) => vec!["localhost".into(), p.display().to_string()],
+    };
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let fields = split_pgpass(line);
+        let [host, p, db, user, password] = fields.as_slice() else {
+            continue;
+        };
+        let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
+        if hosts.iter().any(|h| matches(host, h))
+            && matches(p, &port)
+            && matches(db, &params.dbname)
+            && matches(user, &params.user)
+        {
+            return Some(password.clone());
+        }
+    }
+    None
+}
+
+fn split_pgpass(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    fields.last_mut().expect("never empty").push(next);
+                }
+            }
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            _ => fields.last_mut().expect("never empty").push(c),
+        }
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn resolve(dsn: Option<&str>, vars: &[(&str, &str)]) -> Result<ConnParams, ParamsError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ConnParams::resolve(dsn, &move |k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn urls_and_key_value_strings_both_work() {
+        let p = resolve(
+            Some("postgresql://alice:s3cret@db.example.com:6432/app"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(p.host, Host::Tcp("db.example.com".into()));
+        assert_eq!(
+            (p.port, p.user.as_str(), p.dbname.as_str()),
+            (6432, "alice", "app")
+        );
+        assert_eq!(p.password.as_deref(), Some("s3cret"));
+        let p = resolve(Some("host=/tmp/sock port=5433 dbname=x user=bob"), &[]).unwrap();
+        assert_eq!(p.host, Host::Unix("/tmp/sock".into()));
+        assert_eq!(
+            (p.port, p.user.as_str(), p.dbname.as_str()),
+            (5433, "bob", "x")
+        );
+    }
+
+    #[test]
+    fn missing_parts_come_from_the_environment() {
+        let env = [
+            ("PGHOST", "pg.internal"),
+            ("PGPORT", "5999"),
+            ("PGUSER", "carol"),
+            ("PGPASSWORD", "pw"),
+            ("PGDATABASE", "audit"),
+        ];
+        let p = resolve(None, &env).unwrap();
+        assert_eq!(p.host, Host::Tcp("pg.internal".into()));
+        assert_eq!(
+            (p.port, p.user.as_str(), p.dbname.as_str()),
+            (5999, "carol", "audit")
+        );
+        assert_eq!(p.password.as_deref(), Some("pw"));
+        // What the DSN says wins.
+        let p = resolve(Some("dbname=other port=1"), &env).unwrap();
+        assert_eq!((p.port, p.dbname.as_str()), (1, "other"));
+        // The database defaults to the user's name.
+        let p = resolve(Some("user=dave"), &[]).unwrap();
+        assert_eq!(p.dbname, "dave");
+        assert!(resolve(None, &[("PGPORT", "http")]).is_err());
+    }
+
+    #[test]
+    fn the_password_file_is_read_as_libpq_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgpass");
+        std::fs::write(
+            &file,
+            "# comment\nother:5432:*:erin:wrong\n*:5432:app:erin:pa\\:ss\nlocalhost:*:*:*:sock\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let p = resolve(
+            Some("host=db port=5432 dbname=app user=erin"),
+            &[("PGPASSFILE", file)],
+        )
+        .unwrap();
+        assert_eq!(p.password.as_deref(), Some("pa:ss"));
+        let p = resolve(
+            Some("host=/run/pg port=7 dbname=z user=q"),
+            &[("PGPASSFILE", file)],
+        )
+        .unwrap();
+        assert_eq!(p.password.as_deref(), Some("sock"));
+        let p = resolve(
+            Some("host=db port=1 dbname=app user=erin"),
+            &[("PGPASSFILE", file)],
+        )
+        .unwrap();
+        assert_eq!(p.password, None);
+    }
+
+    #[test]
+    fn passwords_are_masked_and_bad_strings_say_what_to_write() {
+        let p = resolve(Some("postgresql://u:topsecret@h/d"), &[]).unwrap();
+        assert!(!p.to_string().contains("topsecret"));
+        assert!(!format!("{p:?}").contains("topsecret"));
+        assert!(p.to_string().contains("password=********"));
+        let err = resolve(Some("host=h nonsense"), &[]).unwrap_err();
+        assert!(err.to_string().contains("key=value"), "{err}");
+        let err = resolve(Some("postgresql://h:notaport/d"), &[]).unwrap_err();
+        assert!(err.to_string().contains("postgresql://"), "{err}");
+    }
+}
