@@ -36,7 +36,7 @@ pub enum Command {
         #[command(flatten)]
         dsn: DsnArg,
         /// Logical replication slot; created (pgoutput) when missing.
-        #[arg(long, default_value = "audit_tail")]
+        #[arg(long, default_value = "audit_tail", value_parser = parse_slot)]
         slot: String,
         /// Publication to stream.
         #[arg(long, default_value = "users_audit_pub")]
@@ -82,6 +82,12 @@ impl From<FormatArg> for Format {
             FormatArg::None => Format::None,
         }
     }
+}
+
+fn parse_slot(s: &str) -> Result<String, String> {
+    crate::replication::slot::validate_slot_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_until(s: &str) -> Result<Until, String> {
