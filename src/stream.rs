@@ -240,6 +240,12 @@ impl<W: Write> Session<'_, W> {
             } else {
                 STATUS_INTERVAL
             };
+            // Checked here too: under steady load `recv` is always ready and would starve the
+            // timer branch below.
+            if state.last_status.elapsed() >= status_every {
+                let ask = self.target.is_some();
+                self.send_status(&mut conn, &mut state, ask).await?;
+            }
             let status_at = state.last_status + status_every;
             let flush_at = state.pending_since.map(|t| t + FLUSH_DELAY);
             tokio::select! {
