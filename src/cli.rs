@@ -61,6 +61,24 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         export_dir: Option<String>,
     },
+    /// Compare the nightly export of a day with the live stream's file of that day. Exit 0 when
+    /// they agree, 1 when they differ, 2 when an input is missing or malformed.
+    Verify {
+        /// The day to verify.
+        #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
+        date: chrono::NaiveDate,
+        /// The nightly export file; without it the same export is read from the database.
+        #[arg(long, value_name = "FILE")]
+        nightly: Option<PathBuf>,
+        /// The stream's out-dir.
+        #[arg(long, default_value = "./audit-stream")]
+        out_dir: PathBuf,
+        #[command(flatten)]
+        dsn: DsnArg,
+        /// Report for people (text) or programs (json).
+        #[arg(long, value_enum, default_value_t = ReportArg::Text)]
+        format: ReportArg,
+    },
     /// Run the reference scenario on a throwaway local PostgreSQL: prints the audit rows and the
     /// nightly export's CSV, then removes the cluster. Needs only an installed PostgreSQL server.
     Demo,
@@ -82,6 +100,18 @@ impl From<FormatArg> for Format {
             FormatArg::None => Format::None,
         }
     }
+}
+
+/// `verify --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportArg {
+    Text,
+    Json,
+}
+
+fn parse_date(s: &str) -> Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|e| format!("{s:?} is not a date like 2025-10-21 ({e})"))
 }
 
 fn parse_slot(s: &str) -> Result<String, String> {

@@ -15,6 +15,7 @@ pub mod replication;
 pub mod sink;
 pub mod sql;
 pub mod stream;
+pub mod verify;
 pub mod wire;
 
 /// Every error the program can end with; `main` alone turns these into exit codes.
@@ -28,6 +29,8 @@ pub enum Error {
     Stream(#[from] stream::StreamError),
     #[error(transparent)]
     Params(#[from] wire::params::ParamsError),
+    #[error(transparent)]
+    Verify(#[from] verify::VerifyError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -45,7 +48,7 @@ impl Error {
     /// everything else that failed.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Params(_) => 2,
+            Error::Params(_) | Error::Verify(_) => 2,
             _ => 1,
         }
     }

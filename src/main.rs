@@ -6,8 +6,9 @@ use clap::Parser;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
-use audit_tail::cli::{Cli, Command};
+use audit_tail::cli::{Cli, Command, ReportArg};
 use audit_tail::stream::StreamConfig;
+use audit_tail::verify::{Nightly, ReportFormat};
 use audit_tail::wire::ConnParams;
 use audit_tail::{Error, sql};
 
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("audit-tail: error: {}", chain(&e));
@@ -34,17 +35,44 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> Result<(), Error> {
+async fn run(command: Command) -> Result<ExitCode, Error> {
     let env = |name: &str| std::env::var(name).ok();
     match command {
-        Command::Demo => audit_tail::demo::run(&mut std::io::stdout().lock()).await,
+        Command::Demo => {
+            audit_tail::demo::run(&mut std::io::stdout().lock()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            date,
+            nightly,
+            out_dir,
+            dsn,
+            format,
+        } => {
+            let nightly = match nightly {
+                Some(file) => Nightly::File(file),
+                None => Nightly::Database(ConnParams::resolve(dsn.dsn.as_deref(), &env)?),
+            };
+            let report = audit_tail::verify::verify(date, &nightly, &out_dir).await?;
+            let format = match format {
+                ReportArg::Text => ReportFormat::Text,
+                ReportArg::Json => ReportFormat::Json,
+            };
+            use std::io::Write;
+            std::io::stdout().write_all(report.render(format).as_bytes())?;
+            Ok(if report.diff.agrees() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Setup { dsn, export_dir } => {
             let params = ConnParams::resolve(dsn.dsn.as_deref(), &env)?;
             tracing::info!(server = %params, "applying sql/install.sql");
             let client = sql::connect(&params.sql_config()).await?;
             sql::install(&client, export_dir.as_deref()).await?;
             tracing::info!("installed");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Stream {
             dsn,
@@ -64,7 +92,7 @@ async fn run(command: Command) -> Result<(), Error> {
             };
             let shutdown = shutdown_on_signal();
             audit_tail::stream::run(config, shutdown, std::io::stdout()).await?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

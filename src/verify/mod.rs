@@ -1,0 +1,344 @@
+//! `audit-tail verify`: the nightly export of a day against the live stream's file of that day.
+//!
+//! Beside the flow, at its end: it reads `users_audit_stream_YYYYMMDD.csv` from the out-dir and
+//! the nightly export, either a file (`--nightly`) or, since that file sits on the database
+//! server's disk, the same query as `export_audit_data(D)` over COPY TO STDOUT. Rows are keyed by
+//! id. To verify a day of millions of rows in bounded memory, both sides are first split by id
+//! into bucket files of at most `BUCKET_BYTES`, then each bucket pair is compared in memory.
+
+pub mod csv_read;
+mod report;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use futures_util::TryStreamExt;
+
+use crate::sql::{self, SqlError};
+use crate::wire::ConnParams;
+use csv_read::{CsvError, Reader, Record};
+pub use report::{Diff, Report, ReportFormat};
+
+/// The CSV contract of users_audit.
+pub const HEADER: [&str; 7] = [
+    "id",
+    "user_id",
+    "changed_at",
+    "changed_by",
+    "field_changed",
+    "old_value",
+    "new_value",
+];
+const BUCKET_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Where the nightly export comes from.
+#[derive(Debug, Clone)]
+pub enum Nightly {
+    File(PathBuf),
+    Database(ConnParams),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{file}: {source}")]
+    Csv {
+        file: String,
+        #[source]
+        source: CsvError,
+    },
+    #[error("{file} line {line}: {reason}")]
+    Content {
+        file: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("could not read {file}: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "no stream file for {date}: {path} does not exist; run audit-tail stream with this --out-dir, or check --date"
+    )]
+    NoStream { date: NaiveDate, path: PathBuf },
+    #[error("could not read the nightly export from the database: {0}")]
+    Sql(#[from] SqlError),
+    #[error("could not use a temporary file: {0}")]
+    Temp(std::io::Error),
+}
+
+/// Compares the day's stream file in `out_dir` with the nightly export.
+pub async fn verify(
+    date: NaiveDate,
+    nightly: &Nightly,
+    out_dir: &Path,
+) -> Result<Report, VerifyError> {
+    let stream_path = out_dir.join(format!("users_audit_stream_{}.csv", date.format("%Y%m%d")));
+    if !stream_path.is_file() {
+        return Err(VerifyError::NoStream {
+            date,
+            path: stream_path,
+        });
+    }
+    let (nightly_path, nightly_name, _temp) = match nightly {
+        Nightly::File(path) => (path.clone(), path.display().to_string(), None),
+        Nightly::Database(params) => {
+            let temp = export_from_database(params, date).await?;
+            let name = format!("the export of {date} from database {}", params.dbname);
+            (temp.path().to_path_buf(), name, Some(temp))
+        }
+    };
+    let stream_name = stream_path.display().to_string();
+    let buckets = bucket_count(&[&nightly_path, &stream_path], BUCKET_BYTES);
+    let nightly_side = split(&nightly_path, &nightly_name, buckets)?;
+    let stream_side = split(&stream_path, &stream_name, buckets)?;
+    let diff = compare(nightly_side, stream_side)?;
+    Ok(Report {
+        date,
+        nightly: nightly_name,
+        stream: stream_name,
+        diff,
+    })
+}
+
+/// The same rows and bytes as export_audit_data(date), into a temporary file.
+async fn export_from_database(
+    params: &ConnParams,
+    date: NaiveDate,
+) -> Result<tempfile::NamedTempFile, VerifyError> {
+    let client = sql::connect(&params.sql_config()).await?;
+    client
+        .batch_execute("SET datestyle = 'ISO, MDY'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3")
+        .await
+        .map_err(|e| SqlError::new("could not pin the session settings", e))?;
+    let day = date.format("%Y-%m-%d");
+    let query = format!(
+        "COPY (SELECT * FROM users_audit WHERE changed_at >= '{day}'::date \
+         AND changed_at < '{day}'::date + 1 ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER, ENCODING 'UTF8')"
+    );
+    let stream = client
+        .copy_out(&query)
+        .await
+        .map_err(|e| SqlError::new("could not export users_audit (is sql/install.sql installed, and may this role SELECT it?)", e))?;
+    let mut temp = tempfile::NamedTempFile::new().map_err(VerifyError::Temp)?;
+    futures_util::pin_mut!(stream);
+    {
+        let mut out = BufWriter::new(temp.as_file_mut());
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| SqlError::new("the export was cut off", e))?
+        {
+            out.write_all(&chunk).map_err(VerifyError::Temp)?;
+        }
+        out.flush().map_err(VerifyError::Temp)?;
+    }
+    Ok(temp)
+}
+
+fn bucket_count(paths: &[&Path], bucket_bytes: u64) -> u64 {
+    let largest = paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0);
+    largest.div_ceil(bucket_bytes).max(1)
+}
+
+struct Side {
+    rows: u64,
+    buckets: Vec<tempfile::NamedTempFile>,
+}
+
+/// Checks every record of `path` and spreads them over `n` bucket files by id.
+fn split(path: &Path, name: &str, n: u64) -> Result<Side, VerifyError> {
+    let file = File::open(path).map_err(|source| VerifyError::Read {
+        file: name.to_string(),
+        source,
+    })?;
+    let mut reader = Reader::new(BufReader::new(file));
+    let csv = |source| VerifyError::Csv {
+        file: name.to_string(),
+        source,
+    };
+    let content = |line, reason: String| VerifyError::Content {
+        file: name.to_string(),
+        line,
+        reason,
+    };
+    let header = reader
+        .next_record()
+        .map_err(csv)?
+        .ok_or_else(|| content(1, "empty file: expected the header line".into()))?;
+    let expected: Vec<Option<Vec<u8>>> =
+        HEADER.iter().map(|h| Some(h.as_bytes().to_vec())).collect();
+    if header.fields != expected {
+        return Err(content(
+            1,
+            format!(
+                "wrong header {:?}: expected {}",
+                String::from_utf8_lossy(header.raw.trim_ascii_end()),
+                HEADER.join(",")
+            ),
+        ));
+    }
+    let mut buckets = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..n {
+        let temp = tempfile::NamedTempFile::new().map_err(VerifyError::Temp)?;
+        writers.push(BufWriter::new(temp.reopen().map_err(VerifyError::Temp)?));
+        buckets.push(temp);
+    }
+    let mut rows = 0;
+    while let Some(record) = reader.next_record().map_err(csv)? {
+        if record.fields.len() != HEADER.len() {
+            return Err(content(
+                record.line,
+                format!(
+                    "{} fields where the header has {}",
+                    record.fields.len(),
+                    HEADER.len()
+                ),
+            ));
+        }
+        let id = id_of(&record)
+            .ok_or_else(|| content(record.line, "the id is not an integer".into()))?;
+        let w = &mut writers[(id.rem_euclid(n as i64)) as usize];
+        w.write_all(&(record.line as u64).to_le_bytes())
+            .and_then(|()| w.write_all(&(record.raw.len() as u64).to_le_bytes()))
+            .and_then(|()| w.write_all(&record.raw))
+            .map_err(VerifyError::Temp)?;
+        rows += 1;
+    }
+    for mut w in writers {
+        w.flush().map_err(VerifyError::Temp)?;
+    }
+    Ok(Side { rows, buckets })
+}
+
+fn id_of(record: &Record) -> Option<i64> {
+    let id = record.fields.first()?.as_ref()?;
+    std::str::from_utf8(id).ok()?.parse().ok()
+}
+
+/// Reads back a bucket: (line, raw record) pairs.
+fn read_bucket(file: &tempfile::NamedTempFile) -> Result<Vec<(usize, Vec<u8>)>, VerifyError> {
+    let mut bytes = Vec::new();
+    file.reopen()
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(VerifyError::Temp)?;
+    let mut out = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 16 {
+        let line = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")) as usize;
+        let len = u64::from_le_bytes(rest[8..16].try_into().expect("8 bytes")) as usize;
+        out.push((line, rest[16..16 + len].to_vec()));
+        rest = &rest[16 + len..];
+    }
+    Ok(out)
+}
+
+fn parse_raw(raw: &[u8]) -> Record {
+    Reader::new(raw)
+        .next_record()
+        .ok()
+        .flatten()
+        .expect("records in buckets were parsed once already")
+}
+
+fn compare(nightly: Side, stream: Side) -> Result<Diff, VerifyError> {
+    let mut diff = Diff {
+        nightly_rows: nightly.rows,
+        stream_rows: stream.rows,
+        ..Diff::default()
+    };
+    for (n, s) in nightly.buckets.into_iter().zip(stream.buckets) {
+        compare_bucket(n, s, &mut diff)?;
+    }
+    diff.finish();
+    Ok(diff)
+}
+
+fn compare_bucket(
+    nightly: tempfile::NamedTempFile,
+    stream: tempfile::NamedTempFile,
+    diff: &mut Diff,
+) -> Result<(), VerifyError> {
+    let mut by_id: HashMap<i64, Vec<u8>> = HashMap::new();
+    for (_, raw) in read_bucket(&nightly)? {
+        let id = id_of(&parse_raw(&raw)).expect("checked in split");
+        if by_id.insert(id, raw).is_some() {
+            diff.duplicate_in_nightly(id);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (_, raw) in read_bucket(&stream)? {
+        let record = parse_raw(&raw);
+        let id = id_of(&record).expect("checked in split");
+        if !seen.insert(id) {
+            diff.duplicate_in_stream(id);
+            continue;
+        }
+        match by_id.remove(&id) {
+            None => diff.only_in_stream(id),
+            Some(theirs) if theirs == raw => diff.matching += 1,
+            Some(theirs) => diff.differs(id, &parse_raw(&theirs), &record),
+        }
+    }
+    for id in by_id.into_keys() {
+        diff.only_in_nightly(id);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_buckets_find_the_same_differences() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = HEADER.join(",");
+        let mut nightly = format!("{header}\n");
+        let mut stream = format!("{header}\n");
+        for id in 1..=500 {
+            let row = format!("{id},1,2025-10-21 10:00:00,a,name,old,new{id}\n");
+            nightly.push_str(&row);
+            if id != 250 {
+                // The stream in another order, one row missing, one changed, one doubled.
+                let row = if id == 77 {
+                    row.replace("new77", "changed")
+                } else {
+                    row
+                };
+                stream.insert_str(header.len() + 1, &row);
+            }
+        }
+        stream.push_str("12,1,2025-10-21 10:00:00,a,name,old,new12\n");
+        let (n, s) = (dir.path().join("n.csv"), dir.path().join("s.csv"));
+        std::fs::write(&n, nightly).unwrap();
+        std::fs::write(&s, stream).unwrap();
+        let buckets = bucket_count(&[&n, &s], 1000);
+        assert!(buckets > 10, "{buckets}");
+        let diff = compare(
+            split(&n, "n", buckets).unwrap(),
+            split(&s, "s", buckets).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (diff.nightly_rows, diff.stream_rows, diff.matching),
+            (500, 500, 498)
+        );
+        assert_eq!(diff.only_in_nightly, (1, vec![250]));
+        assert_eq!(diff.only_in_stream.0, 0);
+        assert_eq!(diff.differing.0, 1);
+        assert_eq!(diff.differing.1[0].0, 77);
+        assert_eq!(diff.duplicates, (1, vec![(12, "stream")]));
+        assert!(!diff.agrees());
+    }
+}

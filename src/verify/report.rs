@@ -1,0 +1,239 @@
+//! The result of `verify`: counts, then the ids only in one side and the rows whose fields
+//! differ, cut to `SHOWN` of each with a count of the rest; as text for people or JSON for cron
+//! and CI.
+
+use std::fmt::Write as _;
+
+use chrono::NaiveDate;
+use serde_json::json;
+
+use super::HEADER;
+use super::csv_read::{Field, Record};
+
+const SHOWN: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    Text,
+    Json,
+}
+
+/// One differing field: its name and both values (None for NULL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldDiff {
+    pub field: &'static str,
+    pub nightly: Option<String>,
+    pub stream: Option<String>,
+}
+
+/// What differs; lists hold at most `SHOWN` entries, the counts everything.
+#[derive(Debug, Clone, Default)]
+pub struct Diff {
+    pub nightly_rows: u64,
+    pub stream_rows: u64,
+    pub matching: u64,
+    pub only_in_nightly: (u64, Vec<i64>),
+    pub only_in_stream: (u64, Vec<i64>),
+    pub differing: (u64, Vec<(i64, Vec<FieldDiff>)>),
+    pub duplicates: (u64, Vec<(i64, &'static str)>),
+}
+
+fn note<T>(list: &mut (u64, Vec<T>), item: T) {
+    list.0 += 1;
+    if list.1.len() < SHOWN * 50 {
+        list.1.push(item);
+    }
+}
+
+impl Diff {
+    pub(super) fn only_in_nightly(&mut self, id: i64) {
+        note(&mut self.only_in_nightly, id);
+    }
+    pub(super) fn only_in_stream(&mut self, id: i64) {
+        note(&mut self.only_in_stream, id);
+    }
+    pub(super) fn duplicate_in_stream(&mut self, id: i64) {
+        note(&mut self.duplicates, (id, "stream"));
+    }
+    pub(super) fn duplicate_in_nightly(&mut self, id: i64) {
+        note(&mut self.duplicates, (id, "nightly export"));
+    }
+    pub(super) fn differs(&mut self, id: i64, nightly: &Record, stream: &Record) {
+        let text = |f: &Field| f.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
+        let fields = HEADER
+            .iter()
+            .zip(nightly.fields.iter().zip(&stream.fields))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(name, (a, b))| FieldDiff {
+                field: name,
+                nightly: text(a),
+                stream: text(b),
+            })
+            .collect();
+        note(&mut self.differing, (id, fields));
+    }
+
+    /// Sorts the lists by id and keeps the first `SHOWN`.
+    pub(super) fn finish(&mut self) {
+        self.only_in_nightly.1.sort_unstable();
+        self.only_in_nightly.1.truncate(SHOWN);
+        self.only_in_stream.1.sort_unstable();
+        self.only_in_stream.1.truncate(SHOWN);
+        self.differing.1.sort_by_key(|d| d.0);
+        self.differing.1.truncate(SHOWN);
+        self.duplicates.1.sort_unstable();
+        self.duplicates.1.truncate(SHOWN);
+    }
+
+    /// Whether the two copies agree row for row.
+    pub fn agrees(&self) -> bool {
+        self.only_in_nightly.0 == 0
+            && self.only_in_stream.0 == 0
+            && self.differing.0 == 0
+            && self.duplicates.0 == 0
+    }
+}
+
+/// A verify result for one day.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub date: NaiveDate,
+    pub nightly: String,
+    pub stream: String,
+    pub diff: Diff,
+}
+
+fn shown<T>(list: &(u64, Vec<T>)) -> String {
+    let rest = list.0 - list.1.len() as u64;
+    if rest > 0 {
+        format!(" … and {rest} more")
+    } else {
+        String::new()
+    }
+}
+
+fn value(v: &Option<String>) -> String {
+    match v {
+        None => "NULL".into(),
+        Some(s) => format!("{s:?}"),
+    }
+}
+
+impl Report {
+    pub fn render(&self, format: ReportFormat) -> String {
+        match format {
+            ReportFormat::Text => self.text(),
+            ReportFormat::Json => self.json(),
+        }
+    }
+
+    fn text(&self) -> String {
+        let d = &self.diff;
+        let mut t = String::new();
+        let verdict = if d.agrees() {
+            format!(
+                "the nightly export and the live stream agree ({} rows)",
+                d.matching
+            )
+        } else {
+            "the nightly export and the live stream DIFFER".to_string()
+        };
+        let _ = writeln!(t, "verify {}: {verdict}", self.date);
+        let _ = writeln!(
+            t,
+            "  nightly export: {} rows  ({})",
+            d.nightly_rows, self.nightly
+        );
+        let _ = writeln!(
+            t,
+            "  live stream:    {} rows  ({})",
+            d.stream_rows, self.stream
+        );
+        let _ = writeln!(t, "  matching:       {}", d.matching);
+        let ids = |l: &(u64, Vec<i64>)| {
+            l.1.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+                + &shown(l)
+        };
+        if d.only_in_nightly.0 > 0 {
+            let _ = writeln!(
+                t,
+                "  only in the nightly export: {} (ids {})",
+                d.only_in_nightly.0,
+                ids(&d.only_in_nightly)
+            );
+        }
+        if d.only_in_stream.0 > 0 {
+            let _ = writeln!(
+                t,
+                "  only in the stream: {} (ids {})",
+                d.only_in_stream.0,
+                ids(&d.only_in_stream)
+            );
+        }
+        if d.duplicates.0 > 0 {
+            let list: Vec<String> = d
+                .duplicates
+                .1
+                .iter()
+                .map(|(id, side)| format!("{id} in the {side}"))
+                .collect();
+            let _ = writeln!(
+                t,
+                "  duplicate ids: {} ({}{})",
+                d.duplicates.0,
+                list.join(", "),
+                shown(&d.duplicates)
+            );
+        }
+        if d.differing.0 > 0 {
+            let _ = writeln!(t, "  rows that differ: {}", d.differing.0);
+            for (id, fields) in &d.differing.1 {
+                for f in fields {
+                    let _ = writeln!(
+                        t,
+                        "    id {id}: {} nightly {} / stream {}",
+                        f.field,
+                        value(&f.nightly),
+                        value(&f.stream)
+                    );
+                }
+            }
+            let rest = shown(&d.differing);
+            if !rest.is_empty() {
+                let _ = writeln!(t, "    {}", rest.trim());
+            }
+        }
+        t
+    }
+
+    fn json(&self) -> String {
+        let d = &self.diff;
+        let differing: Vec<_> = d
+            .differing
+            .1
+            .iter()
+            .map(|(id, fields)| {
+                json!({"id": id, "fields": fields.iter().map(|f| json!({
+                    "field": f.field, "nightly": f.nightly, "stream": f.stream
+                })).collect::<Vec<_>>()})
+            })
+            .collect();
+        let value = json!({
+            "date": self.date.to_string(),
+            "agree": d.agrees(),
+            "nightly": {"source": self.nightly, "rows": d.nightly_rows},
+            "stream": {"source": self.stream, "rows": d.stream_rows},
+            "matching": d.matching,
+            "only_in_nightly": {"count": d.only_in_nightly.0, "ids": d.only_in_nightly.1},
+            "only_in_stream": {"count": d.only_in_stream.0, "ids": d.only_in_stream.1},
+            "duplicates": {"count": d.duplicates.0, "ids": d.duplicates.1.iter().map(|(id, side)| json!({"id": id, "in": side})).collect::<Vec<_>>()},
+            "differing": {"count": d.differing.0, "rows": differing},
+        });
+        let mut text = value.to_string();
+        text.push('\n');
+        text
+    }
+}
