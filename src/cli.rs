@@ -79,9 +79,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ReportArg::Text)]
         format: ReportArg,
     },
-    /// Run the reference scenario on a throwaway local PostgreSQL: prints the audit rows and the
-    /// nightly export's CSV, then removes the cluster. Needs only an installed PostgreSQL server.
-    Demo,
+    /// The whole story on a throwaway local PostgreSQL: stream, the reference scenario live, the
+    /// nightly export, verify; then remove everything. Needs only an installed PostgreSQL server.
+    Demo {
+        /// Leave the cluster and the stream running until Ctrl-C, and print how to connect.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 /// `--format`.

@@ -1,71 +1,98 @@
-//! `audit-tail demo`: the reference scenario on a throwaway cluster, end to end.
+//! `audit-tail demo`: the whole story on a throwaway cluster, in under a minute.
 //!
-//! Starts a cluster (crate::cluster), installs sql/install.sql into its cron database so the
-//! nightly job is scheduled too, applies sql/demo_data.sql, prints the audit rows, runs the export
-//! the nightly job would run and prints the CSV file the server wrote. Everything is removed at
-//! the end.
+//! 1. starts a cluster (crate::cluster) and installs sql/install.sql into its cron database, so
+//!    the nightly job is scheduled too;
+//! 2. starts streaming (crate::stream) into a temporary out-dir;
+//! 3. applies sql/demo_data.sql, whose six audit rows appear live on stdout;
+//! 4. runs the export the nightly job runs and prints the CSV file the server wrote;
+//! 5. verifies the export against the live stream (crate::verify);
+//! 6. removes everything, or with `--keep` leaves it running until Ctrl-C.
 
 use std::io::Write;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use crate::Error;
 use crate::cluster::Cluster;
-use crate::sink::text;
+use crate::sink::stdout::Format;
 use crate::sql::{self, SqlError};
+use crate::stream::{self, StreamConfig};
+use crate::verify::{self, Nightly, ReportFormat};
+use crate::wire::{ConnParams, Host};
 
-/// Runs the demo, writing what a user should see to `out`.
-pub async fn run(out: &mut impl Write) -> Result<(), Error> {
+const SLOT: &str = "audit_tail_demo";
+
+/// Runs the demo, writing what a user should see to stdout.
+pub async fn run(keep: bool) -> Result<(), Error> {
+    let mut out = std::io::stdout();
     tracing::info!("starting a throwaway PostgreSQL cluster");
     let cluster = tokio::task::spawn_blocking(Cluster::start)
         .await
         .map_err(|e| Error::Internal(format!("cluster start-up task failed: {e}")))??;
-    tracing::info!(socket = %cluster.socket_dir().display(), port = cluster.port(), "cluster running");
     let export_dir = cluster.server_writable_dir("exports")?;
-
     let client = sql::connect(&cluster.config("postgres")).await?;
     sql::install(&client, export_dir.to_str()).await?;
-    tracing::info!("installed sql/install.sql; applying the reference scenario sql/demo_data.sql");
+    writeln!(
+        out,
+        "1. A throwaway PostgreSQL is running with sql/install.sql installed."
+    )?;
+    if let Ok(Some(job)) = client
+        .query_opt("SELECT schedule || '  ' || command FROM cron.job WHERE jobname = 'export-daily-audit-data'", &[])
+        .await
+    {
+        let job: String = job.get(0);
+        writeln!(out, "   Nightly job (pg_cron, GMT): {job}")?;
+    }
+
+    let out_dir = tempfile::Builder::new()
+        .prefix("audit-tail-demo-stream-")
+        .tempdir()
+        .map_err(|source| Error::Io {
+            context: "could not create the demo's out-dir".into(),
+            source,
+        })?;
+    let config = StreamConfig {
+        conn: ConnParams {
+            host: Host::Unix(cluster.socket_dir().to_path_buf()),
+            port: cluster.port(),
+            user: crate::cluster::SUPERUSER.into(),
+            password: None,
+            dbname: "postgres".into(),
+            application_name: "audit-tail-demo".into(),
+        },
+        slot: SLOT.into(),
+        publication: "users_audit_pub".into(),
+        out_dir: out_dir.path().to_path_buf(),
+        format: Format::Text,
+        until: None,
+    };
+    let (stop, shutdown) = watch::channel(false);
+    let streaming = tokio::spawn(stream::run(config, shutdown, std::io::stdout()));
+    wait_for_slot(&client).await?;
+    writeln!(
+        out,
+        "2. audit-tail stream is tailing the publication into {}.",
+        out_dir.path().display()
+    )?;
+    writeln!(
+        out,
+        "3. Applying sql/demo_data.sql; the audit rows arrive live:"
+    )?;
+    out.flush()?;
     client
         .batch_execute(sql::DEMO_DATA_SQL)
         .await
         .map_err(|e| SqlError::new("sql/demo_data.sql failed", e))?;
-
-    writeln!(
-        out,
-        "The audit trail after sql/demo_data.sql (users_audit):"
-    )?;
-    let columns = audit_columns(&client).await?;
-    let names: Vec<&str> = columns.iter().map(String::as_str).collect();
-    let rows = client
-        .query(
-            "SELECT ARRAY[id::text, user_id::text, changed_at::text, changed_by, field_changed, \
-             old_value, new_value] FROM users_audit ORDER BY id",
-            &[],
-        )
+    let today: String = client
+        .query_one("SELECT current_date::text", &[])
         .await
-        .map_err(|e| SqlError::new("could not read users_audit", e))?;
-    for row in &rows {
-        let values: Vec<Option<String>> = row.get(0);
-        let values: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
-        writeln!(
-            out,
-            "  {}",
-            text::format_row("users_audit", &names, &values)
-        )?;
-    }
-
-    let job = client
-        .query_opt(
-            "SELECT schedule, command FROM cron.job WHERE jobname = 'export-daily-audit-data'",
-            &[],
-        )
-        .await;
-    if let Ok(Some(job)) = job {
-        let (schedule, command): (String, String) = (job.get(0), job.get(1));
-        writeln!(
-            out,
-            "\nThe nightly job (pg_cron, GMT): {schedule}  {command}"
-        )?;
-    }
+        .map_err(|e| SqlError::new("could not read current_date", e))?
+        .get(0);
+    let stream_file = out_dir
+        .path()
+        .join(format!("users_audit_stream_{}.csv", today.replace('-', "")));
+    wait_for_lines(&stream_file, 7).await?;
 
     let path: String = client
         .query_one("SELECT export_todays_audit_data()", &[])
@@ -78,27 +105,84 @@ pub async fn run(out: &mut impl Write) -> Result<(), Error> {
     })?;
     writeln!(
         out,
-        "\nThe export the job writes (export_todays_audit_data() → {path}):"
+        "4. The nightly export, export_todays_audit_data() → {path}:"
     )?;
     out.write_all(csv.as_bytes())?;
+
+    let date = today
+        .parse()
+        .map_err(|e| Error::Internal(format!("server date {today}: {e}")))?;
+    let report = verify::verify(date, &Nightly::File(path.into()), out_dir.path()).await?;
+    writeln!(out, "5. audit-tail verify --date {today}:")?;
+    out.write_all(report.render(ReportFormat::Text).as_bytes())?;
     out.flush()?;
 
+    if keep {
+        writeln!(
+            out,
+            "\nStill running. Change users and watch the stream above, until Ctrl-C:\n  \
+             psql \"{}\" -c \"UPDATE users SET role = 'auditor' WHERE id = 2\"",
+            cluster.conninfo("postgres")
+        )?;
+        out.flush()?;
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    let _ = stop.send(true);
+    streaming
+        .await
+        .map_err(|e| Error::Internal(format!("stream task failed: {e}")))??;
     drop(client);
     tokio::task::spawn_blocking(move || drop(cluster))
         .await
         .map_err(|e| Error::Internal(format!("cluster clean-up task failed: {e}")))?;
-    tracing::info!("throwaway cluster stopped and removed");
+    writeln!(out, "6. Cleaned up: the cluster and the files are gone.")?;
+    if !report.diff.agrees() {
+        return Err(Error::Internal(
+            "the demo's export and stream differ".into(),
+        ));
+    }
     Ok(())
 }
 
-async fn audit_columns(client: &tokio_postgres::Client) -> Result<Vec<String>, SqlError> {
-    let rows = client
-        .query(
-            "SELECT attname::text FROM pg_attribute WHERE attrelid = 'users_audit'::regclass \
-             AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[],
-        )
-        .await
-        .map_err(|e| SqlError::new("could not read the columns of users_audit", e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+/// The stream must hold its slot before the scenario runs, or the rows would predate the slot.
+async fn wait_for_slot(client: &tokio_postgres::Client) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let active = client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&SLOT],
+            )
+            .await
+            .map_err(|e| SqlError::new("could not read pg_replication_slots", e))?
+            .is_some_and(|row| row.get::<_, bool>(0));
+        if active {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Internal(
+                "the stream did not start within 20 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for_lines(path: &std::path::Path, lines: usize) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let count = std::fs::read(path)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0);
+        if count >= lines {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Internal(format!(
+                "the stream wrote {count} of {lines} lines to {} within 20 s",
+                path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -38,8 +38,8 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<ExitCode, Error> {
     let env = |name: &str| std::env::var(name).ok();
     match command {
-        Command::Demo => {
-            audit_tail::demo::run(&mut std::io::stdout().lock()).await?;
+        Command::Demo { keep } => {
+            audit_tail::demo::run(keep).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {

@@ -30,8 +30,20 @@ fn demo_prints_the_six_reference_rows_and_their_csv() {
     let csv_rows = stdout
         .lines()
         .skip_while(|l| !l.starts_with("id,user_id"))
+        .take_while(|l| !l.starts_with("5. "))
         .count();
     assert_eq!(csv_rows, 7, "header and six rows:\n{stdout}");
+    assert!(
+        stdout.contains("the nightly export and the live stream agree (6 rows)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0 3 * * *  SELECT public.export_audit_data(current_date - 1)"),
+        "{stdout}"
+    );
+    // The live lines come before the export: the stream printed them as they were committed.
+    let live = stdout.find("user 3 role: \"manager\" → \"user\"").unwrap();
+    assert!(live < stdout.find("id,user_id").unwrap(), "{stdout}");
     // Logs go to stderr, never into the data on stdout.
     assert!(!stdout.contains("INFO"), "{stdout}");
 }
