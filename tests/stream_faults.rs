@@ -409,3 +409,32 @@ async fn scram_and_md5_logins_stream_and_a_wrong_password_is_fatal() {
         )
         .ok();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_wal_sender_timeout_does_not_trip_under_a_large_transaction() {
+    let cluster = Arc::new(
+        Cluster::start_with(ClusterOptions {
+            settings: vec![("wal_sender_timeout".into(), "'3s'".into())],
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let db = TestDb::on(cluster, "sender_timeout");
+    db.install();
+    let out = tempfile::tempdir().unwrap();
+    catch_up(&db, out.path());
+    db.psql(
+        "INSERT INTO users_audit (user_id, changed_by, field_changed, old_value, new_value) \
+         SELECT g, 'bulk', 'name', repeat('o', 100), repeat('n', 100) FROM generate_series(1, 300000) g",
+    );
+    // Then idle for longer than the timeout, with the consumer connected the whole time.
+    let mut consumer = Consumer::spawn(&db, out.path(), &["--format", "none"]);
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(consumer.child.try_wait().unwrap().is_none());
+    nix::sys::signal::kill(pid(&consumer), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(consumer.child.wait().unwrap().success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(consumer.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!stderr.contains("reconnecting"), "the connection was dropped: {stderr}");
+    assert_eq!(assert_files_equal_table(&db, out.path()).await, 300_000);
+}
