@@ -57,6 +57,9 @@ pub struct ClusterOptions {
     pub settings: Vec<(String, String)>,
     /// `pg_hba.conf` lines placed before the default `trust` lines, for authentication tests.
     pub hba: Vec<String>,
+    /// Files to put in the data directory (mode 0600), such as `server.crt` and `server.key`
+    /// for `ssl = on`.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// A running throwaway cluster. Dropping it stops the server and removes every file.
@@ -97,6 +100,9 @@ impl Cluster {
         };
         cluster.initdb()?;
         cluster.write_hba(&options.hba)?;
+        for (name, contents) in &options.files {
+            cluster.write_server_file(name, contents)?;
+        }
         // A free port is only free until someone takes it: parallel test binaries can race for
         // it, so a failed bind is retried with another port.
         let mut last = None;
@@ -300,12 +306,19 @@ impl Cluster {
         self.write_server_file("postgresql.auto.conf", &conf)
     }
 
-    fn write_server_file(&self, name: &str, contents: &str) -> Result<(), ClusterError> {
+    fn write_server_file(
+        &self,
+        name: &str,
+        contents: impl AsRef<[u8]>,
+    ) -> Result<(), ClusterError> {
         let path = self.data_dir().join(name);
-        fs::write(&path, contents).map_err(|source| ClusterError::Directory {
+        let err = |source| ClusterError::Directory {
             path: path.clone(),
             source,
-        })?;
+        };
+        fs::write(&path, contents).map_err(err)?;
+        // The server refuses a key file others can read.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(err)?;
         hand_over(&path, self.run_as.as_ref())
     }
 

@@ -19,7 +19,7 @@ use crate::sink::stdout::Format;
 use crate::sql::{self, SqlError};
 use crate::stream::{self, StreamConfig};
 use crate::verify::{self, Nightly, ReportFormat};
-use crate::wire::{ConnParams, Host};
+use crate::wire::ConnParams;
 
 const SLOT: &str = "audit_tail_demo";
 
@@ -53,14 +53,7 @@ pub async fn run(keep: bool) -> Result<(), Error> {
             source,
         })?;
     let config = StreamConfig {
-        conn: ConnParams {
-            host: Host::Unix(cluster.socket_dir().to_path_buf()),
-            port: cluster.port(),
-            user: crate::cluster::SUPERUSER.into(),
-            password: None,
-            dbname: "postgres".into(),
-            application_name: "audit-tail-demo".into(),
-        },
+        conn: ConnParams::resolve(Some(&cluster.conninfo("postgres")), &|_| None)?,
         slot: SLOT.into(),
         publication: "users_audit_pub".into(),
         out_dir: out_dir.path().to_path_buf(),

@@ -51,7 +51,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
         } => {
             let nightly = match nightly {
                 Some(file) => Nightly::File(file),
-                None => Nightly::Database(ConnParams::resolve(dsn.dsn.as_deref(), &env)?),
+                None => Nightly::Database(Box::new(ConnParams::resolve(dsn.dsn.as_deref(), &env)?)),
             };
             let report = audit_tail::verify::verify(date, &nightly, &out_dir).await?;
             let format = match format {
@@ -69,7 +69,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Setup { dsn, export_dir } => {
             let params = ConnParams::resolve(dsn.dsn.as_deref(), &env)?;
             tracing::info!(server = %params, "applying sql/install.sql");
-            let client = sql::connect(&params.sql_config()).await?;
+            let client = sql::connect_params(&params).await?;
             sql::install(&client, export_dir.as_deref()).await?;
             tracing::info!("installed");
             Ok(ExitCode::SUCCESS)

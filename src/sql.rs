@@ -5,7 +5,10 @@
 
 use std::future::poll_fn;
 
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+
+use crate::wire::{self, ConnParams, tls};
 
 /// sql/install.sql: the tables, trigger, export functions, publication, role and cron job.
 pub const INSTALL_SQL: &str = include_str!("../sql/install.sql");
@@ -15,17 +18,21 @@ pub const DEMO_DATA_SQL: &str = include_str!("../sql/demo_data.sql");
 
 /// A server error with what the server said, and what to do about it when known.
 #[derive(Debug, thiserror::Error)]
-#[error("{context}: {}", describe(.source))]
-pub struct SqlError {
-    pub context: String,
-    #[source]
-    pub source: tokio_postgres::Error,
+pub enum SqlError {
+    #[error("{context}: {}", describe(.source))]
+    Server {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(transparent)]
+    Tls(tls::TlsError),
 }
 
 impl SqlError {
     /// Wraps `source` with what we were doing when it happened.
     pub fn new(context: impl Into<String>, source: tokio_postgres::Error) -> SqlError {
-        SqlError {
+        SqlError::Server {
             context: context.into(),
             source,
         }
@@ -34,17 +41,26 @@ impl SqlError {
     /// Whether retrying later can succeed: the server is unreachable, starting or shutting down,
     /// rather than refusing us (authentication, a missing database or object).
     pub fn is_transient(&self) -> bool {
+        let SqlError::Server { source, .. } = self else {
+            return false;
+        };
         match self.code() {
             // Client-side: connection refused or lost is transient; a configuration problem
             // (such as no password to give) is not.
-            None => !self.source.to_string().starts_with("invalid configuration"),
+            None => {
+                let text = describe(source);
+                !text.starts_with("invalid configuration") && !text.contains("certificate")
+            }
             Some(code) => code.starts_with("08") || code.starts_with("57P") || code == "53300",
         }
     }
 
     /// The SQLSTATE of the server's error, when the server sent one.
     pub fn code(&self) -> Option<&str> {
-        self.source.as_db_error().map(|e| e.code().code())
+        match self {
+            SqlError::Server { source, .. } => source.as_db_error().map(|e| e.code().code()),
+            SqlError::Tls(_) => None,
+        }
     }
 }
 
@@ -69,12 +85,50 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
     text
 }
 
-/// Connects and drives the connection on its own task, logging the server's notices.
+/// Connects to `params` with the same TLS settings as the replication connection.
+pub async fn connect_params(params: &ConnParams) -> Result<Client, SqlError> {
+    let mut config = params.sql_config();
+    let tls = match tls::client_config(&params.tls) {
+        Ok(tls) => tls,
+        Err(e) => return Err(SqlError::Tls(e)),
+    };
+    match tls {
+        None => {
+            config.ssl_mode(SslMode::Disable);
+            connect(&config).await
+        }
+        Some(tls) => {
+            config.ssl_mode(match params.tls.mode {
+                wire::SslMode::Prefer => SslMode::Prefer,
+                _ => SslMode::Require,
+            });
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+            let (client, connection) = config
+                .connect(connector)
+                .await
+                .map_err(|e| SqlError::new("could not connect to PostgreSQL", e))?;
+            drive(connection);
+            Ok(client)
+        }
+    }
+}
+
+/// Connects without TLS (local sockets, tests) and drives the connection on its own task,
+/// logging the server's notices.
 pub async fn connect(config: &Config) -> Result<Client, SqlError> {
-    let (client, mut connection) = config
+    let (client, connection) = config
         .connect(NoTls)
         .await
         .map_err(|e| SqlError::new("could not connect to PostgreSQL", e))?;
+    drive(connection);
+    Ok(client)
+}
+
+fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
@@ -96,7 +150,6 @@ pub async fn connect(config: &Config) -> Result<Client, SqlError> {
             }
         }
     });
-    Ok(client)
 }
 
 /// Applies sql/install.sql to the database `client` is connected to. `export_dir`, when given,

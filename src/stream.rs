@@ -80,7 +80,13 @@ impl StreamError {
         match self {
             StreamError::Preflight(e) => !e.is_transient(),
             StreamError::Sql(e) => !e.is_transient(),
-            StreamError::Wire(WireError::Auth(_)) => true,
+            StreamError::Wire(
+                WireError::Auth(_) | WireError::Tls(_) | WireError::TlsRefused(_),
+            ) => true,
+            // A certificate that does not verify will not verify on the next try either.
+            StreamError::Wire(WireError::Handshake { source, .. }) => {
+                source.kind() == io::ErrorKind::InvalidData
+            }
             StreamError::Wire(WireError::Server(e)) => matches!(
                 e.code.as_str(),
                 // invalid password, rejected by pg_hba, no such database, undefined object
@@ -178,7 +184,7 @@ struct Txn {
 impl<W: Write> Session<'_, W> {
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), StreamError> {
         let cfg = self.config;
-        let client = sql::connect(&cfg.conn.sql_config()).await?;
+        let client = sql::connect_params(&cfg.conn).await?;
         let out_dir = cfg.out_dir.display().to_string();
         slot::preflight(
             &client,

@@ -435,6 +435,9 @@ async fn a_short_wal_sender_timeout_does_not_trip_under_a_large_transaction() {
     assert!(consumer.child.wait().unwrap().success());
     let mut stderr = String::new();
     std::io::Read::read_to_string(consumer.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(!stderr.contains("reconnecting"), "the connection was dropped: {stderr}");
+    assert!(
+        !stderr.contains("reconnecting"),
+        "the connection was dropped: {stderr}"
+    );
     assert_eq!(assert_files_equal_table(&db, out.path()).await, 300_000);
 }

@@ -38,7 +38,7 @@ const BUCKET_BYTES: u64 = 32 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub enum Nightly {
     File(PathBuf),
-    Database(ConnParams),
+    Database(Box<ConnParams>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +110,7 @@ async fn export_from_database(
     params: &ConnParams,
     date: NaiveDate,
 ) -> Result<tempfile::NamedTempFile, VerifyError> {
-    let client = sql::connect(&params.sql_config()).await?;
+    let client = sql::connect_params(params).await?;
     client
         .batch_execute("SET datestyle = 'ISO, MDY'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3")
         .await

@@ -15,13 +15,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::frame::{self, Backend};
-use super::{ConnParams, Host, WireError};
+use super::tls;
+use super::{ConnParams, Host, SslMode, WireError};
 
 /// Session settings pinned at startup so text values equal COPY's output byte for byte.
 pub const PINNED_OPTIONS: &str =
     "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c client_encoding=UTF8";
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
@@ -47,17 +46,36 @@ impl WalConnection {
         let socket: Box<dyn Socket> = match &params.host {
             Host::Tcp(host) => {
                 let target = format!("{host}:{}", params.port);
-                let stream =
-                    connect_with_timeout(TcpStream::connect((host.as_str(), params.port)), &target)
-                        .await?;
+                let connect = TcpStream::connect((host.as_str(), params.port));
+                let mut stream =
+                    connect_with_timeout(connect, &target, params.connect_timeout).await?;
                 stream.set_nodelay(true)?;
                 set_keepalive(&stream)?;
-                Box::new(stream)
+                match tls::client_config(&params.tls)? {
+                    None => Box::new(stream),
+                    Some(config) => match negotiate_tls(&mut stream, params.tls.mode).await? {
+                        false => Box::new(stream),
+                        true => {
+                            let name = tls::server_name(host)?;
+                            let connector = tokio_rustls::TlsConnector::from(config);
+                            let tls_stream =
+                                connector.connect(name, stream).await.map_err(|source| {
+                                    WireError::Handshake {
+                                        host: host.clone(),
+                                        source,
+                                    }
+                                })?;
+                            Box::new(tls_stream)
+                        }
+                    },
+                }
             }
+            // As in libpq, no TLS over a Unix socket.
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{}", params.port));
                 let target = path.display().to_string();
-                Box::new(connect_with_timeout(UnixStream::connect(&path), &target).await?)
+                let connect = UnixStream::connect(&path);
+                Box::new(connect_with_timeout(connect, &target, params.connect_timeout).await?)
             }
         };
         let mut conn = WalConnection {
@@ -301,11 +319,30 @@ impl WalConnection {
     }
 }
 
+/// SSLRequest: returns whether the server agreed ('S') to TLS. A refusal ('N') is an error unless
+/// sslmode is prefer.
+async fn negotiate_tls(stream: &mut TcpStream, mode: SslMode) -> Result<bool, WireError> {
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    stream.write_all(&request).await?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await?;
+    match (answer[0], mode) {
+        (b'S', _) => Ok(true),
+        (b'N', SslMode::Prefer) => Ok(false),
+        (b'N', SslMode::Require) => Err(WireError::TlsRefused("require")),
+        (b'N', SslMode::VerifyCa) => Err(WireError::TlsRefused("verify-ca")),
+        (b'N', _) => Err(WireError::TlsRefused("verify-full")),
+        (other, _) => Err(protocol(&format!("answer {other:#04x} to SSLRequest"))),
+    }
+}
+
 async fn connect_with_timeout<T>(
     connect: impl std::future::Future<Output = std::io::Result<T>>,
     target: &str,
+    timeout: Duration,
 ) -> Result<T, WireError> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+    match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(source)) => Err(WireError::Connect {
             target: target.to_string(),
@@ -313,7 +350,10 @@ async fn connect_with_timeout<T>(
         }),
         Err(_) => Err(WireError::Connect {
             target: target.to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out after 30 s"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("timed out after {} s (connect_timeout)", timeout.as_secs()),
+            ),
         }),
     }
 }

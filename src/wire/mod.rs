@@ -6,14 +6,16 @@
 //! CopyBothResponse `W` that its parser does not know. `frame` does no I/O; `conn` owns the socket.
 
 pub mod conn;
+pub mod conninfo;
 pub mod frame;
 pub mod params;
+pub mod tls;
 
 use std::fmt;
 use std::io;
 
 pub use conn::WalConnection;
-pub use params::{ConnParams, Host};
+pub use params::{ConnParams, Host, SslMode, TlsOptions};
 
 /// An ErrorResponse from the server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +58,18 @@ pub enum WireError {
     Auth(String),
     #[error("unexpected message from the server: {0}")]
     Protocol(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("TLS handshake with {host} failed: {source}")]
+    Handshake {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the server does not accept TLS, and sslmode={0} requires it: turn on ssl in postgresql.conf, or use sslmode=prefer"
+    )]
+    TlsRefused(&'static str),
 }
 
 impl WireError {

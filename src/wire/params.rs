@@ -1,16 +1,17 @@
 //! Where and as whom to connect: a libpq-style connection string completed as psql would.
 //!
-//! `--dsn` (or AUDIT_TAIL_DSN) takes a URL (`postgresql://user@host:5432/db`) or key=value pairs
-//! (`host=/var/run/postgresql dbname=app`); tokio-postgres parses both. What it leaves out comes
-//! from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE and the password file (PGPASSFILE or
-//! ~/.pgpass), then libpq's defaults. The one result feeds both the replication connection (ours)
-//! and the SQL connection (tokio-postgres). Only the first host of a list is used.
+//! `--dsn` (or AUDIT_TAIL_DSN) takes a URL (`postgresql://user@host:5432/db?sslmode=require`) or
+//! key=value pairs (`host=/var/run/postgresql dbname=app`), parsed by libpq's rules (`conninfo`).
+//! What it leaves out comes from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE,
+//! PGSSLROOTCERT, PGSSLCERT, PGSSLKEY and the password file (PGPASSFILE or ~/.pgpass), then
+//! libpq's defaults. The one result feeds both the replication connection (ours) and the SQL
+//! connection (tokio-postgres). Only the first host of a list is used.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::time::Duration;
 
-use tokio_postgres::config::Host as PgHost;
+use super::conninfo;
 
 /// A server address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,29 @@ pub enum Host {
     Tcp(String),
     /// The directory holding the server's socket `.s.PGSQL.<port>`.
     Unix(PathBuf),
+}
+
+/// libpq's sslmode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    /// TLS when the server offers it, without checking its certificate.
+    Prefer,
+    /// TLS or nothing; the certificate is checked against sslrootcert only when one is given.
+    Require,
+    /// TLS with a certificate signed by sslrootcert, whatever its host name.
+    VerifyCa,
+    /// TLS with a certificate signed by sslrootcert and naming the host.
+    VerifyFull,
+}
+
+/// TLS settings as libpq users know them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub mode: SslMode,
+    pub root_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 /// Everything needed to open a connection.
@@ -29,6 +53,8 @@ pub struct ConnParams {
     pub password: Option<String>,
     pub dbname: String,
     pub application_name: String,
+    pub connect_timeout: Duration,
+    pub tls: TlsOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +65,8 @@ pub enum ParamsError {
     )]
     Invalid(String),
     #[error("invalid {name} {value:?}: {what}")]
-    Env {
-        name: &'static str,
+    Value {
+        name: String,
         value: String,
         what: &'static str,
     },
@@ -52,46 +78,72 @@ impl ConnParams {
         dsn: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ConnParams, ParamsError> {
-        let parsed = match dsn.map(str::trim).filter(|d| !d.is_empty()) {
-            Some(dsn) => tokio_postgres::Config::from_str(dsn)
-                .map_err(|e| ParamsError::Invalid(e.to_string()))?,
-            None => tokio_postgres::Config::new(),
+        let pairs = match dsn.map(str::trim).filter(|d| !d.is_empty()) {
+            Some(dsn) => conninfo::parse(dsn).map_err(ParamsError::Invalid)?,
+            None => Vec::new(),
+        };
+        // Later pairs win, as in libpq; then the environment; then the defaults.
+        let given = |key: &str| {
+            pairs
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
         };
         let env = |name: &str| env(name).filter(|v| !v.is_empty());
+        let get = |key: &str, var: &str| given(key).or_else(|| env(var));
 
-        let host = match parsed.get_hosts().first() {
-            Some(PgHost::Tcp(h)) => host_of(h),
-            Some(PgHost::Unix(p)) => Host::Unix(p.clone()),
-            None => match env("PGHOST") {
-                Some(h) => host_of(h.split(',').next().unwrap_or_default()),
-                None => Host::Unix(default_socket_dir()),
-            },
+        let host = match get("host", "PGHOST").or_else(|| given("hostaddr")) {
+            Some(h) => host_of(h.split(',').next().unwrap_or_default()),
+            None => Host::Unix(default_socket_dir()),
         };
-        let port = match parsed.get_ports().first() {
-            Some(&p) => p,
-            None => match env("PGPORT") {
-                Some(p) => p.parse().map_err(|_| ParamsError::Env {
-                    name: "PGPORT",
-                    value: p,
-                    what: "not a port number",
-                })?,
-                None => 5432,
-            },
+        let port = match get("port", "PGPORT") {
+            Some(p) => parse_value("port", &p, "not a port number")?,
+            None => 5432,
         };
-        let user = parsed
-            .get_user()
-            .map(str::to_string)
-            .or_else(|| env("PGUSER"))
-            .unwrap_or_else(os_user);
-        let dbname = parsed
-            .get_dbname()
-            .map(str::to_string)
-            .or_else(|| env("PGDATABASE"))
-            .unwrap_or_else(|| user.clone());
-        let application_name = parsed
-            .get_application_name()
-            .unwrap_or("audit-tail")
-            .to_string();
+        let user = get("user", "PGUSER").unwrap_or_else(os_user);
+        let dbname = get("dbname", "PGDATABASE").unwrap_or_else(|| user.clone());
+        let application_name = given("application_name").unwrap_or_else(|| "audit-tail".into());
+        let connect_timeout = match get("connect_timeout", "PGCONNECT_TIMEOUT") {
+            Some(t) => Duration::from_secs(parse_value(
+                "connect_timeout",
+                &t,
+                "not a number of seconds",
+            )?),
+            None => Duration::from_secs(30),
+        };
+        let home = env("HOME").map(PathBuf::from);
+        let default_file = |name: &str| {
+            home.as_ref()
+                .map(|h| h.join(".postgresql").join(name))
+                .filter(|p| p.is_file())
+        };
+        let mode = match get("sslmode", "PGSSLMODE").as_deref() {
+            None | Some("prefer") | Some("allow") => SslMode::Prefer,
+            Some("disable") => SslMode::Disable,
+            Some("require") => SslMode::Require,
+            Some("verify-ca") => SslMode::VerifyCa,
+            Some("verify-full") => SslMode::VerifyFull,
+            Some(other) => {
+                return Err(ParamsError::Value {
+                    name: "sslmode".into(),
+                    value: other.into(),
+                    what: "use disable, prefer, require, verify-ca or verify-full",
+                });
+            }
+        };
+        let tls = TlsOptions {
+            mode,
+            root_cert: get("sslrootcert", "PGSSLROOTCERT")
+                .map(PathBuf::from)
+                .or_else(|| default_file("root.crt")),
+            cert: get("sslcert", "PGSSLCERT")
+                .map(PathBuf::from)
+                .or_else(|| default_file("postgresql.crt")),
+            key: get("sslkey", "PGSSLKEY")
+                .map(PathBuf::from)
+                .or_else(|| default_file("postgresql.key")),
+        };
         let mut params = ConnParams {
             host,
             port,
@@ -99,18 +151,16 @@ impl ConnParams {
             password: None,
             dbname,
             application_name,
+            connect_timeout,
+            tls,
         };
-        params.password = parsed
-            .get_password()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .or_else(|| env("PGPASSWORD"))
-            .or_else(|| {
-                let file = env("PGPASSFILE")
-                    .map(PathBuf::from)
-                    .or_else(|| env("HOME").map(|h| Path::new(&h).join(".pgpass")))?;
-                let text = std::fs::read_to_string(file).ok()?;
-                pgpass_lookup(&text, &params)
-            });
+        params.password = given("password").or_else(|| env("PGPASSWORD")).or_else(|| {
+            let file = env("PGPASSFILE")
+                .map(PathBuf::from)
+                .or_else(|| home.as_ref().map(|h| h.join(".pgpass")))?;
+            let text = std::fs::read_to_string(file).ok()?;
+            pgpass_lookup(&text, &params)
+        });
         Ok(params)
     }
 
@@ -126,7 +176,7 @@ impl ConnParams {
             .user(&self.user)
             .dbname(&self.dbname)
             .application_name(&self.application_name)
-            .connect_timeout(std::time::Duration::from_secs(30));
+            .connect_timeout(self.connect_timeout);
         if let Some(p) = &self.password {
             config.password(p);
         }
@@ -157,6 +207,18 @@ impl fmt::Debug for ConnParams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
+}
+
+fn parse_value<T: std::str::FromStr>(
+    name: &str,
+    value: &str,
+    what: &'static str,
+) -> Result<T, ParamsError> {
+    value.parse().map_err(|_| ParamsError::Value {
+        name: name.into(),
+        value: value.into(),
+        what,
+    })
 }
 
 fn host_of(h: &str) -> Host {
@@ -292,6 +354,31 @@ mod tests {
     }
 
     #[test]
+    fn tls_options_come_from_the_string_or_the_environment() {
+        let p = resolve(Some("host=h sslmode=verify-full sslrootcert=/ca.pem"), &[]).unwrap();
+        assert_eq!(p.tls.mode, SslMode::VerifyFull);
+        assert_eq!(p.tls.root_cert.as_deref(), Some(Path::new("/ca.pem")));
+        let p = resolve(
+            Some("host=h"),
+            &[
+                ("PGSSLMODE", "require"),
+                ("PGSSLCERT", "/c"),
+                ("PGSSLKEY", "/k"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(p.tls.mode, SslMode::Require);
+        assert_eq!(
+            (p.tls.cert.as_deref(), p.tls.key.as_deref()),
+            (Some(Path::new("/c")), Some(Path::new("/k")))
+        );
+        assert_eq!(
+            resolve(Some("host=h"), &[]).unwrap().tls.mode,
+            SslMode::Prefer
+        );
+    }
+
+    #[test]
     fn the_password_file_is_read_as_libpq_does() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pgpass");
@@ -330,6 +417,8 @@ mod tests {
         let err = resolve(Some("host=h nonsense"), &[]).unwrap_err();
         assert!(err.to_string().contains("key=value"), "{err}");
         let err = resolve(Some("postgresql://h:notaport/d"), &[]).unwrap_err();
-        assert!(err.to_string().contains("postgresql://"), "{err}");
+        assert!(err.to_string().contains("invalid port"), "{err}");
+        let err = resolve(Some("sslmode=sometimes"), &[]).unwrap_err();
+        assert!(err.to_string().contains("verify-full"), "{err}");
     }
 }
