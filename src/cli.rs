@@ -79,6 +79,29 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ReportArg::Text)]
         format: ReportArg,
     },
+    /// The slot, the WAL it keeps, the checkpoint in out-dir and the last runs of the nightly
+    /// export.
+    Status {
+        #[command(flatten)]
+        dsn: DsnArg,
+        #[arg(long, default_value = "audit_tail", value_parser = parse_slot)]
+        slot: String,
+        #[arg(long, default_value = "./audit-stream")]
+        out_dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = ReportArg::Text)]
+        format: ReportArg,
+    },
+    /// Drop the replication slot (an abandoned slot keeps WAL forever). Refuses while a consumer
+    /// holds it, unless --force.
+    DropSlot {
+        #[command(flatten)]
+        dsn: DsnArg,
+        #[arg(long, default_value = "audit_tail", value_parser = parse_slot)]
+        slot: String,
+        /// End the connection that holds the slot first.
+        #[arg(long)]
+        force: bool,
+    },
     /// The whole story on a throwaway local PostgreSQL: stream, the reference scenario live, the
     /// nightly export, verify; then remove everything. Needs only an installed PostgreSQL server.
     Demo {

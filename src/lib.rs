@@ -14,6 +14,7 @@ pub mod pgoutput;
 pub mod replication;
 pub mod sink;
 pub mod sql;
+pub mod status;
 pub mod stream;
 pub mod verify;
 pub mod wire;
@@ -33,6 +34,8 @@ pub enum Error {
     Params(#[from] wire::params::ParamsError),
     #[error(transparent)]
     Verify(#[from] verify::VerifyError),
+    #[error(transparent)]
+    Status(#[from] status::StatusError),
     #[error("{context}: {source}")]
     Io {
         context: String,

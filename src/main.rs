@@ -42,6 +42,28 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             audit_tail::demo::run(keep).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status {
+            dsn,
+            slot,
+            out_dir,
+            format,
+        } => {
+            let params = ConnParams::resolve(dsn.dsn.as_deref(), &env)?;
+            let status = audit_tail::status::status(&params, &slot, &out_dir).await?;
+            let text = match format {
+                ReportArg::Text => audit_tail::status::render_text(&status),
+                ReportArg::Json => format!("{status}\n"),
+            };
+            use std::io::Write;
+            std::io::stdout().write_all(text.as_bytes())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DropSlot { dsn, slot, force } => {
+            let params = ConnParams::resolve(dsn.dsn.as_deref(), &env)?;
+            audit_tail::status::drop_slot(&params, &slot, force).await?;
+            println!("dropped replication slot \"{slot}\"");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Verify {
             date,
             nightly,

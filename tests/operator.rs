@@ -1,0 +1,69 @@
+//! `audit-tail status` and `drop-slot` on a real cluster.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Consumer, TestDb, catch_up};
+
+fn audit_tail(db: &TestDb, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_audit-tail"))
+        .args(args)
+        .arg("--dsn")
+        .arg(db.cluster.conninfo(&db.name))
+        .args(["--slot", &db.name])
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reports_slot_checkpoint_and_export_job_and_drop_slot_is_careful() {
+    let db = TestDb::new("operator");
+    db.install();
+    // The job lives in the cron database.
+    let out = common::install_with_psql(&db.cluster, "postgres", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out_dir = tempfile::tempdir().unwrap();
+    let out_arg = out_dir.path().to_str().unwrap();
+
+    let (code, stdout, stderr) = audit_tail(&db, &["status", "--out-dir", out_arg]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("does not exist"), "{stdout}");
+    assert!(stdout.contains("nothing streamed"), "{stdout}");
+    assert!(stdout.contains("0 3 * * *"), "{stdout}");
+
+    catch_up(&db, out_dir.path());
+    let _consumer = Consumer::spawn(&db, out_dir.path(), &["--format", "none"]);
+    std::thread::sleep(Duration::from_millis(800));
+    let (code, stdout, stderr) = audit_tail(&db, &["status", "--out-dir", out_arg]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("(pgoutput), active (pid"), "{stdout}");
+    assert!(stdout.contains("retained WAL:"), "{stdout}");
+    let (code, json, _) = audit_tail(&db, &["status", "--out-dir", out_arg, "--format", "json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["slot"]["active"], true);
+    assert!(v["slot"]["retained_wal_bytes"].as_i64().unwrap() >= 0);
+    assert!(v["checkpoint"]["lsn"].is_string(), "{v}");
+    assert_eq!(v["export_job"]["schedule"], "0 3 * * *");
+
+    // drop-slot refuses while the consumer holds the slot, then --force ends it and drops it.
+    let (code, _, stderr) = audit_tail(&db, &["drop-slot"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("is in use by process") && stderr.contains("--force"), "{stderr}");
+    let (code, stdout, stderr) = audit_tail(&db, &["drop-slot", "--force"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("dropped replication slot"));
+    let (code, _, stderr) = audit_tail(&db, &["drop-slot"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("there is no replication slot"), "{stderr}");
+    db.cluster
+        .psql("postgres", "SELECT cron.unschedule('export-daily-audit-data')")
+        .unwrap();
+}
