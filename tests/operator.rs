@@ -28,7 +28,11 @@ async fn status_reports_slot_checkpoint_and_export_job_and_drop_slot_is_careful(
     db.install();
     // The job lives in the cron database.
     let out = common::install_with_psql(&db.cluster, "postgres", &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out_dir = tempfile::tempdir().unwrap();
     let out_arg = out_dir.path().to_str().unwrap();
 
@@ -56,7 +60,10 @@ async fn status_reports_slot_checkpoint_and_export_job_and_drop_slot_is_careful(
     // drop-slot refuses while the consumer holds the slot, then --force ends it and drops it.
     let (code, _, stderr) = audit_tail(&db, &["drop-slot"]);
     assert_eq!(code, Some(1));
-    assert!(stderr.contains("is in use by process") && stderr.contains("--force"), "{stderr}");
+    assert!(
+        stderr.contains("is in use by process") && stderr.contains("--force"),
+        "{stderr}"
+    );
     let (code, stdout, stderr) = audit_tail(&db, &["drop-slot", "--force"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("dropped replication slot"));
@@ -64,6 +71,9 @@ async fn status_reports_slot_checkpoint_and_export_job_and_drop_slot_is_careful(
     assert_eq!(code, Some(1));
     assert!(stderr.contains("there is no replication slot"), "{stderr}");
     db.cluster
-        .psql("postgres", "SELECT cron.unschedule('export-daily-audit-data')")
+        .psql(
+            "postgres",
+            "SELECT cron.unschedule('export-daily-audit-data')",
+        )
         .unwrap();
 }
