@@ -32,7 +32,7 @@ pub const HEADER: [&str; 7] = [
     "old_value",
     "new_value",
 ];
-const BUCKET_BYTES: u64 = 32 * 1024 * 1024;
+const BUCKET_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Where the nightly export comes from.
 #[derive(Debug, Clone)]
@@ -209,7 +209,7 @@ fn split(path: &Path, name: &str, n: u64) -> Result<Side, VerifyError> {
         let id = id_of(&record)
             .ok_or_else(|| content(record.line, "the id is not an integer".into()))?;
         let w = &mut writers[(id.rem_euclid(n as i64)) as usize];
-        w.write_all(&(record.line as u64).to_le_bytes())
+        w.write_all(&id.to_le_bytes())
             .and_then(|()| w.write_all(&(record.raw.len() as u64).to_le_bytes()))
             .and_then(|()| w.write_all(&record.raw))
             .map_err(VerifyError::Temp)?;
@@ -226,8 +226,9 @@ fn id_of(record: &Record) -> Option<i64> {
     std::str::from_utf8(id).ok()?.parse().ok()
 }
 
-/// Reads back a bucket: (line, raw record) pairs.
-fn read_bucket(file: &tempfile::NamedTempFile) -> Result<Vec<(usize, Vec<u8>)>, VerifyError> {
+/// Reads back a bucket: (id, raw record) pairs, written by `split` as Int64 id · Int64 length ·
+/// record, little-endian.
+fn read_bucket(file: &tempfile::NamedTempFile) -> Result<Vec<(i64, Vec<u8>)>, VerifyError> {
     let mut bytes = Vec::new();
     file.reopen()
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -235,9 +236,9 @@ fn read_bucket(file: &tempfile::NamedTempFile) -> Result<Vec<(usize, Vec<u8>)>, 
     let mut out = Vec::new();
     let mut rest = &bytes[..];
     while rest.len() >= 16 {
-        let line = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")) as usize;
+        let id = i64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
         let len = u64::from_le_bytes(rest[8..16].try_into().expect("8 bytes")) as usize;
-        out.push((line, rest[16..16 + len].to_vec()));
+        out.push((id, rest[16..16 + len].to_vec()));
         rest = &rest[16 + len..];
     }
     Ok(out)
@@ -270,16 +271,13 @@ fn compare_bucket(
     diff: &mut Diff,
 ) -> Result<(), VerifyError> {
     let mut by_id: HashMap<i64, Vec<u8>> = HashMap::new();
-    for (_, raw) in read_bucket(&nightly)? {
-        let id = id_of(&parse_raw(&raw)).expect("checked in split");
+    for (id, raw) in read_bucket(&nightly)? {
         if by_id.insert(id, raw).is_some() {
             diff.duplicate_in_nightly(id);
         }
     }
     let mut seen = std::collections::HashSet::new();
-    for (_, raw) in read_bucket(&stream)? {
-        let record = parse_raw(&raw);
-        let id = id_of(&record).expect("checked in split");
+    for (id, raw) in read_bucket(&stream)? {
         if !seen.insert(id) {
             diff.duplicate_in_stream(id);
             continue;
@@ -287,7 +285,7 @@ fn compare_bucket(
         match by_id.remove(&id) {
             None => diff.only_in_stream(id),
             Some(theirs) if theirs == raw => diff.matching += 1,
-            Some(theirs) => diff.differs(id, &parse_raw(&theirs), &record),
+            Some(theirs) => diff.differs(id, &parse_raw(&theirs), &parse_raw(&raw)),
         }
     }
     for id in by_id.into_keys() {

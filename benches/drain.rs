@@ -1,0 +1,202 @@
+//! Drain throughput: audit-tail against PostgreSQL's own pg_recvlogical on the same backlog.
+//!
+//! A throwaway cluster; 200,000 users; slots created at one point; then the backlog: one bulk
+//! UPDATE of every user's name and role (400,000 audit rows in one transaction) and 20,000
+//! single-row transactions. Each slot is drained once, by pg_recvlogical (pgoutput, --endpos, to
+//! a file) or by `audit-tail stream --until` (CSV files, fsynced, checkpointed), in ABBA order.
+//! BENCH_SCALE multiplies the backlog (10 for the scaling run); BENCH_ROUNDS sets the ABBA pairs.
+//!
+//!     cargo bench --bench drain
+//!     BENCH_SCALE=10 cargo bench --bench drain
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use audit_tail::cluster::Cluster;
+use support::{Cost, env_or, measure, median};
+
+fn psql(cluster: &Cluster, sql: &str) -> String {
+    cluster.psql("bench", sql).expect("psql")
+}
+
+/// The walsender serving the one replication connection, and its CPU time so far.
+fn walsender_cpu() -> Option<(u32, Duration)> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains("walsender") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the ")" of the command: utime is the 12th, stime the 13th (clock ticks).
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        return Some((pid, Duration::from_millis(ticks * 10)));
+    }
+    None
+}
+
+struct Run {
+    cost: Cost,
+    walsender: Duration,
+}
+
+fn drain(mut cmd: Command) -> Run {
+    let mut walsender = Duration::ZERO;
+    let (status, cost) = measure(cmd.stdout(Stdio::null()), || {
+        if let Some((_, cpu)) = walsender_cpu() {
+            walsender = walsender.max(cpu);
+        }
+    });
+    assert!(status.success(), "a drain failed");
+    Run { cost, walsender }
+}
+
+fn main() {
+    let scale = env_or("BENCH_SCALE", 1);
+    let pairs = env_or("BENCH_ROUNDS", 2);
+    let users = 200_000 * scale;
+    let small = 20_000 * scale;
+    let cluster = Cluster::start().expect("a throwaway cluster");
+    cluster.psql("postgres", "CREATE DATABASE bench").unwrap();
+    let install = cluster
+        .client_command("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "bench", "-f"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/install.sql"))
+        .output()
+        .unwrap();
+    assert!(install.status.success());
+    psql(
+        &cluster,
+        &format!(
+            "INSERT INTO users (name, email, role) SELECT 'user ' || g, 'u' || g || '@example.com', 'user' FROM generate_series(1, {users}) g"
+        ),
+    );
+    let slots: Vec<String> = (0..pairs * 2).map(|i| format!("bench_{i}")).collect();
+    for slot in &slots {
+        psql(
+            &cluster,
+            &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
+        );
+    }
+    psql(
+        &cluster,
+        "UPDATE users SET name = name || ' jr', role = 'admin'",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("small.sql");
+    let mut f = std::fs::File::create(&script).unwrap();
+    for i in 1..=small {
+        writeln!(
+            f,
+            "UPDATE users SET email = 'changed{i}@example.com' WHERE id = {};",
+            1 + i % users
+        )
+        .unwrap();
+    }
+    drop(f);
+    let out = cluster
+        .client_command("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "bench", "-f"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let endpos = psql(&cluster, "SELECT pg_current_wal_lsn()")
+        .trim()
+        .to_string();
+    let rows: u64 = psql(&cluster, "SELECT count(*) FROM users_audit")
+        .trim()
+        .parse()
+        .unwrap();
+    println!(
+        "drain: {rows} audit rows ({} in one transaction, {small} single-row transactions), end {endpos}",
+        2 * users
+    );
+
+    let mut ours = Vec::new();
+    let mut peer = Vec::new();
+    for (i, slot) in slots.iter().enumerate() {
+        // ABBA ABBA ...: pg_recvlogical first in the first and last of each four.
+        let peer_turn = matches!(i % 4, 0 | 3);
+        if peer_turn {
+            let mut cmd = cluster.client_command("pg_recvlogical");
+            cmd.args([
+                "-d",
+                &cluster.conninfo("bench"),
+                "--slot",
+                slot,
+                "--start",
+                "--no-loop",
+            ])
+            .args([
+                "-o",
+                "proto_version=1",
+                "-o",
+                "publication_names=users_audit_pub",
+            ])
+            .arg(format!("--endpos={endpos}"))
+            .arg("-f")
+            .arg(dir.path().join(format!("{slot}.bin")));
+            peer.push(drain(cmd));
+        } else {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-tail"));
+            cmd.args([
+                "stream", "--format", "none", "--slot", slot, "--until", &endpos, "--dsn",
+            ])
+            .arg(cluster.conninfo("bench"))
+            .arg("--out-dir")
+            .arg(dir.path().join(slot))
+            .env("RUST_LOG", "audit_tail=warn");
+            ours.push(drain(cmd));
+            let written = count_rows(&dir.path().join(slot));
+            assert_eq!(written, rows, "audit-tail wrote {written} of {rows} rows");
+        }
+    }
+    report("audit-tail stream", &ours, rows);
+    report("pg_recvlogical", &peer, rows);
+    let wall = |runs: &[Run]| median(runs.iter().map(|r| r.cost.wall).collect()).as_secs_f64();
+    let rss = |runs: &[Run]| runs.iter().map(|r| r.cost.peak_rss_kib).max().unwrap() as f64;
+    println!(
+        "ratio audit-tail / pg_recvlogical: wall time {:.2}x, peak RSS {:.2}x (scale {scale})",
+        wall(&ours) / wall(&peer),
+        rss(&ours) / rss(&peer)
+    );
+}
+
+fn count_rows(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".csv"))
+        .map(|e| {
+            let bytes = std::fs::read(e.path()).unwrap();
+            // No field of this backlog holds a newline: lines are rows, less the header.
+            bytes.iter().filter(|&&b| b == b'\n').count() as u64 - 1
+        })
+        .sum()
+}
+
+fn report(name: &str, runs: &[Run], rows: u64) {
+    let wall = median(runs.iter().map(|r| r.cost.wall).collect());
+    let cpu = median(runs.iter().map(|r| r.cost.cpu).collect());
+    let sender = median(runs.iter().map(|r| r.walsender).collect());
+    let rss = runs.iter().map(|r| r.cost.peak_rss_kib).max().unwrap();
+    println!(
+        "{name}: median {:.2} s ({:.0} rows/s), client CPU {:.2} s, walsender CPU {:.2} s, peak RSS {} MB, runs {:?}",
+        wall.as_secs_f64(),
+        rows as f64 / wall.as_secs_f64(),
+        cpu.as_secs_f64(),
+        sender.as_secs_f64(),
+        rss / 1024,
+        runs.iter()
+            .map(|r| format!("{:.2}", r.cost.wall.as_secs_f64()))
+            .collect::<Vec<_>>()
+    );
+}

@@ -1,0 +1,85 @@
+//! Measuring a child process: wall time, CPU seconds (user + system, from getrusage of the
+//! waited children) and peak RSS (VmHWM sampled from /proc while it runs). Benchmarks report
+//! ratios against a peer measured in the same run, since the machines are shared and noisy.
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use nix::sys::resource::{UsageWho, getrusage};
+
+/// What one run cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Cost {
+    pub wall: Duration,
+    pub cpu: Duration,
+    pub peak_rss_kib: u64,
+}
+
+fn children_cpu() -> Duration {
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).unwrap();
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    tv(usage.user_time()) + tv(usage.system_time())
+}
+
+/// Peak resident set of `pid` so far, in KiB.
+pub fn vm_hwm(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Runs `cmd` to the end and measures it; `during` is called every 20 ms while it runs.
+pub fn measure(cmd: &mut Command, mut during: impl FnMut()) -> (ExitStatus, Cost) {
+    let cpu_before = children_cpu();
+    let started = Instant::now();
+    let mut child: Child = cmd.spawn().expect("spawn the measured program");
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kib) = vm_hwm(child.id()) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        during();
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let wall = started.elapsed();
+    (
+        status,
+        Cost {
+            wall,
+            cpu: children_cpu().saturating_sub(cpu_before),
+            peak_rss_kib: peak,
+        },
+    )
+}
+
+/// The median of some durations.
+pub fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2
+    }
+}
+
+/// An environment variable as a number, or a default.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
