@@ -18,12 +18,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use nix::fcntl::{Flock, FlockArg};
 
 use super::copy_csv;
-use crate::capture::Row;
+use crate::capture::{Row, Table};
 use crate::checkpoint::{Checkpoint, CheckpointError, STATE_FILE};
 use crate::lsn::{Lsn, PgTimestamp};
 
@@ -76,6 +77,9 @@ struct OpenFile {
 struct Route {
     file: String,
     header: Vec<u8>,
+    /// The table description the route was made for: the same Arc means the same columns, so the
+    /// header need not be encoded and compared again for every row.
+    table: Arc<Table>,
 }
 
 /// The stream files of one out-dir, held under an exclusive lock.
@@ -136,18 +140,27 @@ impl StreamFiles {
     /// Appends a row of a transaction committing at `commit_time`.
     pub fn append(&mut self, row: &Row, commit_time: PgTimestamp) -> Result<(), SinkError> {
         let base = base_name(row, commit_time);
-        let mut header = Vec::new();
-        copy_csv::encode_header(&mut header, &row.table.columns);
-        let current = self.routes.get(&base).filter(|r| r.header == header);
-        let file = match current {
-            Some(route) => route.file.clone(),
+        let known = self
+            .routes
+            .get(&base)
+            .filter(|r| Arc::ptr_eq(&r.table, &row.table))
+            .map(|r| r.file.clone());
+        let file = match known {
+            Some(file) => file,
             None => {
-                let file = self.route(&base, &header)?;
+                let mut header = Vec::new();
+                copy_csv::encode_header(&mut header, &row.table.columns);
+                let same = self.routes.get(&base).filter(|r| r.header == header);
+                let file = match same {
+                    Some(route) => route.file.clone(),
+                    None => self.route(&base, &header)?,
+                };
                 self.routes.insert(
                     base,
                     Route {
                         file: file.clone(),
                         header,
+                        table: row.table.clone(),
                     },
                 );
                 file
@@ -433,12 +446,9 @@ fn reconcile(dir: &Path) -> Result<Checkpoint, SinkError> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use bytes::Bytes;
 
     use super::*;
-    use crate::capture::Table;
 
     fn table(columns: &[&str]) -> Arc<Table> {
         Arc::new(Table {
