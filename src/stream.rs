@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::capture::{Capture, CaptureError, Event};
+use crate::latency::Latency;
 use crate::lsn::{Lsn, PgTimestamp};
 use crate::pgoutput::{self, DecodeError};
 use crate::replication::messages::{self, ReplicationMessageError, ServerMessage};
@@ -32,6 +33,8 @@ const FLUSH_DELAY: Duration = Duration::from_millis(50);
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// Idle keepalive positions are made durable at most this often.
 const IDLE_ACK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the commit-to-disk latency is logged (and once more when the stream stops).
+const LATENCY_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -219,6 +222,9 @@ impl<W: Write> Session<'_, W> {
 
         let mut state = State {
             capture: Capture::new(start),
+            rows_in_txn: 0,
+            latency: Latency::default(),
+            last_latency_report: Instant::now(),
             txn: None,
             received: start,
             acked: start,
@@ -232,6 +238,7 @@ impl<W: Write> Session<'_, W> {
                 && !state.capture.in_transaction()
             {
                 self.send_status(&mut conn, &mut state, false).await?;
+                report_latency(&mut state);
                 conn.finish().await?;
                 tracing::info!(%target, durable = %self.files.durable_lsn(), "reached --until; stopping");
                 return Ok(());
@@ -258,6 +265,7 @@ impl<W: Write> Session<'_, W> {
                 biased;
                 _ = stopped(shutdown) => {
                     self.make_durable(&mut conn, &mut state).await?;
+                    report_latency(&mut state);
                     conn.finish().await?;
                     tracing::info!(durable = %self.files.durable_lsn(), "stopped on signal");
                     return Ok(());
@@ -275,6 +283,7 @@ impl<W: Write> Session<'_, W> {
                         }
                         Err(StreamError::Stdout(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
                             self.make_durable(&mut conn, &mut state).await?;
+                            report_latency(&mut state);
                             conn.finish().await?;
                             tracing::info!("stdout was closed; stopping");
                             return Ok(());
@@ -322,12 +331,20 @@ impl<W: Write> Session<'_, W> {
                             source: CaptureError::OutOfOrder("row outside a transaction"),
                         })?;
                         self.files.append(&row, txn.commit_time)?;
+                        state.rows_in_txn += 1;
                         self.printer
                             .row(&row, txn.commit_lsn, txn.commit_time)
                             .map_err(StreamError::Stdout)?;
                     }
-                    Some(Event::Commit { end_lsn, .. }) => {
+                    Some(Event::Commit {
+                        end_lsn,
+                        commit_time,
+                        ..
+                    }) => {
                         state.txn = None;
+                        state
+                            .latency
+                            .committed(commit_time, std::mem::take(&mut state.rows_in_txn));
                         self.files.commit(end_lsn);
                         self.printer.flush().map_err(StreamError::Stdout)?;
                         state.pending_since.get_or_insert_with(Instant::now);
@@ -363,7 +380,11 @@ impl<W: Write> Session<'_, W> {
         // fsync blocks this task; a disk slower than wal_sender_timeout would trip it, which the
         // periodic status cannot help.
         let durable = self.files.make_durable()?;
+        state.latency.durable(PgTimestamp::now());
         state.pending_since = None;
+        if state.last_latency_report.elapsed() >= LATENCY_REPORT_INTERVAL {
+            report_latency(state);
+        }
         if durable > state.acked {
             self.send_status(conn, state, false).await?;
         }
@@ -389,8 +410,26 @@ impl<W: Write> Session<'_, W> {
     }
 }
 
+/// Logs the commit-to-disk latency of the rows made durable since the last report.
+fn report_latency(state: &mut State) {
+    state.last_latency_report = Instant::now();
+    if let Some(s) = state.latency.take_summary() {
+        tracing::info!(
+            rows = s.rows,
+            p50_ms = s.p50.as_secs_f64() * 1e3,
+            p99_ms = s.p99.as_secs_f64() * 1e3,
+            max_ms = s.max.as_secs_f64() * 1e3,
+            "commit-to-disk latency"
+        );
+    }
+}
+
 struct State {
     capture: Capture,
+    /// Rows of the transaction being received.
+    rows_in_txn: u64,
+    latency: Latency,
+    last_latency_report: Instant,
     txn: Option<Txn>,
     received: Lsn,
     acked: Lsn,

@@ -1,0 +1,120 @@
+//! Commit-to-disk latency under steady load: pgbench updates one user per transaction (one audit
+//! row each) at a fixed rate while `audit-tail stream` runs; the stream measures each row from its
+//! Commit timestamp to the fsync that made it durable and logs p50/p99/max when it stops.
+//! Rates: BENCH_RATES (default "1000,5000" rows/s), for BENCH_SECONDS each (default 10).
+//!
+//!     cargo bench --bench latency
+
+mod support;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use audit_tail::cluster::Cluster;
+use support::env_or;
+
+fn main() {
+    let seconds = env_or("BENCH_SECONDS", 10);
+    let rates: Vec<u64> = std::env::var("BENCH_RATES")
+        .unwrap_or_else(|_| "1000,5000".into())
+        .split(',')
+        .map(|r| r.trim().parse().unwrap())
+        .collect();
+    let cluster = Cluster::start().expect("a throwaway cluster");
+    cluster.psql("postgres", "CREATE DATABASE bench").unwrap();
+    let install = cluster
+        .client_command("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "bench", "-f"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/install.sql"))
+        .output()
+        .unwrap();
+    assert!(install.status.success());
+    cluster
+        .psql(
+            "bench",
+            "INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, 10000) g",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("update.sql");
+    std::fs::write(
+        &script,
+        "\\set id random(1, 10000)\nUPDATE users SET name = 'n' || random() WHERE id = :id;\n",
+    )
+    .unwrap();
+
+    for (i, rate) in rates.iter().enumerate() {
+        let slot = format!("latency_{i}");
+        let mut consumer = Command::new(env!("CARGO_BIN_EXE_audit-tail"))
+            .args(["stream", "--format", "none", "--slot", &slot, "--dsn"])
+            .arg(cluster.conninfo("bench"))
+            .arg("--out-dir")
+            .arg(dir.path().join(&slot))
+            .env("RUST_LOG", "audit_tail=info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        let bench = cluster
+            .client_command("pgbench")
+            .args([
+                "-n",
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-R",
+                &rate.to_string(),
+                "-T",
+                &seconds.to_string(),
+                "-f",
+            ])
+            .arg(&script)
+            .arg("bench")
+            .output()
+            .unwrap();
+        assert!(
+            bench.status.success(),
+            "{}",
+            String::from_utf8_lossy(&bench.stderr)
+        );
+        let tps = String::from_utf8_lossy(&bench.stdout)
+            .lines()
+            .find(|l| l.starts_with("tps"))
+            .unwrap_or("tps = ?")
+            .to_string();
+        std::thread::sleep(Duration::from_secs(1));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(consumer.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let mut log = String::new();
+        consumer
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        assert!(consumer.wait().unwrap().success());
+        let report = log
+            .lines()
+            .rfind(|l| l.contains("commit-to-disk latency"))
+            .expect("the stream logs its latency when it stops");
+        let field = |name: &str| {
+            report
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap_or("?")
+                .to_string()
+        };
+        println!(
+            "latency at {rate} rows/s ({tps}): {} rows, commit→fsync p50 {} ms, p99 {} ms, max {} ms",
+            field("rows"),
+            field("p50_ms"),
+            field("p99_ms"),
+            field("max_ms")
+        );
+    }
+}
