@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use audit_tail::cluster::Cluster;
-use support::{Cost, env_or, measure, median};
+use support::{Cost, bench_cluster, env_or, measure, median};
 
 fn psql(cluster: &Cluster, sql: &str) -> String {
     cluster.psql("bench", sql).expect("psql")
@@ -63,21 +63,7 @@ fn main() {
     let pairs = env_or("BENCH_ROUNDS", 2);
     let users = 200_000 * scale;
     let small = 20_000 * scale;
-    let cluster = Cluster::start().expect("a throwaway cluster");
-    cluster.psql("postgres", "CREATE DATABASE bench").unwrap();
-    let install = cluster
-        .client_command("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "bench", "-f"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/install.sql"))
-        .output()
-        .unwrap();
-    assert!(install.status.success());
-    psql(
-        &cluster,
-        &format!(
-            "INSERT INTO users (name, email, role) SELECT 'user ' || g, 'u' || g || '@example.com', 'user' FROM generate_series(1, {users}) g"
-        ),
-    );
+    let cluster = bench_cluster(Default::default(), users);
     let slots: Vec<String> = (0..pairs * 2).map(|i| format!("bench_{i}")).collect();
     for slot in &slots {
         psql(

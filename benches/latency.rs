@@ -11,8 +11,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use audit_tail::cluster::Cluster;
-use support::env_or;
+use support::{bench_cluster, env_or, single_row_update_script};
 
 fn main() {
     let seconds = env_or("BENCH_SECONDS", 10);
@@ -21,28 +20,9 @@ fn main() {
         .split(',')
         .map(|r| r.trim().parse().unwrap())
         .collect();
-    let cluster = Cluster::start().expect("a throwaway cluster");
-    cluster.psql("postgres", "CREATE DATABASE bench").unwrap();
-    let install = cluster
-        .client_command("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "bench", "-f"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/install.sql"))
-        .output()
-        .unwrap();
-    assert!(install.status.success());
-    cluster
-        .psql(
-            "bench",
-            "INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, 10000) g",
-        )
-        .unwrap();
+    let cluster = bench_cluster(Default::default(), 10_000);
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("update.sql");
-    std::fs::write(
-        &script,
-        "\\set id random(1, 10000)\nUPDATE users SET name = 'n' || random() WHERE id = :id;\n",
-    )
-    .unwrap();
+    let script = single_row_update_script(dir.path(), 10_000);
 
     for (i, rate) in rates.iter().enumerate() {
         let slot = format!("latency_{i}");

@@ -8,7 +8,7 @@
 mod support;
 
 use audit_tail::cluster::Cluster;
-use support::env_or;
+use support::{bench_cluster, env_or, single_row_update_script};
 
 fn tps(cluster: &Cluster, script: &std::path::Path, seconds: u64) -> f64 {
     let out = cluster
@@ -48,33 +48,16 @@ fn main() {
     } else {
         Vec::new()
     };
-    let cluster = Cluster::start_with(audit_tail::cluster::ClusterOptions {
-        settings,
-        ..Default::default()
-    })
-    .expect("a throwaway cluster");
+    let cluster = bench_cluster(
+        audit_tail::cluster::ClusterOptions {
+            settings,
+            ..Default::default()
+        },
+        10_000,
+    );
     println!("trigger: fsync {}", if fsync { "on" } else { "off" });
-    cluster.psql("postgres", "CREATE DATABASE bench").unwrap();
-    let install = cluster
-        .client_command("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "bench", "-f"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/install.sql"))
-        .output()
-        .unwrap();
-    assert!(install.status.success());
-    cluster
-        .psql(
-            "bench",
-            "INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, 10000) g",
-        )
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("update.sql");
-    std::fs::write(
-        &script,
-        "\\set id random(1, 10000)\nUPDATE users SET name = 'n' || random() WHERE id = :id;\n",
-    )
-    .unwrap();
+    let script = single_row_update_script(dir.path(), 10_000);
     let set = |on: bool| {
         let verb = if on { "ENABLE" } else { "DISABLE" };
         cluster

@@ -83,3 +83,46 @@ pub fn env_or(name: &str, default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// A throwaway cluster with a database `bench` holding sql/install.sql and `users` rows 1..=n.
+pub fn bench_cluster(
+    options: audit_tail::cluster::ClusterOptions,
+    users: u64,
+) -> audit_tail::cluster::Cluster {
+    let cluster = audit_tail::cluster::Cluster::start_with(options).expect("a throwaway cluster");
+    cluster.psql("postgres", "CREATE DATABASE bench").unwrap();
+    let install = cluster
+        .client_command("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "bench", "-f"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/install.sql"))
+        .output()
+        .unwrap();
+    assert!(
+        install.status.success(),
+        "{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    cluster
+        .psql(
+            "bench",
+            &format!(
+                "INSERT INTO users (name, email, role) SELECT 'user ' || g, 'u' || g || '@example.com', 'user' \
+                 FROM generate_series(1, {users}) g"
+            ),
+        )
+        .unwrap();
+    cluster
+}
+
+/// A pgbench script in `dir`: one random user's name changes, so one audit row per transaction.
+pub fn single_row_update_script(dir: &std::path::Path, users: u64) -> std::path::PathBuf {
+    let script = dir.join("update.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "\\set id random(1, {users})\nUPDATE users SET name = 'n' || random() WHERE id = :id;\n"
+        ),
+    )
+    .unwrap();
+    script
+}
