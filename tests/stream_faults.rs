@@ -86,7 +86,7 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(&db, stop.clone());
     let mut rng = Rng::from_clock("kill9");
-    for _ in 0..30 {
+    for _ in 0..50 {
         let mut consumer = Consumer::spawn(&db, out.path(), &["--format", "none"]);
         std::thread::sleep(Duration::from_millis(100 + rng.below(500)));
         consumer.child.kill().unwrap();
