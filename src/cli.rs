@@ -51,6 +51,11 @@ pub enum Command {
         /// `now` (the server's position at start) or an LSN like 0/16B3748.
         #[arg(long, value_parser = parse_until, value_name = "now|X/Y")]
         until: Option<Until>,
+        /// Seconds between status updates to the server; a connection silent for three of them
+        /// is treated as dead and replaced.
+        #[arg(long, default_value_t = 10, value_name = "SECS",
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
+        status_interval: u64,
     },
     /// Apply sql/install.sql (embedded in this binary) to the database.
     Setup {

@@ -59,6 +59,7 @@ pub async fn run(keep: bool) -> Result<(), Error> {
         out_dir: out_dir.path().to_path_buf(),
         format: Format::Text,
         until: None,
+        status_interval: stream::STATUS_INTERVAL,
     };
     let (stop, shutdown) = watch::channel(false);
     let streaming = tokio::spawn(stream::run(config, shutdown, std::io::stdout()));

@@ -103,6 +103,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             out_dir,
             format,
             until,
+            status_interval,
         } => {
             let config = StreamConfig {
                 conn: ConnParams::resolve(dsn.dsn.as_deref(), &env)?,
@@ -111,6 +112,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 out_dir,
                 format: format.into(),
                 until,
+                status_interval: std::time::Duration::from_secs(status_interval),
             };
             let shutdown = shutdown_on_signal();
             audit_tail::stream::run(config, shutdown, std::io::stdout()).await?;

@@ -29,8 +29,11 @@ use crate::wire::{ConnParams, WalConnection, WireError};
 
 /// The longest a committed row waits for its fsync under steady load.
 const FLUSH_DELAY: Duration = Duration::from_millis(50);
-/// A status update goes to the server at least this often (well inside wal_sender_timeout).
-const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// The default of `--status-interval`: a status update goes to the server at least this often
+/// (well inside wal_sender_timeout), asking for a reply; a connection that stays silent for
+/// `SILENT_INTERVALS` of them is dead (a stalled network path, a frozen server) and is replaced.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+const SILENT_INTERVALS: u32 = 3;
 /// Idle keepalive positions are made durable at most this often.
 const IDLE_ACK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the commit-to-disk latency is logged (and once more when the stream stops).
@@ -55,6 +58,8 @@ pub struct StreamConfig {
     pub out_dir: PathBuf,
     pub format: Format,
     pub until: Option<Until>,
+    /// How often a status update goes to the server (default `STATUS_INTERVAL`).
+    pub status_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +235,7 @@ impl<W: Write> Session<'_, W> {
             acked: start,
             pending_since: None,
             last_status: Instant::now(),
+            last_received: Instant::now(),
             last_idle_ack: Instant::now(),
         };
         loop {
@@ -249,14 +255,26 @@ impl<W: Write> Session<'_, W> {
                 self.make_durable(&mut conn, &mut state).await?;
             }
             let status_every = if self.target.is_some() {
-                IDLE_ACK_INTERVAL
+                IDLE_ACK_INTERVAL.min(cfg.status_interval)
             } else {
-                STATUS_INTERVAL
+                cfg.status_interval
             };
+            let silent_for = cfg.status_interval * SILENT_INTERVALS;
+            if state.last_received.elapsed() >= silent_for {
+                return Err(WireError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "nothing from the server for {} s although replies were asked for",
+                        silent_for.as_secs()
+                    ),
+                ))
+                .into());
+            }
             // Checked here too: under steady load `recv` is always ready and would starve the
             // timer branch below.
             if state.last_status.elapsed() >= status_every {
-                let ask = self.target.is_some();
+                // Always ask for a reply: its arrival proves the connection is alive.
+                let ask = true;
                 self.send_status(&mut conn, &mut state, ask).await?;
             }
             let status_at = state.last_status + status_every;
@@ -271,6 +289,7 @@ impl<W: Write> Session<'_, W> {
                     return Ok(());
                 }
                 message = conn.recv() => {
+                    state.last_received = Instant::now();
                     let data = match message? {
                         CopyMessage::Data(data) => data,
                         CopyMessage::Done => return Err(WireError::Closed.into()),
@@ -295,8 +314,9 @@ impl<W: Write> Session<'_, W> {
                     self.make_durable(&mut conn, &mut state).await?;
                 }
                 _ = sleep_until(status_at) => {
-                    // Ask for a keepalive while waiting for --until, to learn the server's position.
-                    let ask = self.target.is_some();
+                    // Ask for a keepalive: it proves the connection alive, and while waiting for
+                    // --until it tells the server's position.
+                    let ask = true;
                     self.send_status(&mut conn, &mut state, ask).await?;
                 }
             }
@@ -436,5 +456,6 @@ struct State {
     /// When the first commit that is not yet durable arrived.
     pending_since: Option<Instant>,
     last_status: Instant,
+    last_received: Instant,
     last_idle_ack: Instant,
 }
