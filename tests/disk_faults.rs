@@ -35,7 +35,10 @@ async fn a_write_error_stops_cleanly_and_a_restart_completes_the_files() {
     let output = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("could not write") && stderr.contains("File too large"), "{stderr}");
+    assert!(
+        stderr.contains("could not write") && stderr.contains("File too large"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     // The checkpoint is intact and the slot was acknowledged no further than it.
@@ -48,7 +51,11 @@ async fn a_write_error_stops_cleanly_and_a_restart_completes_the_files() {
         .trim()
         .parse()
         .unwrap();
-    assert!(confirmed <= checkpoint.lsn, "acknowledged {confirmed} beyond the durable {}", checkpoint.lsn);
+    assert!(
+        confirmed <= checkpoint.lsn,
+        "acknowledged {confirmed} beyond the durable {}",
+        checkpoint.lsn
+    );
 
     // Space again: the restart cuts back the partial transaction and completes the files.
     catch_up(&db, out.path());
