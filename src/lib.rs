@@ -30,8 +30,6 @@ pub enum Error {
     #[error(transparent)]
     Stream(#[from] stream::StreamError),
     #[error(transparent)]
-    Sink(#[from] sink::files::SinkError),
-    #[error(transparent)]
     Params(#[from] wire::params::ParamsError),
     #[error(transparent)]
     Verify(#[from] verify::VerifyError),
