@@ -2,24 +2,16 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Consumer, TestDb, catch_up};
 
+/// The binary with `args`, on `db` and its slot.
 fn audit_tail(db: &TestDb, args: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_audit-tail"))
-        .args(args)
-        .arg("--dsn")
-        .arg(db.cluster.conninfo(&db.name))
-        .args(["--slot", &db.name])
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let conninfo = db.cluster.conninfo(&db.name);
+    let mut all = args.to_vec();
+    all.extend(["--dsn", &conninfo, "--slot", &db.name]);
+    common::run_audit_tail(&all)
 }
 
 #[tokio::test(flavor = "multi_thread")]

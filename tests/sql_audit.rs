@@ -4,8 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestDb, repo_path};
-use futures_util::TryStreamExt;
+use common::{TestDb, copy_out, repo_path};
 use tokio_postgres::Client;
 
 /// (user_id, field_changed, old_value, new_value, changed_by) of every audit row, by id.
@@ -25,18 +24,6 @@ async fn audit_rows(client: &Client) -> Vec<(i32, String, Option<String>, Option
 
 async fn count(client: &Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
-}
-
-/// COPY ... TO STDOUT, the reference the export must equal byte for byte.
-async fn copy_out(client: &Client, query: &str) -> Vec<u8> {
-    let stream = client
-        .copy_out(&format!(
-            "COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)"
-        ))
-        .await
-        .unwrap();
-    let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
-    chunks.concat()
 }
 
 fn owned(v: &str) -> Option<String> {
@@ -101,26 +88,7 @@ async fn export_is_byte_identical_to_copy_for_awkward_values() {
     let db = TestDb::new("export_bytes");
     let dir = db.install();
     let client = db.client().await;
-    let long = "длинный текст, \"с кавычками\"\n".repeat(20_000); // stored out of line (TOAST)
-    client
-        .execute(
-            "INSERT INTO users (name, email, role) VALUES \
-             (NULL, '', 'user'), ('a,b', 'say \"hi\"', 'x'), ('line1\nline2', E'cr\\rlf\\r\\n', 'y'), \
-             ('\\.', '  padded  ', 'Иван'), ($1, 'NULL', '\"')",
-            &[&long],
-        )
-        .await
-        .unwrap();
-    // Every field of every user changes, covering NULL → '', '' → NULL and the values above on
-    // both sides of the arrow.
-    client
-        .batch_execute(
-            "UPDATE users SET name = CASE WHEN name IS NULL THEN '' ELSE name || E'\\n,\"' END, \
-                              email = CASE WHEN email = '' THEN NULL ELSE '\\.' END, \
-                              role = role || ' ' ",
-        )
-        .await
-        .unwrap();
+    common::awkward_changes(&client).await;
     assert_eq!(count(&client, "SELECT count(*) FROM users_audit").await, 15);
     // A row of yesterday must stay out of today's file.
     client

@@ -20,24 +20,7 @@ async fn stream_files_equal_copy_of_the_table_for_awkward_values() {
     catch_up(&db, out.path());
     let client = db.client().await;
     client.batch_execute(&demo_data()).await.unwrap();
-    let long = "длинный, \"текст\"\n".repeat(50_000);
-    client
-        .execute(
-            "INSERT INTO users (name, email, role) VALUES \
-             (NULL, '', 'user'), ('a,b', 'say \"hi\"', 'x'), ('line1\nline2', E'cr\\rlf\\r\\n', 'y'), \
-             ('\\.', '  padded  ', 'Иван'), ($1, 'NULL', '\"')",
-            &[&long],
-        )
-        .await
-        .unwrap();
-    client
-        .batch_execute(
-            "UPDATE users SET name = CASE WHEN name IS NULL THEN '' ELSE name || E'\\n,\"' END, \
-                              email = CASE WHEN email = '' THEN NULL ELSE '\\.' END, \
-                              role = role || ' ' WHERE id > 3",
-        )
-        .await
-        .unwrap();
+    common::awkward_changes(&client).await;
     let result = catch_up(&db, out.path());
     assert!(result.stdout.is_empty(), "--format none prints nothing");
     let rows = assert_files_equal_table(&db, out.path()).await;

@@ -207,19 +207,6 @@ fn run_stream(db: &TestDb, out: &Path, extra: &[&str]) -> (Option<i32>, String) 
     )
 }
 
-/// The binary with exactly these arguments.
-fn audit_tail(args: &[&str]) -> (Option<i32>, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_audit-tail"))
-        .args(args)
-        .env_remove("AUDIT_TAIL_DSN")
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn fatal_conditions_stop_with_a_message_that_says_what_to_do() {
     let db = TestDb::new("fatal");
@@ -237,7 +224,7 @@ async fn fatal_conditions_stop_with_a_message_that_says_what_to_do() {
         "{err}"
     );
 
-    let (code, err) = audit_tail(&["stream", "--slot", "Bad-Name"]);
+    let (code, _, err) = common::run_audit_tail(&["stream", "--slot", "Bad-Name"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("lower-case letters"), "{err}");
 
@@ -250,7 +237,8 @@ async fn fatal_conditions_stop_with_a_message_that_says_what_to_do() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("could not create the out-dir"), "{err}");
 
-    let (code, err) = audit_tail(&["stream", "--dsn", "host=/nonexistent port=1 nonsense"]);
+    let (code, _, err) =
+        common::run_audit_tail(&["stream", "--dsn", "host=/nonexistent port=1 nonsense"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("invalid connection string"), "{err}");
 

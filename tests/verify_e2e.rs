@@ -3,25 +3,16 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::{TestDb, catch_up, repo_path};
 
+/// `audit-tail verify` on `db` and `out`, plus `extra`.
 fn verify(db: &TestDb, out: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_audit-tail"))
-        .arg("verify")
-        .arg("--out-dir")
-        .arg(out)
-        .arg("--dsn")
-        .arg(db.cluster.conninfo(&db.name))
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let conninfo = db.cluster.conninfo(&db.name);
+    let out = out.to_str().unwrap();
+    let mut args = vec!["verify", "--out-dir", out, "--dsn", &conninfo];
+    args.extend(extra);
+    common::run_audit_tail(&args)
 }
 
 #[tokio::test(flavor = "multi_thread")]

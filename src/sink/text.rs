@@ -55,15 +55,8 @@ fn quoted(value: Option<&str>) -> String {
 mod tests {
     use super::*;
 
-    const AUDIT: [&str; 7] = [
-        "id",
-        "user_id",
-        "changed_at",
-        "changed_by",
-        "field_changed",
-        "old_value",
-        "new_value",
-    ];
+    /// The users_audit columns, in the CSV contract's order.
+    const AUDIT: [&str; 7] = crate::verify::HEADER;
 
     #[test]
     fn audit_rows_read_as_a_sentence() {

@@ -228,11 +228,64 @@ pub fn csv_records(bytes: &[u8]) -> Vec<Vec<u8>> {
     records
 }
 
+/// `COPY (query) TO STDOUT WITH (FORMAT csv, HEADER)`: the reference the files must equal.
+pub async fn copy_out(client: &Client, query: &str) -> Vec<u8> {
+    use futures_util::TryStreamExt;
+    let stream = client
+        .copy_out(&format!(
+            "COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)"
+        ))
+        .await
+        .unwrap();
+    let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
+    chunks.concat()
+}
+
+/// Inserts five users with awkward values (NULL, '', commas, quotes, CR/LF, `\.`, padding,
+/// Cyrillic, a TOASTed long value) and changes every field of each: 15 audit rows whose old and
+/// new values cover NULL → '' and '' → NULL.
+pub async fn awkward_changes(client: &Client) {
+    let long = "длинный текст, \"с кавычками\"\n".repeat(50_000); // stored out of line (TOAST)
+    let first: i32 = client
+        .query_one(
+            "WITH ins AS (INSERT INTO users (name, email, role) VALUES \
+             (NULL, '', 'user'), ('a,b', 'say \"hi\"', 'x'), ('line1\nline2', E'cr\\rlf\\r\\n', 'y'), \
+             ('\\.', '  padded  ', 'Иван'), ($1, 'NULL', '\"') RETURNING id) SELECT min(id) FROM ins",
+            &[&long],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .execute(
+            "UPDATE users SET name = CASE WHEN name IS NULL THEN '' ELSE name || E'\\n,\"' END, \
+                              email = CASE WHEN email = '' THEN NULL ELSE '\\.' END, \
+                              role = role || ' ' WHERE id >= $1",
+            &[&first],
+        )
+        .await
+        .unwrap();
+}
+
+/// Runs the audit-tail binary with exactly `args` (and no AUDIT_TAIL_DSN from outside): exit
+/// code, stdout, stderr.
+pub fn run_audit_tail<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_audit-tail"))
+        .args(args)
+        .env_remove("AUDIT_TAIL_DSN")
+        .output()
+        .expect("run audit-tail");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Checks that the stream files in `out_dir` hold exactly the rows of users_audit: per day, the
 /// same header and the same records as COPY, no more, no fewer, none twice. Returns the number
 /// of rows compared.
 pub async fn assert_files_equal_table(db: &TestDb, out_dir: &Path) -> usize {
-    use futures_util::TryStreamExt;
     let client = db.client().await;
     let days: Vec<String> = client
         .query(
@@ -260,18 +313,13 @@ pub async fn assert_files_equal_table(db: &TestDb, out_dir: &Path) -> usize {
     );
     let mut total = 0;
     for day in &days {
-        let query = format!(
-            "COPY (SELECT * FROM users_audit WHERE to_char(changed_at, 'YYYYMMDD') = '{day}' ORDER BY id) \
-             TO STDOUT WITH (FORMAT csv, HEADER)"
-        );
-        let chunks: Vec<bytes::Bytes> = client
-            .copy_out(&query)
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        let reference = chunks.concat();
+        let reference = copy_out(
+            &client,
+            &format!(
+                "SELECT * FROM users_audit WHERE to_char(changed_at, 'YYYYMMDD') = '{day}' ORDER BY id"
+            ),
+        )
+        .await;
         let stream = std::fs::read(out_dir.join(format!("users_audit_stream_{day}.csv"))).unwrap();
         let mut want = csv_records(&reference);
         let mut got = csv_records(&stream);
