@@ -8,6 +8,9 @@
 //!
 //!     cargo bench --bench drain
 //!     BENCH_SCALE=10 cargo bench --bench drain
+//!
+//! For profiling, BENCH_WRAP runs audit-tail under a tool (see `wrapped`), and BENCH_RUST_LOG
+//! sets its RUST_LOG.
 
 mod support;
 
@@ -132,14 +135,17 @@ fn main() {
             .arg(dir.path().join(format!("{slot}.bin")));
             peer.push(drain(cmd));
         } else {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-tail"));
+            let mut cmd = wrapped(env!("CARGO_BIN_EXE_audit-tail"));
             cmd.args([
                 "stream", "--format", "none", "--slot", slot, "--until", &endpos, "--dsn",
             ])
             .arg(cluster.conninfo("bench"))
             .arg("--out-dir")
             .arg(dir.path().join(slot))
-            .env("RUST_LOG", "audit_tail=warn");
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "audit_tail=warn".into()),
+            );
             ours.push(drain(cmd));
             let written = count_rows(&dir.path().join(slot));
             assert_eq!(written, rows, "audit-tail wrote {written} of {rows} rows");
@@ -154,6 +160,21 @@ fn main() {
         wall(&ours) / wall(&peer),
         rss(&ours) / rss(&peer)
     );
+}
+
+/// `program`, run under BENCH_WRAP when set (a profiler: `strace -f -c -o FILE`,
+/// `valgrind --tool=callgrind`, `perf record -g -o FILE`); its figures then mean little.
+fn wrapped(program: &str) -> Command {
+    let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    match words.next() {
+        Some(first) => {
+            let mut cmd = Command::new(first);
+            cmd.args(words).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
 }
 
 fn count_rows(dir: &std::path::Path) -> u64 {
@@ -172,13 +193,15 @@ fn count_rows(dir: &std::path::Path) -> u64 {
 fn report(name: &str, runs: &[Run], rows: u64) {
     let wall = median(runs.iter().map(|r| r.cost.wall).collect());
     let cpu = median(runs.iter().map(|r| r.cost.cpu).collect());
+    let sys = median(runs.iter().map(|r| r.cost.sys).collect());
     let sender = median(runs.iter().map(|r| r.walsender).collect());
     let rss = runs.iter().map(|r| r.cost.peak_rss_kib).max().unwrap();
     println!(
-        "{name}: median {:.2} s ({:.0} rows/s), client CPU {:.2} s, walsender CPU {:.2} s, peak RSS {} MB, runs {:?}",
+        "{name}: median {:.2} s ({:.0} rows/s), client CPU {:.2} s ({:.2} s system), walsender CPU {:.2} s, peak RSS {} MB, runs {:?}",
         wall.as_secs_f64(),
         rows as f64 / wall.as_secs_f64(),
         cpu.as_secs_f64(),
+        sys.as_secs_f64(),
         sender.as_secs_f64(),
         rss / 1024,
         runs.iter()

@@ -277,50 +277,69 @@ impl<W: Write> Session<'_, W> {
                 let ask = true;
                 self.send_status(&mut conn, &mut state, ask).await?;
             }
-            let status_at = state.last_status + status_every;
-            let flush_at = state.pending_since.map(|t| t + FLUSH_DELAY);
-            tokio::select! {
-                biased;
-                _ = stopped(shutdown) => {
-                    self.make_durable(&mut conn, &mut state).await?;
-                    report_latency(&mut state);
-                    conn.finish().await?;
-                    tracing::info!(durable = %self.files.durable_lsn(), "stopped on signal");
-                    return Ok(());
+            // A message already buffered needs no wait: the select below (timers, the signal)
+            // would cost more than handling it, and the checks above run between messages.
+            let buffered = match conn.try_recv()? {
+                Some(_) if *shutdown.borrow() => {
+                    return self.stop(conn, &mut state, "stopped on signal").await;
                 }
-                message = conn.recv() => {
-                    state.last_received = Instant::now();
-                    let data = match message? {
-                        CopyMessage::Data(data) => data,
-                        CopyMessage::Done => return Err(WireError::Closed.into()),
-                    };
-                    match self.handle(messages::decode(data)?, &mut state) {
-                        Ok(reply) => {
-                            if reply {
-                                self.send_status(&mut conn, &mut state, false).await?;
-                            }
+                buffered => buffered,
+            };
+            let message = match buffered {
+                Some(message) => message,
+                None => {
+                    let status_at = state.last_status + status_every;
+                    let flush_at = state.pending_since.map(|t| t + FLUSH_DELAY);
+                    tokio::select! {
+                        biased;
+                        _ = stopped(shutdown) => {
+                            return self.stop(conn, &mut state, "stopped on signal").await;
                         }
-                        Err(StreamError::Stdout(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+                        message = conn.recv() => message?,
+                        _ = sleep_until(flush_at.unwrap_or(status_at)), if flush_at.is_some() => {
                             self.make_durable(&mut conn, &mut state).await?;
-                            report_latency(&mut state);
-                            conn.finish().await?;
-                            tracing::info!("stdout was closed; stopping");
-                            return Ok(());
+                            continue;
                         }
-                        Err(e) => return Err(e),
+                        _ = sleep_until(status_at) => {
+                            // Ask for a keepalive: it proves the connection alive, and while
+                            // waiting for --until it tells the server's position.
+                            let ask = true;
+                            self.send_status(&mut conn, &mut state, ask).await?;
+                            continue;
+                        }
                     }
                 }
-                _ = sleep_until(flush_at.unwrap_or(status_at)), if flush_at.is_some() => {
-                    self.make_durable(&mut conn, &mut state).await?;
+            };
+            state.last_received = Instant::now();
+            let data = match message {
+                CopyMessage::Data(data) => data,
+                CopyMessage::Done => return Err(WireError::Closed.into()),
+            };
+            match self.handle(messages::decode(data)?, &mut state) {
+                Ok(true) => self.send_status(&mut conn, &mut state, false).await?,
+                Ok(false) => {}
+                Err(StreamError::Stdout(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    return self
+                        .stop(conn, &mut state, "stdout was closed; stopping")
+                        .await;
                 }
-                _ = sleep_until(status_at) => {
-                    // Ask for a keepalive: it proves the connection alive, and while waiting for
-                    // --until it tells the server's position.
-                    let ask = true;
-                    self.send_status(&mut conn, &mut state, ask).await?;
-                }
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Makes everything received durable, acknowledges it, and closes the connection politely.
+    async fn stop(
+        &mut self,
+        mut conn: WalConnection,
+        state: &mut State,
+        why: &str,
+    ) -> Result<(), StreamError> {
+        self.make_durable(&mut conn, state).await?;
+        report_latency(state);
+        conn.finish().await?;
+        tracing::info!(durable = %self.files.durable_lsn(), "{why}");
+        Ok(())
     }
 
     /// Takes one message from the walsender; returns whether the server asked for a reply.

@@ -13,16 +13,20 @@ use nix::sys::resource::{UsageWho, getrusage};
 #[derive(Debug, Clone, Copy)]
 pub struct Cost {
     pub wall: Duration,
+    /// User plus system CPU time.
     pub cpu: Duration,
+    /// The system (kernel) part of `cpu`.
+    pub sys: Duration,
     pub peak_rss_kib: u64,
 }
 
-fn children_cpu() -> Duration {
+/// CPU time of the waited children so far: (user, system).
+fn children_cpu() -> (Duration, Duration) {
     let usage = getrusage(UsageWho::RUSAGE_CHILDREN).unwrap();
     let tv = |t: nix::sys::time::TimeVal| {
         Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
     };
-    tv(usage.user_time()) + tv(usage.system_time())
+    (tv(usage.user_time()), tv(usage.system_time()))
 }
 
 /// Peak resident set of `pid` so far, in KiB.
@@ -55,11 +59,15 @@ pub fn measure(cmd: &mut Command, mut during: impl FnMut()) -> (ExitStatus, Cost
         std::thread::sleep(Duration::from_millis(20));
     };
     let wall = started.elapsed();
+    let (user, sys) = children_cpu();
+    let user = user.saturating_sub(cpu_before.0);
+    let sys = sys.saturating_sub(cpu_before.1);
     (
         status,
         Cost {
             wall,
-            cpu: children_cpu().saturating_sub(cpu_before),
+            cpu: user + sys,
+            sys,
             peak_rss_kib: peak,
         },
     )

@@ -22,6 +22,9 @@ use super::{ConnParams, Host, SslMode, WireError};
 pub const PINNED_OPTIONS: &str =
     "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c client_encoding=UTF8";
 
+/// How much the read buffer asks the socket for at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
 trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
 
@@ -80,7 +83,7 @@ impl WalConnection {
         };
         let mut conn = WalConnection {
             socket,
-            read: BytesMut::with_capacity(64 * 1024),
+            read: BytesMut::with_capacity(READ_CHUNK),
             write: BytesMut::new(),
             server_version: None,
         };
@@ -239,9 +242,20 @@ impl WalConnection {
     /// The next CopyData payload in CopyBoth mode. Cancel-safe.
     pub async fn recv(&mut self) -> Result<CopyMessage, WireError> {
         loop {
-            match self.next_frame().await? {
-                Backend::CopyData(data) => return Ok(CopyMessage::Data(data)),
-                Backend::Other(Message::CopyDone) => return Ok(CopyMessage::Done),
+            if let Some(message) = self.try_recv()? {
+                return Ok(message);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The next CopyData payload in CopyBoth mode if one is already buffered; no I/O. Lets the
+    /// caller work through a read's worth of messages without a trip through the scheduler.
+    pub fn try_recv(&mut self) -> Result<Option<CopyMessage>, WireError> {
+        while let Some(frame) = frame::parse(&mut self.read)? {
+            match frame {
+                Backend::CopyData(data) => return Ok(Some(CopyMessage::Data(data))),
+                Backend::Other(Message::CopyDone) => return Ok(Some(CopyMessage::Done)),
                 Backend::Other(Message::ErrorResponse(body)) => {
                     return Err(WireError::Server(frame::server_error(body.fields())?));
                 }
@@ -256,6 +270,7 @@ impl WalConnection {
                 Backend::CopyBothResponse => return Err(protocol("a second CopyBothResponse")),
             }
         }
+        Ok(None)
     }
 
     /// Whether a whole message is already buffered (more work is waiting without a read).
@@ -294,11 +309,17 @@ impl WalConnection {
             if let Some(frame) = frame::parse(&mut self.read)? {
                 return Ok(frame);
             }
-            self.read.reserve(64 * 1024);
-            if self.socket.read_buf(&mut self.read).await? == 0 {
-                return Err(WireError::Closed);
-            }
+            self.fill().await?;
         }
+    }
+
+    /// Reads what the socket has (at least one byte) into the read buffer. Cancel-safe.
+    async fn fill(&mut self) -> Result<(), WireError> {
+        self.read.reserve(READ_CHUNK);
+        if self.socket.read_buf(&mut self.read).await? == 0 {
+            return Err(WireError::Closed);
+        }
+        Ok(())
     }
 
     async fn next_message(&mut self) -> Result<Message, WireError> {
