@@ -61,6 +61,8 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SinkEr
 }
 
 struct OpenFile {
+    /// The file's name in the out-dir.
+    name: String,
     file: File,
     path: PathBuf,
     /// Encoded rows not yet written to the file.
@@ -71,6 +73,9 @@ struct OpenFile {
     unsynced: bool,
     /// Whether a row went here since the last durable point; idle files are closed then.
     touched: bool,
+    /// Whether the transaction in progress wrote here (its length goes to the checkpoint at
+    /// commit).
+    in_txn: bool,
 }
 
 /// Which file rows of one table and day currently go to, and the header it has.
@@ -82,15 +87,25 @@ struct Route {
     table: Arc<Table>,
 }
 
+/// The route of the last row: most rows go where the previous one went, and this answers that
+/// without building a file name or looking one up.
+struct LastRoute {
+    table: Arc<Table>,
+    day: NaiveDate,
+    /// Index into `StreamFiles::open`.
+    open: usize,
+}
+
 /// The stream files of one out-dir, held under an exclusive lock.
 pub struct StreamFiles {
     dir: PathBuf,
     dir_handle: File,
     _lock: Flock<File>,
-    open: HashMap<String, OpenFile>,
+    /// The files open for appending: a handful (today's per table, yesterday's until the next
+    /// durable point), so a Vec searched by name beats a map.
+    open: Vec<OpenFile>,
     routes: HashMap<String, Route>,
-    /// Lengths of the files written by the transaction in progress.
-    changed: HashMap<String, u64>,
+    last: Option<LastRoute>,
     /// Lengths and end LSN as of the last commit; durable once `make_durable` stored them.
     committed: Checkpoint,
     durable: Checkpoint,
@@ -116,9 +131,9 @@ impl StreamFiles {
             dir: dir.to_path_buf(),
             dir_handle,
             _lock: lock,
-            open: HashMap::new(),
+            open: Vec::new(),
             routes: HashMap::new(),
-            changed: HashMap::new(),
+            last: None,
             committed: checkpoint.clone(),
             durable: checkpoint,
         };
@@ -139,47 +154,70 @@ impl StreamFiles {
 
     /// Appends a row of a transaction committing at `commit_time`.
     pub fn append(&mut self, row: &Row, commit_time: PgTimestamp) -> Result<(), SinkError> {
-        let base = base_name(row, commit_time);
-        let known = self
-            .routes
-            .get(&base)
-            .filter(|r| Arc::ptr_eq(&r.table, &row.table))
-            .map(|r| r.file.clone());
-        let file = match known {
-            Some(file) => file,
-            None => {
-                let mut header = Vec::new();
-                copy_csv::encode_header(&mut header, &row.table.columns);
-                let same = self.routes.get(&base).filter(|r| r.header == header);
-                let file = match same {
-                    Some(route) => route.file.clone(),
-                    None => self.route(&base, &header)?,
-                };
-                self.routes.insert(
-                    base,
-                    Route {
-                        file: file.clone(),
-                        header,
-                        table: row.table.clone(),
-                    },
-                );
-                file
+        let day = row_day(row, commit_time);
+        let index = match &self.last {
+            Some(last) if last.day == day && Arc::ptr_eq(&last.table, &row.table) => last.open,
+            _ => {
+                let file = self.find_route(row, day)?;
+                let index = self.open_file(&file)?;
+                self.last = Some(LastRoute {
+                    table: row.table.clone(),
+                    day,
+                    open: index,
+                });
+                index
             }
         };
-        let open = self.open_file(&file)?;
+        let open = &mut self.open[index];
         copy_csv::encode_row(&mut open.buffer, row.values.iter().map(|v| v.as_deref()));
         open.touched = true;
+        open.in_txn = true;
         if open.buffer.len() >= WRITE_CHUNK {
             write_out(open)?;
         }
-        let len = open.len + open.buffer.len() as u64;
-        self.changed.insert(file, len);
         Ok(())
+    }
+
+    /// The file for rows of `row`'s table and `day`: the newest variant whose header names the
+    /// table's current columns.
+    fn find_route(&mut self, row: &Row, day: NaiveDate) -> Result<String, SinkError> {
+        let base = base_name(&row.table, day);
+        if let Some(route) = self
+            .routes
+            .get(&base)
+            .filter(|r| Arc::ptr_eq(&r.table, &row.table))
+        {
+            return Ok(route.file.clone());
+        }
+        let mut header = Vec::new();
+        copy_csv::encode_header(&mut header, &row.table.columns);
+        let file = match self.routes.get(&base).filter(|r| r.header == header) {
+            Some(route) => route.file.clone(),
+            None => self.route(&base, &header)?,
+        };
+        self.routes.insert(
+            base,
+            Route {
+                file: file.clone(),
+                header,
+                table: row.table.clone(),
+            },
+        );
+        Ok(file)
     }
 
     /// The transaction whose rows were appended since the last commit is complete.
     pub fn commit(&mut self, end_lsn: Lsn) {
-        self.committed.files.extend(self.changed.drain());
+        for open in self.open.iter_mut().filter(|o| o.in_txn) {
+            open.in_txn = false;
+            let len = open.len + open.buffer.len() as u64;
+            match self.committed.files.get_mut(&open.name) {
+                Some(committed) => *committed = len,
+                None => {
+                    self.committed.files.insert(open.name.clone(), len);
+                }
+            }
+        }
         self.committed.lsn = self.committed.lsn.max(end_lsn);
     }
 
@@ -191,7 +229,7 @@ impl StreamFiles {
 
     /// Writes and fsyncs every file, then stores the checkpoint. Returns the durable LSN.
     pub fn make_durable(&mut self) -> Result<Lsn, SinkError> {
-        for open in self.open.values_mut() {
+        for open in self.open.iter_mut() {
             write_out(open)?;
             if open.unsynced {
                 open.file.sync_data().map_err(io_err("fsync", &open.path))?;
@@ -202,9 +240,11 @@ impl StreamFiles {
             self.committed.store(&self.dir, &self.dir_handle)?;
             self.durable = self.committed.clone();
         }
-        // Close files nobody wrote to since the last durable point: yesterday's, mostly.
+        // Close files nobody wrote to since the last durable point: yesterday's, mostly. A file
+        // of the transaction in progress stays open, since its length is needed at commit.
         self.open
-            .retain(|_, open| std::mem::take(&mut open.touched));
+            .retain_mut(|open| std::mem::take(&mut open.touched) || open.in_txn);
+        self.last = None;
         Ok(self.durable.lsn)
     }
 
@@ -214,7 +254,7 @@ impl StreamFiles {
     pub fn rewind(&mut self) -> Result<(), SinkError> {
         self.open.clear();
         self.routes.clear();
-        self.changed.clear();
+        self.last = None;
         self.durable = reconcile(&self.dir)?;
         self.committed = self.durable.clone();
         Ok(())
@@ -227,7 +267,7 @@ impl StreamFiles {
         for n in 1.. {
             let name = variant(base, n);
             if self.committed.files.contains_key(&name)
-                || self.open.contains_key(&name)
+                || self.open.iter().any(|o| o.name == name)
                 || self.dir.join(&name).exists()
             {
                 newest = Some((n, name));
@@ -250,7 +290,7 @@ impl StreamFiles {
     }
 
     fn file_starts_with(&mut self, name: &str, header: &[u8]) -> Result<bool, SinkError> {
-        if let Some(open) = self.open.get_mut(name) {
+        if let Some(open) = self.open.iter_mut().find(|o| o.name == name) {
             write_out(open)?;
         }
         let path = self.dir.join(name);
@@ -270,41 +310,41 @@ impl StreamFiles {
             .append(true)
             .open(&path)
             .map_err(io_err("create", &path))?;
-        self.open.insert(
-            name.to_string(),
-            OpenFile {
-                file,
-                path,
-                buffer: header.to_vec(),
-                len: 0,
-                unsynced: true,
-                touched: true,
-            },
-        );
+        self.open.push(OpenFile {
+            name: name.to_string(),
+            file,
+            path,
+            buffer: header.to_vec(),
+            len: 0,
+            unsynced: true,
+            touched: true,
+            in_txn: false,
+        });
         Ok(())
     }
 
-    fn open_file(&mut self, name: &str) -> Result<&mut OpenFile, SinkError> {
-        if !self.open.contains_key(name) {
-            let path = self.dir.join(name);
-            let file = OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .map_err(io_err("open", &path))?;
-            let len = file.metadata().map_err(io_err("stat", &path))?.len();
-            self.open.insert(
-                name.to_string(),
-                OpenFile {
-                    file,
-                    path,
-                    buffer: Vec::new(),
-                    len,
-                    unsynced: false,
-                    touched: false,
-                },
-            );
+    /// The index in `open` of the file `name`, opened for appending if it is not yet.
+    fn open_file(&mut self, name: &str) -> Result<usize, SinkError> {
+        if let Some(index) = self.open.iter().position(|o| o.name == name) {
+            return Ok(index);
         }
-        Ok(self.open.get_mut(name).expect("inserted above"))
+        let path = self.dir.join(name);
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        let len = file.metadata().map_err(io_err("stat", &path))?.len();
+        self.open.push(OpenFile {
+            name: name.to_string(),
+            file,
+            path,
+            buffer: Vec::new(),
+            len,
+            unsynced: false,
+            touched: false,
+            in_txn: false,
+        });
+        Ok(self.open.len() - 1)
     }
 }
 
@@ -321,26 +361,26 @@ fn write_out(open: &mut OpenFile) -> Result<(), SinkError> {
     Ok(())
 }
 
-/// `users_audit_stream_20251021` for a row of public.users_audit on 2025-10-21.
-fn base_name(row: &Row, commit_time: PgTimestamp) -> String {
-    let day = row
-        .table
+/// The day whose file a row goes to: the date of its `changed_at` value, or the UTC date of its
+/// commit when the table has no such column or the value has no ordinary date.
+fn row_day(row: &Row, commit_time: PgTimestamp) -> NaiveDate {
+    row.table
         .changed_at
         .and_then(|i| row.values.get(i))
         .and_then(|v| v.as_deref())
         .and_then(date_prefix)
         .or_else(|| commit_time.to_datetime().map(|t| t.date_naive()))
-        .unwrap_or_default();
-    let table = if row.table.schema == "public" {
-        file_safe(&row.table.name)
+        .unwrap_or_default()
+}
+
+/// `users_audit_stream_20251021` for public.users_audit on 2025-10-21.
+fn base_name(table: &Table, day: NaiveDate) -> String {
+    let name = if table.schema == "public" {
+        file_safe(&table.name)
     } else {
-        format!(
-            "{}.{}",
-            file_safe(&row.table.schema),
-            file_safe(&row.table.name)
-        )
+        format!("{}.{}", file_safe(&table.schema), file_safe(&table.name))
     };
-    format!("{table}_stream_{}", day.format("%Y%m%d"))
+    format!("{name}_stream_{}", day.format("%Y%m%d"))
 }
 
 fn variant(base: &str, n: u32) -> String {
@@ -354,11 +394,18 @@ fn variant(base: &str, n: u32) -> String {
 /// The date of a timestamp's text output in ISO DateStyle (`2025-10-21 11:55:51...`); None for
 /// anything else (`infinity`, BC dates, years past 9999), which then falls back to the commit day.
 fn date_prefix(value: &[u8]) -> Option<NaiveDate> {
-    let text = std::str::from_utf8(value.get(..10)?).ok()?;
-    if value.len() > 10 && value[10] != b' ' {
+    if (value.len() > 10 && value[10] != b' ') || value.ends_with(b" BC") {
         return None;
     }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
+    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
+        value.get(range)?.iter().try_fold(0u32, |n, &b| {
+            b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
+        })
+    };
+    if value.get(4) != Some(&b'-') || value.get(7) != Some(&b'-') {
+        return None;
+    }
+    NaiveDate::from_ymd_opt(digits(0..4)? as i32, digits(5..7)?, digits(8..10)?)
 }
 
 /// Table and schema names may hold any character: keep [A-Za-z0-9_], percent-encode the rest.
@@ -627,5 +674,37 @@ mod tests {
         assert_eq!(date_prefix(b"infinity"), None);
         assert_eq!(date_prefix(b"12025-10-21 00:00:00"), None);
         assert_eq!(date_prefix(b"2025-13-21 00:00:00"), None);
+        assert_eq!(date_prefix(b"2025-02-30 00:00:00"), None);
+        assert_eq!(date_prefix(b"0044-03-15 12:00:00+00 BC"), None);
+        assert_eq!(date_prefix(b"2025-1x-21 00:00:00"), None);
+        assert_eq!(date_prefix(b"2025/10/21 00:00:00"), None);
+        assert_eq!(date_prefix(b"2025-10-2"), None);
+    }
+
+    #[test]
+    fn a_file_of_the_open_transaction_stays_open_across_durable_points() {
+        // make_durable may run in the middle of a transaction (the flush delay); a file that
+        // transaction wrote must keep its length for the commit even if untouched since.
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(&["id", "changed_at"]);
+        let mut files = StreamFiles::open(dir.path()).unwrap();
+        files
+            .append(
+                &row(&t, &[Some("1"), Some("2025-10-21 10:00:00")]),
+                PgTimestamp(0),
+            )
+            .unwrap();
+        files.make_durable().unwrap();
+        files.make_durable().unwrap();
+        files.make_durable().unwrap();
+        files.commit(Lsn(100));
+        files.make_durable().unwrap();
+        drop(files);
+        let files = StreamFiles::open(dir.path()).unwrap();
+        assert_eq!(files.durable_lsn(), Lsn(100));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("users_audit_stream_20251021.csv")).unwrap(),
+            "id,changed_at\n1,2025-10-21 10:00:00\n"
+        );
     }
 }
