@@ -29,6 +29,12 @@ use crate::wire::{ConnParams, WalConnection, WireError};
 
 /// The longest a committed row waits for its fsync under steady load.
 const FLUSH_DELAY: Duration = Duration::from_millis(50);
+/// While messages are buffered, the clock-driven checks run once per this many of them.
+const CHECK_EVERY: u32 = 64;
+/// A commit older than this (server clock against ours) means a backlog is being drained: then
+/// fsyncs are batched over `FLUSH_DELAY` even when the read buffer runs dry between reads, since
+/// the rows are late anyway and each durable point costs three syncs.
+const CATCHING_UP: Duration = Duration::from_secs(1);
 /// The default of `--status-interval`: a status update goes to the server at least this often
 /// (well inside wal_sender_timeout), asking for a reply; a connection that stays silent for
 /// `SILENT_INTERVALS` of them is dead (a stalled network path, a frozen server) and is replaced.
@@ -234,48 +240,56 @@ impl<W: Write> Session<'_, W> {
             received: start,
             acked: start,
             pending_since: None,
+            unchecked: 0,
+            catching_up: false,
             last_status: Instant::now(),
             last_received: Instant::now(),
             last_idle_ack: Instant::now(),
         };
         loop {
-            if let Some(target) = *self.target
-                && self.files.durable_lsn() >= target
-                && !state.capture.in_transaction()
-            {
-                self.send_status(&mut conn, &mut state, false).await?;
-                report_latency(&mut state);
-                conn.finish().await?;
-                tracing::info!(%target, durable = %self.files.durable_lsn(), "reached --until; stopping");
-                return Ok(());
-            }
-            if let Some(since) = state.pending_since
-                && (since.elapsed() >= FLUSH_DELAY || !conn.has_buffered_message())
-            {
-                self.make_durable(&mut conn, &mut state).await?;
-            }
             let status_every = if self.target.is_some() {
                 IDLE_ACK_INTERVAL.min(cfg.status_interval)
             } else {
                 cfg.status_interval
             };
-            let silent_for = cfg.status_interval * SILENT_INTERVALS;
-            if state.last_received.elapsed() >= silent_for {
-                return Err(WireError::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "nothing from the server for {} s although replies were asked for",
-                        silent_for.as_secs()
-                    ),
-                ))
-                .into());
-            }
-            // Checked here too: under steady load `recv` is always ready and would starve the
-            // timer branch below.
-            if state.last_status.elapsed() >= status_every {
-                // Always ask for a reply: its arrival proves the connection is alive.
-                let ask = true;
-                self.send_status(&mut conn, &mut state, ask).await?;
+            // Between buffered messages the clock is read only every CHECK_EVERY of them: the
+            // checks below are due on a scale of milliseconds, a message takes a microsecond.
+            if state.unchecked >= CHECK_EVERY || !conn.has_buffered_message() {
+                state.unchecked = 0;
+                if let Some(target) = *self.target
+                    && self.files.durable_lsn() >= target
+                    && !state.capture.in_transaction()
+                {
+                    self.send_status(&mut conn, &mut state, false).await?;
+                    report_latency(&mut state);
+                    conn.finish().await?;
+                    tracing::info!(%target, durable = %self.files.durable_lsn(), "reached --until; stopping");
+                    return Ok(());
+                }
+                if let Some(since) = state.pending_since
+                    && (since.elapsed() >= FLUSH_DELAY
+                        || (!state.catching_up && !conn.has_buffered_message()))
+                {
+                    self.make_durable(&mut conn, &mut state).await?;
+                }
+                let silent_for = cfg.status_interval * SILENT_INTERVALS;
+                if state.last_received.elapsed() >= silent_for {
+                    return Err(WireError::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "nothing from the server for {} s although replies were asked for",
+                            silent_for.as_secs()
+                        ),
+                    ))
+                    .into());
+                }
+                // Checked here too: under steady load `recv` is always ready and would starve
+                // the timer branch below.
+                if state.last_status.elapsed() >= status_every {
+                    // Always ask for a reply: its arrival proves the connection is alive.
+                    let ask = true;
+                    self.send_status(&mut conn, &mut state, ask).await?;
+                }
             }
             // A message already buffered needs no wait: the select below (timers, the signal)
             // would cost more than handling it, and the checks above run between messages.
@@ -295,7 +309,10 @@ impl<W: Write> Session<'_, W> {
                         _ = stopped(shutdown) => {
                             return self.stop(conn, &mut state, "stopped on signal").await;
                         }
-                        message = conn.recv() => message?,
+                        message = conn.recv() => {
+                            state.last_received = Instant::now();
+                            message?
+                        }
                         _ = sleep_until(flush_at.unwrap_or(status_at)), if flush_at.is_some() => {
                             self.make_durable(&mut conn, &mut state).await?;
                             continue;
@@ -310,7 +327,7 @@ impl<W: Write> Session<'_, W> {
                     }
                 }
             };
-            state.last_received = Instant::now();
+            state.unchecked += 1;
             let data = match message {
                 CopyMessage::Data(data) => data,
                 CopyMessage::Done => return Err(WireError::Closed.into()),
@@ -363,6 +380,7 @@ impl<W: Write> Session<'_, W> {
                             commit_lsn,
                             commit_time,
                         });
+                        state.catching_up = is_late(commit_time);
                     }
                     Some(Event::Row(row)) => {
                         let txn = state.txn.ok_or(StreamError::Capture {
@@ -387,6 +405,7 @@ impl<W: Write> Session<'_, W> {
                         self.files.commit(end_lsn);
                         self.printer.flush().map_err(StreamError::Stdout)?;
                         state.pending_since.get_or_insert_with(Instant::now);
+                        state.catching_up = is_late(commit_time);
                     }
                 }
                 Ok(false)
@@ -449,15 +468,25 @@ impl<W: Write> Session<'_, W> {
     }
 }
 
+/// Milliseconds to one decimal, for the log.
+fn tenth_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// Whether a transaction committed at `commit_time` arrives as part of a backlog.
+fn is_late(commit_time: PgTimestamp) -> bool {
+    PgTimestamp::now().0.saturating_sub(commit_time.0) > CATCHING_UP.as_micros() as i64
+}
+
 /// Logs the commit-to-disk latency of the rows made durable since the last report.
 fn report_latency(state: &mut State) {
     state.last_latency_report = Instant::now();
     if let Some(s) = state.latency.take_summary() {
         tracing::info!(
             rows = s.rows,
-            p50_ms = s.p50.as_secs_f64() * 1e3,
-            p99_ms = s.p99.as_secs_f64() * 1e3,
-            max_ms = s.max.as_secs_f64() * 1e3,
+            p50_ms = tenth_ms(s.p50),
+            p99_ms = tenth_ms(s.p99),
+            max_ms = tenth_ms(s.max),
             "commit-to-disk latency"
         );
     }
@@ -474,6 +503,11 @@ struct State {
     acked: Lsn,
     /// When the first commit that is not yet durable arrived.
     pending_since: Option<Instant>,
+    /// Messages handled since the periodic checks last ran.
+    unchecked: u32,
+    /// Whether the last commit was older than `CATCHING_UP`: a backlog is being drained, so
+    /// durable points wait for `FLUSH_DELAY` rather than for the read buffer to run dry.
+    catching_up: bool,
     last_status: Instant,
     last_received: Instant,
     last_idle_ack: Instant,

@@ -73,6 +73,8 @@ struct Open {
 /// The state between messages.
 pub struct Capture {
     relations: HashMap<u32, Arc<Table>>,
+    /// The relation of the last insert: rows come in runs of one table.
+    last: Option<Arc<Table>>,
     open: Option<Open>,
     resume_lsn: Lsn,
     warned: HashSet<(u32, &'static str)>,
@@ -83,6 +85,7 @@ impl Capture {
     pub fn new(resume_lsn: Lsn) -> Capture {
         Capture {
             relations: HashMap::new(),
+            last: None,
             open: None,
             resume_lsn,
             warned: HashSet::new(),
@@ -136,6 +139,7 @@ impl Capture {
             }
             Message::Relation(relation) => {
                 let table = table_of(relation);
+                self.last = None;
                 self.relations.insert(table.oid, Arc::new(table));
                 Ok(None)
             }
@@ -144,11 +148,18 @@ impl Capture {
                     .open
                     .as_ref()
                     .ok_or(CaptureError::OutOfOrder("Insert outside a transaction"))?;
-                let table = self
-                    .relations
-                    .get(&insert.relation)
-                    .ok_or(CaptureError::UnknownRelation(insert.relation))?
-                    .clone();
+                let table = match &self.last {
+                    Some(table) if table.oid == insert.relation => table.clone(),
+                    _ => {
+                        let table = self
+                            .relations
+                            .get(&insert.relation)
+                            .ok_or(CaptureError::UnknownRelation(insert.relation))?
+                            .clone();
+                        self.last = Some(table.clone());
+                        table
+                    }
+                };
                 if open.skip {
                     return Ok(None);
                 }
