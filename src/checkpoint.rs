@@ -35,7 +35,7 @@ pub struct Checkpoint {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("could not {action} {path}: {source}")]
+    #[error("could not {action} {path}: {source}{}", disk_hint(source))]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -50,6 +50,29 @@ pub enum CheckpointError {
         line: usize,
         reason: String,
     },
+}
+
+/// What to do about a failed write, sync or rename in the out-dir, after the OS's own words.
+/// Whatever the cause, nothing past the checkpoint was acknowledged, so a restart resumes there.
+pub(crate) fn disk_hint(error: &io::Error) -> &'static str {
+    match error.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            "; free space on the out-dir's filesystem (or move the out-dir to a larger one), then \
+             start audit-tail again: it resumes from its last checkpoint and loses nothing"
+        }
+        io::ErrorKind::FileTooLarge => {
+            "; raise the file-size limit (ulimit -f, LimitFSIZE= in a systemd unit), then start \
+             audit-tail again: it resumes from its last checkpoint and loses nothing"
+        }
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            "; make the out-dir writable by the user audit-tail runs as, then start it again"
+        }
+        _ if error.raw_os_error() == Some(nix::errno::Errno::EIO as i32) => {
+            "; the disk reported an I/O error: check it (dmesg), then start audit-tail again: \
+             the rows after its last checkpoint are fetched again from the slot"
+        }
+        _ => "",
+    }
 }
 
 impl Checkpoint {

@@ -25,7 +25,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use super::copy_csv;
 use crate::capture::{Row, Table};
-use crate::checkpoint::{Checkpoint, CheckpointError, STATE_FILE};
+use crate::checkpoint::{Checkpoint, CheckpointError, STATE_FILE, disk_hint};
 use crate::lsn::{Lsn, PgTimestamp};
 
 const LOCK_FILE: &str = "audit-tail.lock";
@@ -34,7 +34,7 @@ const WRITE_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("could not {action} {path}: {source}")]
+    #[error("could not {action} {path}: {source}{}", disk_hint(source))]
     Io {
         action: &'static str,
         path: PathBuf,
