@@ -133,3 +133,73 @@ async fn stream_and_nightly_export_agree_and_differences_are_named_by_id() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("not a date"), "{stderr}");
 }
+
+/// What a superuser can still do to the audit trail, and what verify shows of it: rows changed or
+/// deleted in users_audit after they were streamed are differences; a change made with the
+/// trigger disabled leaves no row anywhere and verify cannot see it; a row removed from both
+/// copies shows only as a gap in the ids, beside the gaps rolled-back transactions leave.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_superuser_can_still_do_and_how_verify_shows_it() {
+    let db = TestDb::new("superuser");
+    db.install();
+    let out = tempfile::tempdir().unwrap();
+    catch_up(&db, out.path());
+    db.psql(&std::fs::read_to_string(repo_path("sql/demo_data.sql")).unwrap());
+    catch_up(&db, out.path());
+    let today = db.psql("SELECT current_date").trim().to_string();
+    let ids = db.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM users_audit");
+    assert_eq!(ids.trim(), "1,2,3,4,5,6");
+    let (code, stdout, _) = verify(&db, out.path(), &["--date", &today]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(!stdout.contains("neither copy"), "{stdout}");
+
+    // After streaming, a superuser rewrites one audit row and deletes another: both show.
+    db.psql("UPDATE users_audit SET new_value = 'forged' WHERE id = 2");
+    db.psql("DELETE FROM users_audit WHERE id = 4");
+    let (code, stdout, _) = verify(&db, out.path(), &["--date", &today]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("id 2: new_value nightly \"forged\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("only in the stream: 1 (ids 4)"), "{stdout}");
+
+    // With the trigger disabled a change leaves no audit row: neither copy has it, verify
+    // cannot tell. (Detect it in the server log: log_statement = 'ddl' records the ALTER.)
+    db.psql(
+        "ALTER TABLE users DISABLE TRIGGER users_audit_trigger; \
+         UPDATE users SET role = 'unaudited' WHERE id = 1; \
+         ALTER TABLE users ENABLE TRIGGER users_audit_trigger",
+    );
+    // A rolled-back change consumes id 7; the next audit row is 8.
+    db.psql("BEGIN; UPDATE users SET role = 'rolled back' WHERE id = 3; ROLLBACK");
+    db.psql("UPDATE users SET role = 'kept' WHERE id = 3");
+    catch_up(&db, out.path());
+    let (code, stdout, _) = verify(&db, out.path(), &["--date", &today]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(!stdout.contains("unaudited"), "{stdout}");
+    assert!(stdout.contains("ids in neither copy: 1 (7)"), "{stdout}");
+
+    // A row removed from both copies (the table by a superuser, the stream file by someone on
+    // the consumer's machine) is no difference any more: only a gap, which verify lists.
+    db.psql("DELETE FROM users_audit WHERE id = 5");
+    let stream = out
+        .path()
+        .join(format!("users_audit_stream_{}.csv", today.replace('-', "")));
+    let text = std::fs::read_to_string(&stream).unwrap();
+    let kept: String = text
+        .split_inclusive('\n')
+        .filter(|line| !line.starts_with("5,"))
+        .collect();
+    assert!(kept.len() < text.len(), "row 5 was in the stream file");
+    std::fs::write(&stream, kept).unwrap();
+    let (code, stdout, _) = verify(&db, out.path(), &["--date", &today, "--format", "json"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["gaps"]["count"], 2, "{stdout}");
+    assert_eq!(
+        report["gaps"]["ranges"],
+        serde_json::json!([[5, 5], [7, 7]]),
+        "{stdout}"
+    );
+}

@@ -152,6 +152,8 @@ fn bucket_count(paths: &[&Path], bucket_bytes: u64) -> u64 {
 
 struct Side {
     rows: u64,
+    /// The smallest and largest id, if any row.
+    ids: Option<(i64, i64)>,
     buckets: Vec<tempfile::NamedTempFile>,
 }
 
@@ -195,6 +197,7 @@ fn split(path: &Path, name: &str, n: u64) -> Result<Side, VerifyError> {
         buckets.push(temp);
     }
     let mut rows = 0;
+    let mut ids: Option<(i64, i64)> = None;
     while let Some(record) = reader.next_record().map_err(csv)? {
         if record.fields.len() != HEADER.len() {
             return Err(content(
@@ -208,6 +211,7 @@ fn split(path: &Path, name: &str, n: u64) -> Result<Side, VerifyError> {
         }
         let id = id_of(&record)
             .ok_or_else(|| content(record.line, "the id is not an integer".into()))?;
+        ids = Some(ids.map_or((id, id), |(lo, hi)| (lo.min(id), hi.max(id))));
         let w = &mut writers[(id.rem_euclid(n as i64)) as usize];
         w.write_all(&id.to_le_bytes())
             .and_then(|()| w.write_all(&(record.raw.len() as u64).to_le_bytes()))
@@ -218,7 +222,7 @@ fn split(path: &Path, name: &str, n: u64) -> Result<Side, VerifyError> {
     for mut w in writers {
         w.flush().map_err(VerifyError::Temp)?;
     }
-    Ok(Side { rows, buckets })
+    Ok(Side { rows, ids, buckets })
 }
 
 fn id_of(record: &Record) -> Option<i64> {
@@ -258,26 +262,104 @@ fn compare(nightly: Side, stream: Side) -> Result<Diff, VerifyError> {
         stream_rows: stream.rows,
         ..Diff::default()
     };
+    let span = match (nightly.ids, stream.ids) {
+        (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+        (one, other) => one.or(other),
+    };
+    let mut seen = span.and_then(|(lo, hi)| IdSet::new(lo, hi));
     for (n, s) in nightly.buckets.into_iter().zip(stream.buckets) {
-        compare_bucket(n, s, &mut diff)?;
+        compare_bucket(n, s, &mut diff, seen.as_mut())?;
+    }
+    if let Some((lo, hi)) = span {
+        let present =
+            diff.matching + diff.differing.0 + diff.only_in_nightly.0 + diff.only_in_stream.0;
+        let missing = (hi - lo + 1) as u64 - present;
+        diff.gaps = (
+            missing,
+            seen.map(|s| s.gaps(GAPS_SHOWN)).unwrap_or_default(),
+        );
     }
     diff.finish();
     Ok(diff)
+}
+
+/// How many id ranges missing from both copies are listed (all are counted).
+const GAPS_SHOWN: usize = 20;
+/// Ids in a day's span up to which the missing ranges are listed (a bit each: 8 MB); beyond it
+/// only their number is.
+const GAP_SPAN_LISTED: u64 = 1 << 26;
+
+/// A bitmap of the ids in `lo..=hi` seen in either copy.
+struct IdSet {
+    lo: i64,
+    len: u64,
+    bits: Vec<u64>,
+}
+
+impl IdSet {
+    fn new(lo: i64, hi: i64) -> Option<IdSet> {
+        let len = u64::try_from(hi.checked_sub(lo)?).ok()?.checked_add(1)?;
+        (len <= GAP_SPAN_LISTED).then(|| IdSet {
+            lo,
+            len,
+            bits: vec![0; len.div_ceil(64) as usize],
+        })
+    }
+
+    fn insert(&mut self, id: i64) {
+        let i = (id - self.lo) as u64;
+        if i < self.len {
+            self.bits[(i / 64) as usize] |= 1 << (i % 64);
+        }
+    }
+
+    fn contains(&self, i: u64) -> bool {
+        self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    /// The first `max` runs of ids seen in neither copy, as inclusive ranges.
+    fn gaps(&self, max: usize) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.len && out.len() < max {
+            if self.bits[(i / 64) as usize] == u64::MAX {
+                i += 64;
+                continue;
+            }
+            if self.contains(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < self.len && !self.contains(i) {
+                i += 1;
+            }
+            out.push((self.lo + start as i64, self.lo + i as i64 - 1));
+        }
+        out
+    }
 }
 
 fn compare_bucket(
     nightly: tempfile::NamedTempFile,
     stream: tempfile::NamedTempFile,
     diff: &mut Diff,
+    mut seen_ids: Option<&mut IdSet>,
 ) -> Result<(), VerifyError> {
     let mut by_id: HashMap<i64, Vec<u8>> = HashMap::new();
     for (id, raw) in read_bucket(&nightly)? {
+        if let Some(ids) = seen_ids.as_deref_mut() {
+            ids.insert(id);
+        }
         if by_id.insert(id, raw).is_some() {
             diff.duplicate_in_nightly(id);
         }
     }
     let mut seen = std::collections::HashSet::new();
     for (id, raw) in read_bucket(&stream)? {
+        if let Some(ids) = seen_ids.as_deref_mut() {
+            ids.insert(id);
+        }
         if !seen.insert(id) {
             diff.duplicate_in_stream(id);
             continue;
@@ -337,6 +419,47 @@ mod tests {
         assert_eq!(diff.differing.0, 1);
         assert_eq!(diff.differing.1[0].0, 77);
         assert_eq!(diff.duplicates, (1, vec![(12, "stream")]));
+        assert_eq!(diff.gaps, (0, vec![]));
         assert!(!diff.agrees());
+    }
+
+    #[test]
+    fn ids_in_neither_copy_are_counted_and_listed_but_are_no_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = HEADER.join(",");
+        let mut text = format!("{header}\n");
+        for id in [3, 4, 7, 8, 9, 10, 15, 80, 81, 200] {
+            text.push_str(&format!("{id},1,2025-10-21 10:00:00,a,name,old,new\n"));
+        }
+        let (n, s) = (dir.path().join("n.csv"), dir.path().join("s.csv"));
+        std::fs::write(&n, &text).unwrap();
+        std::fs::write(&s, &text).unwrap();
+        for buckets in [1, 7] {
+            let diff = compare(
+                split(&n, "n", buckets).unwrap(),
+                split(&s, "s", buckets).unwrap(),
+            )
+            .unwrap();
+            assert!(diff.agrees());
+            assert_eq!(
+                diff.gaps,
+                (198 - 10, vec![(5, 6), (11, 14), (16, 79), (82, 199)]),
+                "{buckets} buckets"
+            );
+        }
+        // A span too wide to list is still counted.
+        let wide = format!(
+            "{header}\n1,1,2025-10-21 10:00:00,a,name,old,new\n\
+             {},1,2025-10-21 10:00:00,a,name,old,new\n",
+            1 + GAP_SPAN_LISTED as i64 * 2
+        );
+        std::fs::write(&n, &wide).unwrap();
+        std::fs::write(&s, &wide).unwrap();
+        let diff = compare(split(&n, "n", 1).unwrap(), split(&s, "s", 1).unwrap()).unwrap();
+        assert_eq!(diff.gaps, (GAP_SPAN_LISTED * 2 - 1, vec![]));
+        assert!(
+            IdSet::new(i64::MIN, i64::MAX).is_none(),
+            "a span of 2^64 ids is not listed"
+        );
     }
 }

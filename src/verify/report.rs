@@ -36,6 +36,9 @@ pub struct Diff {
     pub only_in_stream: (u64, Vec<i64>),
     pub differing: (u64, Vec<(i64, Vec<FieldDiff>)>),
     pub duplicates: (u64, Vec<(i64, &'static str)>),
+    /// Ids between the day's smallest and largest that neither copy holds, and the first of
+    /// their runs (inclusive ranges). Not a difference: rolled-back transactions leave gaps too.
+    pub gaps: (u64, Vec<(i64, i64)>),
 }
 
 fn note<T>(list: &mut (u64, Vec<T>), item: T) {
@@ -188,6 +191,29 @@ impl Report {
                 shown(&d.duplicates)
             );
         }
+        if d.gaps.0 > 0 {
+            let runs: Vec<String> = d
+                .gaps
+                .1
+                .iter()
+                .map(|&(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    }
+                })
+                .collect();
+            let listed: u64 = d.gaps.1.iter().map(|&(a, b)| (b - a + 1) as u64).sum();
+            let more = if listed < d.gaps.0 { " …" } else { "" };
+            let _ = writeln!(
+                t,
+                "  ids in neither copy: {} ({}{more}): rolled-back transactions leave such gaps; \
+                 rows deleted before both copies were made do too",
+                d.gaps.0,
+                runs.join(", ")
+            );
+        }
         if d.differing.0 > 0 {
             let _ = writeln!(t, "  rows that differ: {}", d.differing.0);
             for (id, fields) in &d.differing.1 {
@@ -231,6 +257,7 @@ impl Report {
             "only_in_stream": {"count": d.only_in_stream.0, "ids": d.only_in_stream.1},
             "duplicates": {"count": d.duplicates.0, "ids": d.duplicates.1.iter().map(|(id, side)| json!({"id": id, "in": side})).collect::<Vec<_>>()},
             "differing": {"count": d.differing.0, "rows": differing},
+            "gaps": {"count": d.gaps.0, "ranges": d.gaps.1},
         });
         let mut text = value.to_string();
         text.push('\n');
