@@ -67,3 +67,62 @@ fn an_unknown_command_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"));
 }
+
+/// Every command, given malformed arguments, connection strings, dates or values: exit 2, a
+/// message that names the problem, and no panic. Nothing here reaches a server.
+#[test]
+fn malformed_arguments_of_every_command_exit_2_with_a_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["stream", "--bogus"], "unexpected argument"),
+        (&["stream", "--status-interval", "0"], "--status-interval"),
+        (&["stream", "--format", "xml"], "invalid value 'xml'"),
+        (&["stream", "--until", "0/XYZ"], "--until"),
+        (
+            &["stream", "--dsn", "port=notaport"],
+            "invalid port \"notaport\"",
+        ),
+        (
+            &["setup", "--dsn", "host=/tmp 'unterminated"],
+            "invalid connection string",
+        ),
+        (&["setup", "--dsn", "sslmode=sometimes"], "sslmode"),
+        (&["setup", "--export-dir"], "a value is required"),
+        (&["verify"], "--date"),
+        (&["verify", "--date", "2025-02-30"], "is not a date"),
+        (&["verify", "--date", "yesterday"], "is not a date"),
+        (
+            &["verify", "--date", "2025-10-21", "--format", "yaml"],
+            "invalid value 'yaml'",
+        ),
+        (
+            &["verify", "--date", "2025-10-21", "--dsn", "user=x nonsense"],
+            "invalid connection string",
+        ),
+        (&["status", "--slot", "Bad-Name"], "lower-case letters"),
+        (&["status", "--format", "csv"], "invalid value 'csv'"),
+        (&["status", "--dsn", "port=-1"], "invalid port \"-1\""),
+        (&["drop-slot", "--slot", ""], "--slot"),
+        (
+            &["drop-slot", "--slot", "a;drop table users"],
+            "lower-case letters",
+        ),
+        (
+            &["drop-slot", "--dsn", "connect_timeout=soon"],
+            "invalid connect_timeout",
+        ),
+        (&["drop-slot", "--force=yes"], "--force"),
+        (&["demo", "--keep", "--bogus"], "unexpected argument"),
+    ];
+    for (args, expected) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_audit-tail"))
+            .args(*args)
+            .env_remove("AUDIT_TAIL_DSN")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
+    }
+}
