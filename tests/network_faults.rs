@@ -1,5 +1,6 @@
 //! Network faults between the consumer and the server, through a TCP proxy on loopback that can
-//! cut every connection or stall them (forward nothing, close nothing).
+//! cut every connection, stall them (forward nothing, close nothing), or slow them down (forward
+//! at a fixed byte rate).
 
 mod common;
 
@@ -16,6 +17,8 @@ struct Faults {
     stalled: Arc<AtomicBool>,
     /// Connections opened before the current generation are cut.
     generation: Arc<AtomicU64>,
+    /// Bytes per second each direction forwards; 0 for no limit.
+    rate: Arc<AtomicU64>,
 }
 
 /// Forwards 127.0.0.1:<returned port> to 127.0.0.1:`upstream`, obeying `faults`.
@@ -52,12 +55,22 @@ async fn pump(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        match tokio::time::timeout(Duration::from_millis(20), from.read(&mut buf)).await {
+        // A slow link forwards at most rate/50 bytes per 20 ms tick.
+        let rate = faults.rate.load(Ordering::SeqCst) as usize;
+        let take = if rate == 0 {
+            buf.len()
+        } else {
+            (rate / 50).clamp(1, buf.len())
+        };
+        match tokio::time::timeout(Duration::from_millis(20), from.read(&mut buf[..take])).await {
             Err(_) => continue,
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(n)) => {
                 if to.write_all(&buf[..n]).await.is_err() {
                     return;
+                }
+                if rate > 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }
@@ -147,4 +160,56 @@ async fn cut_and_stalled_connections_are_noticed_replaced_and_lose_nothing() {
     );
     catch_up(&db, out.path());
     assert!(assert_files_equal_table(&db, out.path()).await >= updates as usize);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_link_delivers_everything_without_false_reconnects() {
+    let db = TestDb::new("slow_link");
+    db.install();
+    let out = tempfile::tempdir().unwrap();
+    catch_up(&db, out.path());
+    db.psql("INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, 2000) g");
+    for round in 0..3 {
+        db.psql(&format!("UPDATE users SET name = name || ' r{round}'"));
+    }
+    let rows: u64 = db
+        .psql("SELECT count(*) FROM users_audit")
+        .trim()
+        .parse()
+        .unwrap();
+    let faults = Faults::default();
+    // 128 KB/s: the backlog (several hundred KB of change stream) takes seconds to cross, many
+    // times the 1 s status interval, with data trickling in all the while.
+    faults.rate.store(128 * 1024, Ordering::SeqCst);
+    let port = proxy(db.cluster.port(), faults.clone()).await;
+    let dsn = format!(
+        "host=127.0.0.1 port={port} user=postgres dbname={} sslmode=disable",
+        db.name
+    );
+    let started = std::time::Instant::now();
+    let output = tokio::task::spawn_blocking({
+        let out = out.path().to_path_buf();
+        let slot = db.name.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_audit-tail"))
+                .args(["stream", "--format", "none", "--status-interval", "1"])
+                .args(["--until", "now", "--slot", &slot, "--dsn", &dsn])
+                .arg("--out-dir")
+                .arg(out)
+                .env("RUST_LOG", "audit_tail=info")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        elapsed > Duration::from_secs(3),
+        "the link was not slow: {elapsed:?}"
+    );
+    assert!(!stderr.contains("reconnecting"), "{stderr}");
+    assert_eq!(assert_files_equal_table(&db, out.path()).await as u64, rows);
 }
