@@ -1,6 +1,6 @@
 //! What auditing costs the application: pgbench single-row updates of users (one changed field
 //! each) with the audit trigger disabled, with the same trigger calling an empty function, and
-//! with the audit trigger, in rotating order; the TPS ratios against no trigger.
+//! with the audit trigger, in rotating order; the ratios of median TPS against no trigger.
 //! BENCH_SECONDS per round (default 10), BENCH_ROUNDS × 2 rounds (default 2). The throwaway cluster
 //! runs with fsync off unless BENCH_FSYNC=on, which makes commits cost what they do in production.
 //!
@@ -96,22 +96,32 @@ fn main() {
             results[i].push(tps(&cluster, &script, seconds));
         }
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    // Medians: one round disturbed by another load on the machine must not move the result.
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
     for (mode, tps) in modes.iter().zip(&results) {
         println!(
-            "{:<28} {:?} tps (mean {:.0})",
+            "{:<28} {:?} tps (median {:.0})",
             mode.label(),
             tps.iter().map(|t| t.round()).collect::<Vec<_>>(),
-            mean(tps)
+            median(tps)
         );
     }
-    let off = mean(&results[0]);
-    let overhead = |i: usize| (1.0 - mean(&results[i]) / off) * 100.0;
+    let off = median(&results[0]);
+    let overhead = |i: usize| (1.0 - median(&results[i]) / off) * 100.0;
     println!(
         "overhead against no trigger: empty trigger {:.1}%, audit trigger {:.1}% (ratio {:.3})",
         overhead(1),
         overhead(2),
-        mean(&results[2]) / off
+        median(&results[2]) / off
     );
 }
 

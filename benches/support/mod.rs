@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::resource::{UsageWho, getrusage};
 
-/// What one run cost.
+/// What one run cost. Peak RSS covers the program and whatever it started (sampled every
+/// 20 ms).
 #[derive(Debug, Clone, Copy)]
 pub struct Cost {
     pub wall: Duration,
@@ -42,6 +43,41 @@ pub fn vm_hwm(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// The largest peak RSS of `pid` and its descendants so far, in KiB: a shell's pipeline is
+/// measured by its biggest program, not by the shell.
+pub fn tree_vm_hwm(pid: u32) -> Option<u64> {
+    let mut parents = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // The parent pid is the second field after the ")" that ends the command name.
+        if let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|f| f.parse::<u32>().ok())
+        {
+            parents.push((p, ppid));
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    tree.into_iter().filter_map(vm_hwm).max()
+}
+
 /// Runs `cmd` to the end and measures it; `during` is called every 20 ms while it runs.
 pub fn measure(cmd: &mut Command, mut during: impl FnMut()) -> (ExitStatus, Cost) {
     let cpu_before = children_cpu();
@@ -49,7 +85,7 @@ pub fn measure(cmd: &mut Command, mut during: impl FnMut()) -> (ExitStatus, Cost
     let mut child: Child = cmd.spawn().expect("spawn the measured program");
     let mut peak = 0;
     let status = loop {
-        if let Some(kib) = vm_hwm(child.id()) {
+        if let Some(kib) = tree_vm_hwm(child.id()) {
             peak = peak.max(kib);
         }
         if let Some(status) = child.try_wait().unwrap() {
