@@ -12,6 +12,7 @@
 //! lsn 0/1A2B3C8
 //! file users_audit_stream_20251021.csv 1234
 //! ```
+//! plus a line `csv safe` when the files are written with `--safe-csv`.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -31,6 +32,8 @@ const MAGIC: &str = "audit-tail state 1";
 pub struct Checkpoint {
     pub lsn: Lsn,
     pub files: BTreeMap<String, u64>,
+    /// The files were written with `--safe-csv` (a line `csv safe`; absent for exact CSV).
+    pub safe_csv: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,9 @@ impl Checkpoint {
     /// The text of the state file.
     pub fn encode(&self) -> String {
         let mut text = format!("{MAGIC}\nlsn {}\n", self.lsn);
+        if self.safe_csv {
+            text.push_str("csv safe\n");
+        }
         for (name, len) in &self.files {
             text.push_str(&format!("file {name} {len}\n"));
         }
@@ -112,6 +118,7 @@ impl Checkpoint {
                     checkpoint.lsn = lsn.parse().map_err(|_| corrupt(n, "bad LSN"))?;
                     seen_lsn = true;
                 }
+                ["csv", "safe"] => checkpoint.safe_csv = true,
                 ["file", name, len] if is_plain_file_name(name) => {
                     let len = len.parse().map_err(|_| corrupt(n, "bad file length"))?;
                     if checkpoint.files.insert(name.to_string(), len).is_some() {
@@ -190,12 +197,18 @@ mod tests {
         let mut files = BTreeMap::new();
         files.insert("users_audit_stream_20251021.csv".to_string(), 1234);
         files.insert("a%2Fb_stream_20251022-2.csv".to_string(), 0);
-        let c = Checkpoint {
+        let mut c = Checkpoint {
             lsn: Lsn(0x1_0000_00AB),
             files,
+            safe_csv: false,
         };
         let text = c.encode();
         assert!(text.contains("lsn 1/AB\n"));
+        assert!(!text.contains("csv safe"));
+        assert_eq!(Checkpoint::decode(&text, Path::new("s")).unwrap(), c);
+        c.safe_csv = true;
+        let text = c.encode();
+        assert!(text.contains("\ncsv safe\n"));
         assert_eq!(Checkpoint::decode(&text, Path::new("s")).unwrap(), c);
     }
 

@@ -56,6 +56,11 @@ pub enum Command {
         #[arg(long, default_value_t = 10, value_name = "SECS",
               value_parser = clap::value_parser!(u64).range(1..=3600))]
         status_interval: u64,
+        /// Write values that a spreadsheet would run as formulas (beginning with = + - @, TAB or
+        /// CR) with a leading ' so they open as text. The files then differ from COPY for such
+        /// values; verify knows and compares alike. An out-dir keeps the kind it began with.
+        #[arg(long)]
+        safe_csv: bool,
     },
     /// Apply sql/install.sql (embedded in this binary) to the database.
     Setup {

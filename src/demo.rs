@@ -60,6 +60,7 @@ pub async fn run(keep: bool) -> Result<(), Error> {
         format: Format::Text,
         until: None,
         status_interval: stream::STATUS_INTERVAL,
+        cells: Default::default(),
     };
     let (stop, shutdown) = watch::channel(false);
     let streaming = tokio::spawn(stream::run(config, shutdown, std::io::stdout()));

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use audit_tail::cli::{Cli, Command, ReportArg};
+use audit_tail::sink::copy_csv::Cells;
 use audit_tail::stream::StreamConfig;
 use audit_tail::verify::{Nightly, ReportFormat};
 use audit_tail::wire::ConnParams;
@@ -104,6 +105,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             format,
             until,
             status_interval,
+            safe_csv,
         } => {
             let config = StreamConfig {
                 conn: ConnParams::resolve(dsn.dsn.as_deref(), &env)?,
@@ -113,6 +115,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 format: format.into(),
                 until,
                 status_interval: std::time::Duration::from_secs(status_interval),
+                cells: if safe_csv { Cells::Safe } else { Cells::Exact },
             };
             let shutdown = shutdown_on_signal();
             audit_tail::stream::run(config, shutdown, std::io::stdout()).await?;

@@ -21,6 +21,7 @@ use crate::lsn::{Lsn, PgTimestamp};
 use crate::pgoutput::{self, DecodeError};
 use crate::replication::messages::{self, ReplicationMessageError, ServerMessage};
 use crate::replication::slot::{self, PreflightError};
+use crate::sink::copy_csv::Cells;
 use crate::sink::files::{SinkError, StreamFiles};
 use crate::sink::stdout::{Format, Printer};
 use crate::sql::{self, SqlError};
@@ -66,6 +67,8 @@ pub struct StreamConfig {
     pub until: Option<Until>,
     /// How often a status update goes to the server (default `STATUS_INTERVAL`).
     pub status_interval: Duration,
+    /// How values are written to the files (`--safe-csv`).
+    pub cells: Cells,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +126,7 @@ pub async fn run<W: Write>(
     mut shutdown: watch::Receiver<bool>,
     out: W,
 ) -> Result<(), StreamError> {
-    let mut files = StreamFiles::open(&config.out_dir)?;
+    let mut files = StreamFiles::open(&config.out_dir, config.cells)?;
     let mut printer = Printer::new(config.format, out);
     let mut target = match config.until {
         Some(Until::Lsn(lsn)) => Some(lsn),

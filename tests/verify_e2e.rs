@@ -203,3 +203,63 @@ async fn what_a_superuser_can_still_do_and_how_verify_shows_it() {
         "{stdout}"
     );
 }
+
+/// `--safe-csv`: formula-like values open as text, verify still agrees with the export (it
+/// guards the export's values alike) and still finds a changed row, and the out-dir keeps its
+/// kind.
+#[tokio::test(flavor = "multi_thread")]
+async fn safe_csv_guards_formulas_and_verify_compares_alike() {
+    let db = TestDb::new("safe_csv");
+    db.install();
+    let out = tempfile::tempdir().unwrap();
+    let stream = |extra: &[&str]| {
+        let mut args = vec!["--until", "now", "--format", "none"];
+        args.extend(extra);
+        common::stream_command(&db, out.path(), &args)
+            .output()
+            .unwrap()
+    };
+    assert!(stream(&["--safe-csv"]).status.success());
+    db.psql(&std::fs::read_to_string(repo_path("sql/demo_data.sql")).unwrap());
+    db.psql(
+        "UPDATE users SET name = '=HYPERLINK(\"http://example.com\",\"click\")', \
+         email = '@SUM(A1)', role = '-5' WHERE id = 1",
+    );
+    let done = stream(&["--safe-csv"]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let today = db.psql("SELECT current_date").trim().to_string();
+    let file = out
+        .path()
+        .join(format!("users_audit_stream_{}.csv", today.replace('-', "")));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains(",\"'=HYPERLINK(\"\"http://example.com\"\",\"\"click\"\")\"\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(",'@SUM(A1)\n") && text.contains(",'-5\n"),
+        "{text}"
+    );
+    assert!(!text.contains(",=") && !text.contains(",@"), "{text}");
+
+    let (code, stdout, stderr) = verify(&db, out.path(), &["--date", &today]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("--safe-csv"), "{stdout}");
+    db.psql("UPDATE users_audit SET new_value = '=1+1' WHERE new_value = '-5'");
+    let (code, stdout, _) = verify(&db, out.path(), &["--date", &today]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("new_value nightly \"'=1+1\" / stream \"'-5\""),
+        "{stdout}"
+    );
+
+    // The same out-dir without --safe-csv is refused: no file mixes both kinds.
+    let refused = stream(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("add --safe-csv"), "{stderr}");
+}

@@ -13,13 +13,49 @@
 
 /// Appends one CSV line (with its LF) for `values` to `out`.
 pub fn encode_row<'a>(out: &mut Vec<u8>, values: impl ExactSizeIterator<Item = Option<&'a [u8]>>) {
+    encode_row_as(out, values, Cells::Exact);
+}
+
+/// How values are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cells {
+    /// Byte for byte as COPY writes them.
+    #[default]
+    Exact,
+    /// `--safe-csv`: a value that a spreadsheet would run as a formula (it begins with `=`, `+`,
+    /// `-`, `@`, TAB or CR) gets a leading `'`, which spreadsheets show as text. No longer
+    /// byte-identical to COPY for such values; NULL, `""` and every other value are unchanged.
+    Safe,
+}
+
+/// Whether a spreadsheet could take `value` for a formula.
+pub fn formula_like(value: &[u8]) -> bool {
+    matches!(
+        value.first(),
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+    )
+}
+
+/// `encode_row` with the choice of `Cells`.
+pub fn encode_row_as<'a>(
+    out: &mut Vec<u8>,
+    values: impl ExactSizeIterator<Item = Option<&'a [u8]>>,
+    cells: Cells,
+) {
     let single = values.len() == 1;
     for (i, value) in values.enumerate() {
         if i > 0 {
             out.push(b',');
         }
         if let Some(value) = value {
-            encode_field(out, value, single);
+            if cells == Cells::Safe && formula_like(value) {
+                let mut guarded = Vec::with_capacity(value.len() + 1);
+                guarded.push(b'\'');
+                guarded.extend_from_slice(value);
+                encode_field(out, &guarded, single);
+            } else {
+                encode_field(out, value, single);
+            }
         }
     }
     out.push(b'\n');
@@ -58,6 +94,36 @@ mod tests {
         let mut out = Vec::new();
         encode_row(&mut out, values.iter().map(|v| v.map(str::as_bytes)));
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn safe_cells_guard_formula_like_values_and_nothing_else() {
+        let safe = |values: &[Option<&str>]| {
+            let mut out = Vec::new();
+            encode_row_as(
+                &mut out,
+                values.iter().map(|v| v.map(str::as_bytes)),
+                Cells::Safe,
+            );
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            safe(&[
+                Some("=1+1"),
+                Some("+x"),
+                Some("-5"),
+                Some("@a"),
+                Some("\tb")
+            ]),
+            "'=1+1,'+x,'-5,'@a,'\tb\n"
+        );
+        // The guard goes inside the quotes when the value needs them.
+        assert_eq!(
+            safe(&[Some("=HYPERLINK(\"x\",\"y\")"), Some("\rcr")]),
+            "\"'=HYPERLINK(\"\"x\"\",\"\"y\"\")\",\"'\rcr\"\n"
+        );
+        let plain = [None, Some(""), Some("a=b"), Some(" =x"), Some("Иван")];
+        assert_eq!(safe(&plain), line(&plain));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use nix::fcntl::{Flock, FlockArg};
 
-use super::copy_csv;
+use super::copy_csv::{self, Cells};
 use crate::capture::{Row, Table};
 use crate::checkpoint::{Checkpoint, CheckpointError, STATE_FILE, disk_hint};
 use crate::lsn::{Lsn, PgTimestamp};
@@ -109,12 +109,15 @@ pub struct StreamFiles {
     /// Lengths and end LSN as of the last commit; durable once `make_durable` stored them.
     committed: Checkpoint,
     durable: Checkpoint,
+    cells: Cells,
 }
 
 impl StreamFiles {
     /// Opens (creating it if needed) and locks `dir`, then cuts every file back to the length of
     /// the last durable checkpoint. Returns the files; `durable_lsn()` says where to resume.
-    pub fn open(dir: &Path) -> Result<StreamFiles, SinkError> {
+    /// Rows are written as `cells` says; an out-dir whose files were written the other way is
+    /// refused, so no file mixes exact and `--safe-csv` cells.
+    pub fn open(dir: &Path, cells: Cells) -> Result<StreamFiles, SinkError> {
         fs::create_dir_all(dir).map_err(io_err("create the out-dir", dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock_file = OpenOptions::new()
@@ -126,8 +129,23 @@ impl StreamFiles {
         let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
             .map_err(|_| SinkError::Locked(dir.to_path_buf()))?;
         let dir_handle = File::open(dir).map_err(io_err("open the out-dir", dir))?;
-        let checkpoint = reconcile(dir)?;
+        let mut checkpoint = reconcile(dir)?;
+        let safe_csv = cells == Cells::Safe;
+        if checkpoint.safe_csv != safe_csv && !checkpoint.files.is_empty() {
+            let (was, flag) = if checkpoint.safe_csv {
+                ("with --safe-csv", "add --safe-csv")
+            } else {
+                ("without --safe-csv", "leave out --safe-csv")
+            };
+            return Err(SinkError::Refuse(format!(
+                "the files in {} were written {was}: {flag} to go on with them, or give another \
+                 --out-dir",
+                dir.display()
+            )));
+        }
+        checkpoint.safe_csv = safe_csv;
         let files = StreamFiles {
+            cells,
             dir: dir.to_path_buf(),
             dir_handle,
             _lock: lock,
@@ -169,7 +187,11 @@ impl StreamFiles {
             }
         };
         let open = &mut self.open[index];
-        copy_csv::encode_row(&mut open.buffer, row.values.iter().map(|v| v.as_deref()));
+        copy_csv::encode_row_as(
+            &mut open.buffer,
+            row.values.iter().map(|v| v.as_deref()),
+            self.cells,
+        );
         open.touched = true;
         open.in_txn = true;
         if open.buffer.len() >= WRITE_CHUNK {
@@ -525,7 +547,7 @@ mod tests {
     fn rows_go_to_the_day_of_changed_at_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let t = table(&["id", "changed_at"]);
-        let mut files = StreamFiles::open(dir.path()).unwrap();
+        let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
         files
             .append(
                 &row(&t, &[Some("1"), Some("2025-10-21 23:59:59.9")]),
@@ -559,7 +581,7 @@ mod tests {
         drop(files);
         assert!(read(dir.path(), "users_audit_stream_20251022.csv").contains("\n3,"));
         // ...is cut back on the next start, and files it created are removed.
-        let files = StreamFiles::open(dir.path()).unwrap();
+        let files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
         assert_eq!(files.durable_lsn(), Lsn(100));
         assert_eq!(
             read(dir.path(), "users_audit_stream_20251021.csv"),
@@ -582,7 +604,7 @@ mod tests {
             columns: vec!["x".into()],
             changed_at: None,
         });
-        let mut files = StreamFiles::open(dir.path()).unwrap();
+        let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
         // 2000-01-02 12:00 UTC in the protocol's clock.
         let noon = PgTimestamp((36 * 3600) * 1_000_000);
         files.append(&row(&t, &[Some("")]), noon).unwrap();
@@ -599,7 +621,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let old = table(&["id", "changed_at"]);
         let new = table(&["id", "changed_at", "ip"]);
-        let mut files = StreamFiles::open(dir.path()).unwrap();
+        let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
         let day = Some("2025-10-21 10:00:00");
         files
             .append(&row(&old, &[Some("1"), day]), PgTimestamp(0))
@@ -607,7 +629,7 @@ mod tests {
         files.commit(Lsn(1));
         files.make_durable().unwrap();
         drop(files);
-        let mut files = StreamFiles::open(dir.path()).unwrap();
+        let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
         files
             .append(&row(&old, &[Some("2"), day]), PgTimestamp(0))
             .unwrap();
@@ -633,9 +655,9 @@ mod tests {
     fn hand_edits_and_a_second_consumer_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let t = table(&["id", "changed_at"]);
-        let mut files = StreamFiles::open(dir.path()).unwrap();
+        let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
         assert!(matches!(
-            StreamFiles::open(dir.path()),
+            StreamFiles::open(dir.path(), Cells::Exact),
             Err(SinkError::Locked(_))
         ));
         files
@@ -650,14 +672,14 @@ mod tests {
         let path = dir.path().join("users_audit_stream_20251021.csv");
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(5).unwrap();
-        let err = StreamFiles::open(dir.path()).err().unwrap();
+        let err = StreamFiles::open(dir.path(), Cells::Exact).err().unwrap();
         assert!(err.to_string().contains("shorter than"), "{err}");
         fs::remove_file(&path).unwrap();
-        let err = StreamFiles::open(dir.path()).err().unwrap();
+        let err = StreamFiles::open(dir.path(), Cells::Exact).err().unwrap();
         assert!(err.to_string().contains("missing"), "{err}");
         fs::remove_file(dir.path().join(STATE_FILE)).unwrap();
         fs::write(&path, "x\n").unwrap();
-        let err = StreamFiles::open(dir.path()).err().unwrap();
+        let err = StreamFiles::open(dir.path(), Cells::Exact).err().unwrap();
         assert!(err.to_string().contains("no audit-tail.state"), "{err}");
     }
 
@@ -682,12 +704,40 @@ mod tests {
     }
 
     #[test]
+    fn safe_cells_are_recorded_and_an_out_dir_keeps_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(&["id", "changed_at", "new_value"]);
+        let mut files = StreamFiles::open(dir.path(), Cells::Safe).unwrap();
+        files
+            .append(
+                &row(&t, &[Some("1"), Some("2025-10-21 10:00:00"), Some("=1+1")]),
+                PgTimestamp(0),
+            )
+            .unwrap();
+        files.commit(Lsn(100));
+        files.make_durable().unwrap();
+        drop(files);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("users_audit_stream_20251021.csv")).unwrap(),
+            "id,changed_at,new_value\n1,2025-10-21 10:00:00,'=1+1\n"
+        );
+        assert!(Checkpoint::load(dir.path()).unwrap().unwrap().safe_csv);
+        let err = StreamFiles::open(dir.path(), Cells::Exact).err().unwrap();
+        assert!(err.to_string().contains("add --safe-csv"), "{err}");
+        StreamFiles::open(dir.path(), Cells::Safe).unwrap();
+        // An out-dir without files yet takes either kind.
+        let fresh = tempfile::tempdir().unwrap();
+        drop(StreamFiles::open(fresh.path(), Cells::Safe).unwrap());
+        StreamFiles::open(fresh.path(), Cells::Exact).unwrap();
+    }
+
+    #[test]
     fn a_file_of_the_open_transaction_stays_open_across_durable_points() {
         // make_durable may run in the middle of a transaction (the flush delay); a file that
         // transaction wrote must keep its length for the commit even if untouched since.
         let dir = tempfile::tempdir().unwrap();
         let t = table(&["id", "changed_at"]);
-        let mut files = StreamFiles::open(dir.path()).unwrap();
+        let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
         files
             .append(
                 &row(&t, &[Some("1"), Some("2025-10-21 10:00:00")]),
@@ -700,7 +750,7 @@ mod tests {
         files.commit(Lsn(100));
         files.make_durable().unwrap();
         drop(files);
-        let files = StreamFiles::open(dir.path()).unwrap();
+        let files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
         assert_eq!(files.durable_lsn(), Lsn(100));
         assert_eq!(
             std::fs::read_to_string(dir.path().join("users_audit_stream_20251021.csv")).unwrap(),

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use chrono::NaiveDate;
 use futures_util::TryStreamExt;
 
+use crate::checkpoint::Checkpoint;
+use crate::sink::copy_csv::{Cells, encode_row_as};
 use crate::sql::{self, SqlError};
 use crate::wire::ConnParams;
 use csv_read::{CsvError, Reader, Record};
@@ -69,6 +71,8 @@ pub enum VerifyError {
     Sql(#[from] SqlError),
     #[error("could not use a temporary file: {0}")]
     Temp(std::io::Error),
+    #[error(transparent)]
+    State(#[from] crate::checkpoint::CheckpointError),
 }
 
 /// Compares the day's stream file in `out_dir` with the nightly export.
@@ -93,14 +97,19 @@ pub async fn verify(
         }
     };
     let stream_name = stream_path.display().to_string();
+    // Files written with --safe-csv guard formula-like values; the export's get the same guard,
+    // so that only real differences remain.
+    let safe_csv = Checkpoint::load(out_dir)?.is_some_and(|c| c.safe_csv);
+    let cells = if safe_csv { Cells::Safe } else { Cells::Exact };
     let buckets = bucket_count(&[&nightly_path, &stream_path], BUCKET_BYTES);
-    let nightly_side = split(&nightly_path, &nightly_name, buckets)?;
-    let stream_side = split(&stream_path, &stream_name, buckets)?;
+    let nightly_side = split(&nightly_path, &nightly_name, buckets, cells)?;
+    let stream_side = split(&stream_path, &stream_name, buckets, Cells::Exact)?;
     let diff = compare(nightly_side, stream_side)?;
     Ok(Report {
         date,
         nightly: nightly_name,
         stream: stream_name,
+        safe_csv,
         diff,
     })
 }
@@ -157,8 +166,9 @@ struct Side {
     buckets: Vec<tempfile::NamedTempFile>,
 }
 
-/// Checks every record of `path` and spreads them over `n` bucket files by id.
-fn split(path: &Path, name: &str, n: u64) -> Result<Side, VerifyError> {
+/// Checks every record of `path` and spreads them over `n` bucket files by id; with
+/// `Cells::Safe` each record is written as `--safe-csv` would have written it.
+fn split(path: &Path, name: &str, n: u64, cells: Cells) -> Result<Side, VerifyError> {
     let file = File::open(path).map_err(|source| VerifyError::Read {
         file: name.to_string(),
         source,
@@ -212,10 +222,18 @@ fn split(path: &Path, name: &str, n: u64) -> Result<Side, VerifyError> {
         let id = id_of(&record)
             .ok_or_else(|| content(record.line, "the id is not an integer".into()))?;
         ids = Some(ids.map_or((id, id), |(lo, hi)| (lo.min(id), hi.max(id))));
+        let raw = match cells {
+            Cells::Exact => record.raw,
+            Cells::Safe => {
+                let mut raw = Vec::with_capacity(record.raw.len() + 2);
+                encode_row_as(&mut raw, record.fields.iter().map(|f| f.as_deref()), cells);
+                raw
+            }
+        };
         let w = &mut writers[(id.rem_euclid(n as i64)) as usize];
         w.write_all(&id.to_le_bytes())
-            .and_then(|()| w.write_all(&(record.raw.len() as u64).to_le_bytes()))
-            .and_then(|()| w.write_all(&record.raw))
+            .and_then(|()| w.write_all(&(raw.len() as u64).to_le_bytes()))
+            .and_then(|()| w.write_all(&raw))
             .map_err(VerifyError::Temp)?;
         rows += 1;
     }
@@ -406,8 +424,8 @@ mod tests {
         let buckets = bucket_count(&[&n, &s], 1000);
         assert!(buckets > 10, "{buckets}");
         let diff = compare(
-            split(&n, "n", buckets).unwrap(),
-            split(&s, "s", buckets).unwrap(),
+            split(&n, "n", buckets, Cells::Exact).unwrap(),
+            split(&s, "s", buckets, Cells::Exact).unwrap(),
         )
         .unwrap();
         assert_eq!(
@@ -436,8 +454,8 @@ mod tests {
         std::fs::write(&s, &text).unwrap();
         for buckets in [1, 7] {
             let diff = compare(
-                split(&n, "n", buckets).unwrap(),
-                split(&s, "s", buckets).unwrap(),
+                split(&n, "n", buckets, Cells::Exact).unwrap(),
+                split(&s, "s", buckets, Cells::Exact).unwrap(),
             )
             .unwrap();
             assert!(diff.agrees());
@@ -455,7 +473,11 @@ mod tests {
         );
         std::fs::write(&n, &wide).unwrap();
         std::fs::write(&s, &wide).unwrap();
-        let diff = compare(split(&n, "n", 1).unwrap(), split(&s, "s", 1).unwrap()).unwrap();
+        let diff = compare(
+            split(&n, "n", 1, Cells::Exact).unwrap(),
+            split(&s, "s", 1, Cells::Exact).unwrap(),
+        )
+        .unwrap();
         assert_eq!(diff.gaps, (GAP_SPAN_LISTED * 2 - 1, vec![]));
         assert!(
             IdSet::new(i64::MIN, i64::MAX).is_none(),

@@ -103,6 +103,8 @@ pub struct Report {
     pub date: NaiveDate,
     pub nightly: String,
     pub stream: String,
+    /// The stream files were written with `--safe-csv`; the export was compared alike.
+    pub safe_csv: bool,
     pub diff: Diff,
 }
 
@@ -152,6 +154,13 @@ impl Report {
             "  live stream:    {} rows  ({})",
             d.stream_rows, self.stream
         );
+        if self.safe_csv {
+            let _ = writeln!(
+                t,
+                "  (the stream was written with --safe-csv: the export's formula-like values got \
+                 the same leading ' before comparing)"
+            );
+        }
         let _ = writeln!(t, "  matching:       {}", d.matching);
         let ids = |l: &(u64, Vec<i64>)| {
             l.1.iter()
@@ -253,6 +262,7 @@ impl Report {
             "nightly": {"source": self.nightly, "rows": d.nightly_rows},
             "stream": {"source": self.stream, "rows": d.stream_rows},
             "matching": d.matching,
+            "safe_csv": self.safe_csv,
             "only_in_nightly": {"count": d.only_in_nightly.0, "ids": d.only_in_nightly.1},
             "only_in_stream": {"count": d.only_in_stream.0, "ids": d.only_in_stream.1},
             "duplicates": {"count": d.duplicates.0, "ids": d.duplicates.1.iter().map(|(id, side)| json!({"id": id, "in": side})).collect::<Vec<_>>()},
