@@ -12,18 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{bench_cluster, median};
+use support::{bench_cluster, env_list, median, proc_status_kib};
 
 fn main() {
-    let sizes: Vec<u64> = std::env::var("BENCH_ROWS")
-        .unwrap_or_else(|_| "1000000,5000000".into())
-        .split(',')
-        .map(|n| {
-            n.trim()
-                .parse()
-                .expect("BENCH_ROWS: row counts separated by commas")
-        })
-        .collect();
+    let sizes = env_list("BENCH_ROWS", &[1_000_000, 5_000_000]);
     let cluster = bench_cluster(Default::default(), 1_000);
     let dir = cluster.server_writable_dir("exports").unwrap();
     cluster
@@ -133,7 +125,7 @@ async fn timed(cluster: &audit_tail::cluster::Cluster, sql: &str) -> (Duration, 
         std::thread::spawn(move || {
             let mut peak = 0;
             while !done.load(Ordering::Relaxed) {
-                peak = peak.max(rss_anon(pid as u32).unwrap_or(0));
+                peak = peak.max(proc_status_kib(pid as u32, "RssAnon").unwrap_or(0));
                 std::thread::sleep(Duration::from_millis(10));
             }
             peak
@@ -144,16 +136,4 @@ async fn timed(cluster: &audit_tail::cluster::Cluster, sql: &str) -> (Duration, 
     let wall = started.elapsed();
     done.store(true, Ordering::Relaxed);
     (wall, sampler.join().unwrap())
-}
-
-fn rss_anon(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }

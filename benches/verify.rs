@@ -9,18 +9,10 @@ mod support;
 use std::io::{BufWriter, Write};
 use std::process::Command;
 
-use support::{measure, median};
+use support::{env_list, measure, median};
 
 fn main() {
-    let sizes: Vec<u64> = std::env::var("BENCH_ROWS")
-        .unwrap_or_else(|_| "1000000,5000000".into())
-        .split(',')
-        .map(|n| {
-            n.trim()
-                .parse()
-                .expect("BENCH_ROWS: row counts separated by commas")
-        })
-        .collect();
+    let sizes = env_list("BENCH_ROWS", &[1_000_000, 5_000_000]);
     for rows in sizes {
         run(rows);
     }

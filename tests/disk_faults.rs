@@ -48,20 +48,7 @@ async fn a_write_error_stops_cleanly_and_a_restart_completes_the_files() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     // The checkpoint is intact and the slot was acknowledged no further than it.
-    let checkpoint = Checkpoint::load(out.path()).unwrap().expect("state file");
-    let confirmed: Lsn = db
-        .psql(&format!(
-            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
-            db.name
-        ))
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        confirmed <= checkpoint.lsn,
-        "acknowledged {confirmed} beyond the durable {}",
-        checkpoint.lsn
-    );
+    assert_acknowledged_only_durable(&db, out.path());
 
     // Space again: the restart cuts back the partial transaction and completes the files.
     catch_up(&db, out.path());

@@ -32,10 +32,15 @@ fn children_cpu() -> (Duration, Duration) {
 
 /// Peak resident set of `pid` so far, in KiB.
 pub fn vm_hwm(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmHWM")
+}
+
+/// A `kB` field of /proc/<pid>/status (VmHWM, RssAnon, ...).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -117,6 +122,22 @@ pub fn median(mut values: Vec<Duration>) -> Duration {
         values[n / 2]
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2
+    }
+}
+
+/// An environment variable as numbers separated by commas (`BENCH_ROWS=1000000,5000000`), or
+/// `default`.
+pub fn env_list(name: &str, default: &[u64]) -> Vec<u64> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}: numbers separated by commas, not {text:?}"))
+            })
+            .collect(),
+        Err(_) => default.to_vec(),
     }
 }
 
