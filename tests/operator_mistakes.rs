@@ -1,5 +1,6 @@
 //! Operator mistakes against a running stream: a second consumer on the same slot or out-dir, a
-//! publication widened to another table, and users_audit altered while streaming.
+//! publication widened to another table or narrowed to drop users_audit, and users_audit altered
+//! while streaming.
 
 mod common;
 
@@ -134,5 +135,74 @@ async fn schema_changes_and_new_tables_get_their_own_files() {
     assert_eq!(
         std::fs::read_to_string(dir.path().join(&logins[0])).unwrap(),
         "id,who\n1,alice\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_audit_dropped_from_the_publication_is_shown_by_verify_and_refused_on_start() {
+    let db = TestDb::new("pub_narrowed");
+    db.install();
+    let dir = tempfile::tempdir().unwrap();
+    catch_up(&db, dir.path());
+    let mut consumer = Consumer::spawn(&db, dir.path(), &["--format", "none"]);
+    db.psql("INSERT INTO users (name) VALUES ('a'), ('b'); UPDATE users SET role = 'streamed'");
+    std::thread::sleep(Duration::from_millis(800));
+    // pgoutput says nothing when a table leaves the publication: its rows just stop coming.
+    db.psql("ALTER PUBLICATION users_audit_pub DROP TABLE users_audit");
+    db.psql("UPDATE users SET role = 'unstreamed' WHERE name = 'a'");
+    std::thread::sleep(Duration::from_millis(800));
+    stop(&mut consumer);
+    assert!(consumer.child.wait().unwrap().success());
+
+    // verify names the rows the stream missed.
+    let today = db.psql("SELECT current_date").trim().to_string();
+    let missing = db
+        .psql("SELECT id FROM users_audit WHERE new_value = 'unstreamed'")
+        .trim()
+        .to_string();
+    let (code, stdout, _) = common::run_audit_tail(&[
+        "verify",
+        "--date",
+        &today,
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+        "--dsn",
+        &db.cluster.conninfo(&db.name),
+    ]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("only in the nightly export: 1 (ids {missing})")),
+        "{stdout}"
+    );
+
+    // A new start is refused with what to do, instead of streaming nothing.
+    let out = common::stream_command(&db, dir.path(), &["--until", "now", "--format", "none"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("does not publish inserts of users_audit")
+            && stderr.contains("ADD TABLE users_audit"),
+        "{stderr}"
+    );
+    // Put back, the stream goes on; the row committed meanwhile stays only in the export.
+    db.psql("ALTER PUBLICATION users_audit_pub ADD TABLE users_audit");
+    db.psql("UPDATE users SET role = 'streamed again'");
+    catch_up(&db, dir.path());
+    let (code, stdout, _) = common::run_audit_tail(&[
+        "verify",
+        "--date",
+        &today,
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+        "--dsn",
+        &db.cluster.conninfo(&db.name),
+    ]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("only in the nightly export: 1 (ids {missing})"))
+            && stdout.contains("matching:       4"),
+        "{stdout}"
     );
 }

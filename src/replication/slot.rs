@@ -20,6 +20,10 @@ pub enum PreflightError {
         publication: String,
         database: String,
     },
+    #[error(
+        "publication \"{0}\" does not publish inserts of users_audit, so no audit row would reach the stream: ALTER PUBLICATION \"{0}\" ADD TABLE users_audit (sql/install.sql does), or pass the --publication that does; rows committed while it was out of the publication are only in the nightly export (audit-tail verify lists them)"
+    )]
+    NotPublishingAudit(String),
     #[error("slot name {0:?} is invalid: use 1 to 63 lower-case letters, digits and underscores")]
     SlotName(String),
     #[error(
@@ -98,17 +102,22 @@ pub async fn preflight(
     }
     let row = client
         .query_one(
-            "SELECT current_database()::text, EXISTS (SELECT FROM pg_publication WHERE pubname = $1)",
+            "SELECT current_database()::text, EXISTS (SELECT FROM pg_publication WHERE pubname = $1), \
+             EXISTS (SELECT FROM pg_publication p JOIN pg_publication_tables t USING (pubname) \
+                     WHERE p.pubname = $1 AND p.pubinsert AND t.tablename = 'users_audit')",
             &[&publication],
         )
         .await
         .map_err(sql("could not look up the publication"))?;
-    let (database, exists): (String, bool) = (row.get(0), row.get(1));
+    let (database, exists, audited): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
     if !exists {
         return Err(PreflightError::NoPublication {
             publication: publication.to_string(),
             database,
         });
+    }
+    if !audited {
+        return Err(PreflightError::NotPublishingAudit(publication.to_string()));
     }
     let found = client
         .query_opt(
