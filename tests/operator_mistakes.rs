@@ -156,19 +156,23 @@ async fn users_audit_dropped_from_the_publication_is_shown_by_verify_and_refused
 
     // verify names the rows the stream missed.
     let today = db.psql("SELECT current_date").trim().to_string();
+    let conninfo = db.cluster.conninfo(&db.name);
+    let verify = || {
+        common::run_audit_tail(&[
+            "verify",
+            "--date",
+            &today,
+            "--out-dir",
+            dir.path().to_str().unwrap(),
+            "--dsn",
+            &conninfo,
+        ])
+    };
     let missing = db
         .psql("SELECT id FROM users_audit WHERE new_value = 'unstreamed'")
         .trim()
         .to_string();
-    let (code, stdout, _) = common::run_audit_tail(&[
-        "verify",
-        "--date",
-        &today,
-        "--out-dir",
-        dir.path().to_str().unwrap(),
-        "--dsn",
-        &db.cluster.conninfo(&db.name),
-    ]);
+    let (code, stdout, _) = verify();
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
         stdout.contains(&format!("only in the nightly export: 1 (ids {missing})")),
@@ -190,15 +194,7 @@ async fn users_audit_dropped_from_the_publication_is_shown_by_verify_and_refused
     db.psql("ALTER PUBLICATION users_audit_pub ADD TABLE users_audit");
     db.psql("UPDATE users SET role = 'streamed again'");
     catch_up(&db, dir.path());
-    let (code, stdout, _) = common::run_audit_tail(&[
-        "verify",
-        "--date",
-        &today,
-        "--out-dir",
-        dir.path().to_str().unwrap(),
-        "--dsn",
-        &db.cluster.conninfo(&db.name),
-    ]);
+    let (code, stdout, _) = verify();
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
         stdout.contains(&format!("only in the nightly export: 1 (ids {missing})"))
