@@ -11,15 +11,11 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{bench_cluster, env_or, single_row_update_script};
+use support::{bench_cluster, env_list, env_or, pgbench, single_row_update_script};
 
 fn main() {
     let seconds = env_or("BENCH_SECONDS", 10);
-    let rates: Vec<u64> = std::env::var("BENCH_RATES")
-        .unwrap_or_else(|_| "1000,5000".into())
-        .split(',')
-        .map(|r| r.trim().parse().unwrap())
-        .collect();
+    let rates = env_list("BENCH_RATES", &[1000, 5000]);
     let cluster = bench_cluster(Default::default(), 10_000);
     let dir = tempfile::tempdir().unwrap();
     let script = single_row_update_script(dir.path(), 10_000);
@@ -36,34 +32,7 @@ fn main() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_secs(1));
-        let bench = cluster
-            .client_command("pgbench")
-            .args([
-                "-n",
-                "-c",
-                "4",
-                "-j",
-                "2",
-                "-R",
-                &rate.to_string(),
-                "-T",
-                &seconds.to_string(),
-                "-f",
-            ])
-            .arg(&script)
-            .arg("bench")
-            .output()
-            .unwrap();
-        assert!(
-            bench.status.success(),
-            "{}",
-            String::from_utf8_lossy(&bench.stderr)
-        );
-        let tps = String::from_utf8_lossy(&bench.stdout)
-            .lines()
-            .find(|l| l.starts_with("tps"))
-            .unwrap_or("tps = ?")
-            .to_string();
+        let tps = pgbench(&cluster, &script, seconds, &["-R", &rate.to_string()]);
         std::thread::sleep(Duration::from_secs(1));
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(consumer.id() as i32),
@@ -90,7 +59,7 @@ fn main() {
                 .to_string()
         };
         println!(
-            "latency at {rate} rows/s ({tps}): {} rows, commit→fsync p50 {} ms, p99 {} ms, max {} ms",
+            "latency at {rate} rows/s (pgbench tps {tps:.0}): {} rows, commit→fsync p50 {} ms, p99 {} ms, max {} ms",
             field("rows"),
             field("p50_ms"),
             field("p99_ms"),

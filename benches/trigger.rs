@@ -8,34 +8,7 @@
 
 mod support;
 
-use audit_tail::cluster::Cluster;
-use support::{bench_cluster, env_or, single_row_update_script};
-
-fn tps(cluster: &Cluster, script: &std::path::Path, seconds: u64) -> f64 {
-    let out = cluster
-        .client_command("pgbench")
-        .args(["-n", "-c", "4", "-j", "2", "-T", &seconds.to_string(), "-f"])
-        .arg(script)
-        .arg("bench")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("tps = "))
-        .expect("pgbench prints tps");
-    line["tps = ".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
+use support::{bench_cluster, env_or, pgbench, single_row_update_script};
 
 fn main() {
     let seconds = env_or("BENCH_SECONDS", 10);
@@ -93,7 +66,7 @@ fn main() {
         for k in 0..3 {
             let i = (round as usize + k) % 3;
             set(modes[i]);
-            results[i].push(tps(&cluster, &script, seconds));
+            results[i].push(pgbench(&cluster, &script, seconds, &[]));
         }
     }
     // Medians: one round disturbed by another load on the machine must not move the result.

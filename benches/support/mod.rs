@@ -179,6 +179,41 @@ pub fn bench_cluster(
     cluster
 }
 
+/// Runs pgbench on database `bench` with 4 clients and 2 threads for `seconds`, running `script`,
+/// plus `extra` options (`-R RATE`); returns the transactions per second it reports.
+pub fn pgbench(
+    cluster: &audit_tail::cluster::Cluster,
+    script: &std::path::Path,
+    seconds: u64,
+    extra: &[&str],
+) -> f64 {
+    let out = cluster
+        .client_command("pgbench")
+        .args(["-n", "-c", "4", "-j", "2", "-T", &seconds.to_string()])
+        .args(extra)
+        .arg("-f")
+        .arg(script)
+        .arg("bench")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .expect("pgbench prints tps");
+    line["tps = ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// A pgbench script in `dir`: one random user's name changes, so one audit row per transaction.
 pub fn single_row_update_script(dir: &std::path::Path, users: u64) -> std::path::PathBuf {
     let script = dir.join("update.sql");
