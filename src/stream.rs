@@ -263,11 +263,8 @@ impl<W: Write> Session<'_, W> {
                     && self.files.durable_lsn() >= target
                     && !state.capture.in_transaction()
                 {
-                    self.send_status(&mut conn, &mut state, false).await?;
-                    report_latency(&mut state);
-                    conn.finish().await?;
-                    tracing::info!(%target, durable = %self.files.durable_lsn(), "reached --until; stopping");
-                    return Ok(());
+                    tracing::info!(%target, "reached --until");
+                    return self.stop(conn, &mut state, "stopping").await;
                 }
                 if let Some(since) = state.pending_since
                     && (since.elapsed() >= FLUSH_DELAY
