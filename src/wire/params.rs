@@ -158,7 +158,7 @@ impl ConnParams {
             let file = env("PGPASSFILE")
                 .map(PathBuf::from)
                 .or_else(|| home.as_ref().map(|h| h.join(".pgpass")))?;
-            let text = std::fs::read_to_string(file).ok()?;
+            let text = read_password_file(&file)?;
             pgpass_lookup(&text, &params)
         });
         Ok(params)
@@ -181,6 +181,20 @@ impl ConnParams {
             config.password(p);
         }
         config
+    }
+}
+
+impl ConnParams {
+    /// The server as libpq's messages name it: `server at "db.example.com", port 5432` or
+    /// `server on socket "/var/run/postgresql/.s.PGSQL.5432"`.
+    pub fn target(&self) -> String {
+        match &self.host {
+            Host::Tcp(h) => format!("server at \"{h}\", port {}", self.port),
+            Host::Unix(dir) => format!(
+                "server on socket \"{}\"",
+                dir.join(format!(".s.PGSQL.{}", self.port)).display()
+            ),
+        }
     }
 }
 
@@ -245,6 +259,30 @@ fn os_user() -> String {
         .flatten()
         .map(|u| u.name)
         .unwrap_or_else(|| "postgres".to_string())
+}
+
+/// The password file's text, or None where libpq would not use it: missing, not a plain file, or
+/// readable or writable by group or others (libpq ignores such a file with this same warning,
+/// since anyone else on the machine could read the passwords in it).
+fn read_password_file(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        tracing::warn!(
+            "password file \"{}\" is not a plain file: not used",
+            path.display()
+        );
+        return None;
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            "password file \"{}\" has group or world access; permissions should be u=rw (0600) \
+             or less: not used (chmod 600 it)",
+            path.display()
+        );
+        return None;
+    }
+    std::fs::read_to_string(path).ok()
 }
 
 /// The password of the first matching `hostname:port:database:username:password` line. `*`
@@ -387,6 +425,7 @@ mod tests {
             "# comment\nother:5432:*:erin:wrong\n*:5432:app:erin:pa\\:ss\nlocalhost:*:*:*:sock\n",
         )
         .unwrap();
+        set_mode(&file, 0o600);
         let file = file.to_str().unwrap();
         let p = resolve(
             Some("host=db port=5432 dbname=app user=erin"),
@@ -406,6 +445,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.password, None);
+    }
+
+    #[test]
+    fn a_password_file_others_can_read_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgpass");
+        std::fs::write(&file, "*:*:*:*:secret\n").unwrap();
+        let dsn = Some("host=db port=5432 dbname=app user=erin");
+        for (mode, expected) in [
+            (0o600, Some("secret")),
+            (0o400, Some("secret")),
+            (0o640, None),
+            (0o604, None),
+        ] {
+            set_mode(&file, mode);
+            let p = resolve(dsn, &[("PGPASSFILE", file.to_str().unwrap())]).unwrap();
+            assert_eq!(p.password.as_deref(), expected, "mode {mode:o}");
+        }
+        // A directory in its place is not a password file either.
+        let p = resolve(dsn, &[("PGPASSFILE", dir.path().to_str().unwrap())]).unwrap();
+        assert_eq!(p.password, None);
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
     #[test]
