@@ -94,10 +94,13 @@ pub enum Command {
     Status {
         #[command(flatten)]
         dsn: DsnArg,
+        /// The replication slot of the stream to report on.
         #[arg(long, default_value = "audit_tail", value_parser = parse_slot)]
         slot: String,
+        /// The stream's out-dir, whose checkpoint is reported.
         #[arg(long, default_value = "./audit-stream")]
         out_dir: PathBuf,
+        /// Report for people (text) or programs (json).
         #[arg(long, value_enum, default_value_t = ReportArg::Text)]
         format: ReportArg,
     },
@@ -106,6 +109,7 @@ pub enum Command {
     DropSlot {
         #[command(flatten)]
         dsn: DsnArg,
+        /// The replication slot to drop.
         #[arg(long, default_value = "audit_tail", value_parser = parse_slot)]
         slot: String,
         /// End the connection that holds the slot first.
@@ -164,4 +168,29 @@ fn parse_until(s: &str) -> Result<Until, String> {
     s.parse::<Lsn>()
         .map(Until::Lsn)
         .map_err(|e| format!("{e}, or `now`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn every_option_of_every_command_says_what_it_is_for() {
+        let cli = Cli::command();
+        for command in cli.get_subcommands() {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some_and(|h| !h.to_string().is_empty()),
+                    "audit-tail {} --{id} has no help text",
+                    command.get_name()
+                );
+            }
+        }
+    }
 }
