@@ -8,7 +8,7 @@ use std::future::poll_fn;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 
-use crate::wire::{self, ConnParams, tls};
+use crate::wire::{self, ConnParams, WireError};
 
 /// sql/install.sql: the tables, trigger, export functions, publication, role and cron job.
 pub const INSTALL_SQL: &str = include_str!("../sql/install.sql");
@@ -19,14 +19,16 @@ pub const DEMO_DATA_SQL: &str = include_str!("../sql/demo_data.sql");
 /// A server error with what the server said, and what to do about it when known.
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
-    #[error("{context}: {}", describe(.source))]
+    /// The server's words are in the message already (`describe`), so the error is not also
+    /// given as a source: it would be printed twice.
+    #[error("{context}: {}", describe(.error))]
     Server {
         context: String,
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
+    /// The socket or TLS could not be set up (the same errors as the replication connection's).
     #[error(transparent)]
-    Tls(tls::TlsError),
+    Connect(WireError),
 }
 
 impl SqlError {
@@ -34,15 +36,16 @@ impl SqlError {
     pub fn new(context: impl Into<String>, source: tokio_postgres::Error) -> SqlError {
         SqlError::Server {
             context: context.into(),
-            source,
+            error: source,
         }
     }
 
     /// Whether retrying later can succeed: the server is unreachable, starting or shutting down,
     /// rather than refusing us (authentication, a missing database or object).
     pub fn is_transient(&self) -> bool {
-        let SqlError::Server { source, .. } = self else {
-            return false;
+        let source = match self {
+            SqlError::Connect(e) => return e.is_transient(),
+            SqlError::Server { error, .. } => error,
         };
         match self.code() {
             // Client-side: connection refused or lost is transient; a configuration problem
@@ -58,8 +61,8 @@ impl SqlError {
     /// The SQLSTATE of the server's error, when the server sent one.
     pub fn code(&self) -> Option<&str> {
         match self {
-            SqlError::Server { source, .. } => source.as_db_error().map(|e| e.code().code()),
-            SqlError::Tls(_) => None,
+            SqlError::Server { error, .. } => error.as_db_error().map(|e| e.code().code()),
+            SqlError::Connect(e) => e.code(),
         }
     }
 }
@@ -85,32 +88,27 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
     text
 }
 
-/// Connects to `params` with the same TLS settings as the replication connection.
+/// Connects to `params` over the replication connection's own socket code (`wire`): the same
+/// host, port, TLS negotiation and certificate checks, and the same errors and retry policy.
+/// tokio-postgres then only runs startup and authentication over the ready stream.
 pub async fn connect_params(params: &ConnParams) -> Result<Client, SqlError> {
+    let socket = wire::conn::open_socket(params)
+        .await
+        .map_err(SqlError::Connect)?;
     let mut config = params.sql_config();
-    let tls = match tls::client_config(&params.tls) {
-        Ok(tls) => tls,
-        Err(e) => return Err(SqlError::Tls(e)),
-    };
-    match tls {
-        None => {
-            config.ssl_mode(SslMode::Disable);
-            connect(&config).await
-        }
-        Some(tls) => {
-            config.ssl_mode(match params.tls.mode {
-                wire::SslMode::Prefer => SslMode::Prefer,
-                _ => SslMode::Require,
-            });
-            let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-            let (client, connection) = config
-                .connect(connector)
-                .await
-                .map_err(|e| SqlError::new("could not connect to PostgreSQL", e))?;
-            drive(connection);
-            Ok(client)
-        }
-    }
+    config.ssl_mode(SslMode::Disable);
+    let (client, connection) = config.connect_raw(socket, NoTls).await.map_err(|e| {
+        SqlError::new(
+            format!(
+                "could not connect to the {} as \"{}\"",
+                params.target(),
+                params.user
+            ),
+            e,
+        )
+    })?;
+    drive(connection);
+    Ok(client)
 }
 
 /// Connects without TLS (local sockets, tests) and drives the connection on its own task,

@@ -97,20 +97,8 @@ impl StreamError {
         match self {
             StreamError::Preflight(e) => !e.is_transient(),
             StreamError::Sql(e) => !e.is_transient(),
-            StreamError::Wire(
-                WireError::Auth(_) | WireError::Tls(_) | WireError::TlsRefused(_),
-            ) => true,
-            // A certificate that does not verify will not verify on the next try either.
-            StreamError::Wire(WireError::Handshake { source, .. }) => {
-                source.kind() == io::ErrorKind::InvalidData
-            }
-            StreamError::Wire(WireError::Server(e)) => matches!(
-                e.code.as_str(),
-                // invalid password, rejected by pg_hba, no such database, undefined object
-                // (a dropped publication), invalidated slot, invalid slot name, no privilege
-                "28P01" | "28000" | "3D000" | "42704" | "55000" | "42602" | "42501"
-            ),
-            StreamError::Wire(_) | StreamError::Message(_) => false,
+            StreamError::Wire(e) => !e.is_transient(),
+            StreamError::Message(_) => false,
             StreamError::Sink(_)
             | StreamError::Decode { .. }
             | StreamError::Capture { .. }
@@ -330,7 +318,7 @@ impl<W: Write> Session<'_, W> {
             state.unchecked += 1;
             let data = match message {
                 CopyMessage::Data(data) => data,
-                CopyMessage::Done => return Err(WireError::Closed.into()),
+                CopyMessage::Done => return Err(WireError::Ended.into()),
             };
             match self.handle(messages::decode(data)?, &mut state) {
                 Ok(true) => self.send_status(&mut conn, &mut state, false).await?,

@@ -138,6 +138,12 @@ async fn server_crashes_and_restarts_lose_and_double_nothing() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(consumer.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("reconnecting"), "{stderr}");
+    // The clean stop ends the stream with CommandComplete: said as what it means.
+    assert!(
+        stderr.contains("the server ended the replication stream"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("CommandComplete"), "{stderr}");
     catch_up(&db, out.path());
     assert_files_equal_table(&db, out.path()).await;
 }
@@ -301,11 +307,13 @@ async fn wal_level_replica_is_refused() {
 async fn scram_and_md5_logins_stream_and_a_wrong_password_is_fatal() {
     let cluster = Arc::new(
         Cluster::start_with(ClusterOptions {
+            // A logical replication connection names a database and matches the database's
+            // lines, never `replication` (that keyword is for physical replication): the
+            // `reject` lines prove it, since streaming succeeds below.
             hba: vec![
+                "host replication at_scram,at_md5 127.0.0.1/32 reject".into(),
                 "host all at_scram 127.0.0.1/32 scram-sha-256".into(),
-                "host replication at_scram 127.0.0.1/32 scram-sha-256".into(),
                 "host all at_md5 127.0.0.1/32 md5".into(),
-                "host replication at_md5 127.0.0.1/32 md5".into(),
             ],
             ..Default::default()
         })
@@ -380,8 +388,14 @@ async fn scram_and_md5_logins_stream_and_a_wrong_password_is_fatal() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&wrong.stderr);
         assert_eq!(wrong.status.code(), Some(1), "{stderr}");
+        // The server's reason once, after the server it came from.
+        assert_eq!(
+            stderr.matches("password authentication failed").count(),
+            1,
+            "{stderr}"
+        );
         assert!(
-            stderr.contains("password authentication failed"),
+            stderr.contains(&format!("server at \"127.0.0.1\", port {}", cluster.port())),
             "{stderr}"
         );
         assert!(!stderr.contains("wrong-pw"), "{stderr}");

@@ -25,13 +25,13 @@ pub const PINNED_OPTIONS: &str =
 /// How much the read buffer asks the socket for at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
-trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
 
 /// What arrived in CopyBoth mode.
 pub enum CopyMessage {
     Data(Bytes),
-    /// The server ended the copy (CopyDone).
+    /// The server ended the stream (CopyDone, or CommandComplete from a walsender shutting down).
     Done,
 }
 
@@ -46,41 +46,7 @@ pub struct WalConnection {
 impl WalConnection {
     /// Connects, starts up in `replication=database` mode and authenticates.
     pub async fn connect(params: &ConnParams) -> Result<WalConnection, WireError> {
-        let socket: Box<dyn Socket> = match &params.host {
-            Host::Tcp(host) => {
-                let target = format!("{host}:{}", params.port);
-                let connect = TcpStream::connect((host.as_str(), params.port));
-                let mut stream =
-                    connect_with_timeout(connect, &target, params.connect_timeout).await?;
-                stream.set_nodelay(true)?;
-                set_keepalive(&stream)?;
-                match tls::client_config(&params.tls)? {
-                    None => Box::new(stream),
-                    Some(config) => match negotiate_tls(&mut stream, params.tls.mode).await? {
-                        false => Box::new(stream),
-                        true => {
-                            let name = tls::server_name(host)?;
-                            let connector = tokio_rustls::TlsConnector::from(config);
-                            let tls_stream =
-                                connector.connect(name, stream).await.map_err(|source| {
-                                    WireError::Handshake {
-                                        host: host.clone(),
-                                        source,
-                                    }
-                                })?;
-                            Box::new(tls_stream)
-                        }
-                    },
-                }
-            }
-            // As in libpq, no TLS over a Unix socket.
-            Host::Unix(dir) => {
-                let path = dir.join(format!(".s.PGSQL.{}", params.port));
-                let target = path.display().to_string();
-                let connect = UnixStream::connect(&path);
-                Box::new(connect_with_timeout(connect, &target, params.connect_timeout).await?)
-            }
-        };
+        let socket = open_socket(params).await?;
         let mut conn = WalConnection {
             socket,
             read: BytesMut::with_capacity(READ_CHUNK),
@@ -255,7 +221,11 @@ impl WalConnection {
         while let Some(frame) = frame::parse(&mut self.read)? {
             match frame {
                 Backend::CopyData(data) => return Ok(Some(CopyMessage::Data(data))),
-                Backend::Other(Message::CopyDone) => return Ok(Some(CopyMessage::Done)),
+                // A walsender that is shutting down ends with CommandComplete, without CopyDone
+                // (walsender.c, WalSndDone); a clean end of COPY with CopyDone.
+                Backend::Other(Message::CopyDone | Message::CommandComplete(_)) => {
+                    return Ok(Some(CopyMessage::Done));
+                }
                 Backend::Other(Message::ErrorResponse(body)) => {
                     return Err(WireError::Server(frame::server_error(body.fields())?));
                 }
@@ -340,20 +310,70 @@ impl WalConnection {
     }
 }
 
+/// The socket to the server `params` names, TLS negotiated as sslmode asks: shared by the
+/// replication connection and the ordinary SQL connection (`sql::connect_params`), so that both
+/// reach the server, and fail, the same way.
+pub(crate) async fn open_socket(params: &ConnParams) -> Result<Box<dyn Socket>, WireError> {
+    let target = params.target();
+    match &params.host {
+        Host::Tcp(host) => {
+            let connect = TcpStream::connect((host.as_str(), params.port));
+            let mut stream = connect_with_timeout(connect, &target, params.connect_timeout).await?;
+            stream.set_nodelay(true)?;
+            set_keepalive(&stream)?;
+            let Some(config) = tls::client_config(&params.tls)? else {
+                return Ok(Box::new(stream));
+            };
+            if !negotiate_tls(&mut stream, params.tls.mode, &target).await? {
+                return Ok(Box::new(stream));
+            }
+            let name = tls::server_name(host)?;
+            let connector = tokio_rustls::TlsConnector::from(config);
+            let tls_stream =
+                connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|source| WireError::Handshake {
+                        host: host.clone(),
+                        source,
+                    })?;
+            Ok(Box::new(tls_stream))
+        }
+        // As in libpq, no TLS over a Unix socket.
+        Host::Unix(dir) => {
+            let path = dir.join(format!(".s.PGSQL.{}", params.port));
+            let connect = UnixStream::connect(&path);
+            Ok(Box::new(
+                connect_with_timeout(connect, &target, params.connect_timeout).await?,
+            ))
+        }
+    }
+}
+
 /// SSLRequest: returns whether the server agreed ('S') to TLS. A refusal ('N') is an error unless
 /// sslmode is prefer.
-async fn negotiate_tls(stream: &mut TcpStream, mode: SslMode) -> Result<bool, WireError> {
+async fn negotiate_tls(
+    stream: &mut TcpStream,
+    mode: SslMode,
+    target: &str,
+) -> Result<bool, WireError> {
     let mut request = BytesMut::new();
     frontend::ssl_request(&mut request);
     stream.write_all(&request).await?;
     let mut answer = [0u8; 1];
     stream.read_exact(&mut answer).await?;
+    let refused = |mode| {
+        Err(WireError::TlsRefused {
+            target: target.to_string(),
+            mode,
+        })
+    };
     match (answer[0], mode) {
         (b'S', _) => Ok(true),
         (b'N', SslMode::Prefer) => Ok(false),
-        (b'N', SslMode::Require) => Err(WireError::TlsRefused("require")),
-        (b'N', SslMode::VerifyCa) => Err(WireError::TlsRefused("verify-ca")),
-        (b'N', _) => Err(WireError::TlsRefused("verify-full")),
+        (b'N', SslMode::Require) => refused("require"),
+        (b'N', SslMode::VerifyCa) => refused("verify-ca"),
+        (b'N', _) => refused("verify-full"),
         (other, _) => Err(protocol(&format!("answer {other:#04x} to SSLRequest"))),
     }
 }

@@ -42,7 +42,7 @@ impl fmt::Display for ServerError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    #[error("could not connect to {target}: {source}")]
+    #[error("connection to {target} failed: {source}{}", connect_hint(.target, .source))]
     Connect {
         target: String,
         #[source]
@@ -52,6 +52,11 @@ pub enum WireError {
     Io(#[from] io::Error),
     #[error("the server closed the replication connection")]
     Closed,
+    #[error(
+        "the server ended the replication stream (it is shutting down or restarting, or the \
+         walsender was stopped)"
+    )]
+    Ended,
     #[error("server error: {0}")]
     Server(ServerError),
     #[error("{0}")]
@@ -67,12 +72,50 @@ pub enum WireError {
         source: std::io::Error,
     },
     #[error(
-        "the server does not accept TLS, and sslmode={0} requires it: turn on ssl in postgresql.conf, or use sslmode=prefer"
+        "the {target} does not accept TLS, and sslmode={mode} requires it: turn on ssl in \
+         postgresql.conf, or use sslmode=prefer"
     )]
-    TlsRefused(&'static str),
+    TlsRefused { target: String, mode: &'static str },
+}
+
+/// libpq's question after a failed connect, for the causes where it helps.
+fn connect_hint(target: &str, error: &io::Error) -> &'static str {
+    let socket = target.starts_with("server on socket");
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound if socket => {
+            "; is the server running locally and accepting connections on that socket? (check \
+             host= and port=)"
+        }
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut => {
+            "; is the server running on that host and accepting TCP/IP connections? (check \
+             host=, port= and listen_addresses)"
+        }
+        _ => "",
+    }
 }
 
 impl WireError {
+    /// Whether trying again later can succeed: the server is unreachable, restarting or the link
+    /// broke, rather than our configuration or the server refusing us for good.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WireError::Auth(_) | WireError::Tls(_) | WireError::TlsRefused { .. } => false,
+            // A certificate that does not verify will not verify on the next try either.
+            WireError::Handshake { source, .. } => source.kind() != io::ErrorKind::InvalidData,
+            WireError::Server(e) => !matches!(
+                e.code.as_str(),
+                // invalid password, rejected by pg_hba, no such database, undefined object
+                // (a dropped publication), invalidated slot, invalid slot name, no privilege
+                "28P01" | "28000" | "3D000" | "42704" | "55000" | "42602" | "42501"
+            ),
+            WireError::Connect { .. }
+            | WireError::Io(_)
+            | WireError::Closed
+            | WireError::Ended
+            | WireError::Protocol(_) => true,
+        }
+    }
+
     /// The SQLSTATE when the server reported the error.
     pub fn code(&self) -> Option<&str> {
         match self {
