@@ -5,7 +5,6 @@
 
 use std::future::poll_fn;
 
-use tokio_postgres::config::SslMode;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 
 use crate::wire::{self, ConnParams, WireError};
@@ -48,11 +47,12 @@ impl SqlError {
             SqlError::Server { error, .. } => error,
         };
         match self.code() {
-            // Client-side: connection refused or lost is transient; a configuration problem
-            // (such as no password to give) is not.
+            // Client-side, after wire opened the socket: the connection breaking (an I/O error,
+            // or closed) is transient; anything else (authentication such as no password to
+            // give or no channel binding, configuration, a protocol violation) is not.
             None => {
-                let text = describe(source);
-                !text.starts_with("invalid configuration") && !text.contains("certificate")
+                source.is_closed()
+                    || std::error::Error::source(source).is_some_and(|c| c.is::<std::io::Error>())
             }
             Some(code) => code.starts_with("08") || code.starts_with("57P") || code == "53300",
         }
@@ -90,23 +90,27 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
 
 /// Connects to `params` over the replication connection's own socket code (`wire`): the same
 /// host, port, TLS negotiation and certificate checks, and the same errors and retry policy.
-/// tokio-postgres then only runs startup and authentication over the ready stream.
+/// tokio-postgres then only runs startup and authentication over the ready stream
+/// (`wire::handoff`), with channel binding when the session allows it.
 pub async fn connect_params(params: &ConnParams) -> Result<Client, SqlError> {
-    let socket = wire::conn::open_socket(params)
+    let opened = wire::conn::open_socket(params)
         .await
         .map_err(SqlError::Connect)?;
     let mut config = params.sql_config();
-    config.ssl_mode(SslMode::Disable);
-    let (client, connection) = config.connect_raw(socket, NoTls).await.map_err(|e| {
-        SqlError::new(
-            format!(
-                "could not connect to the {} as \"{}\"",
-                params.target(),
-                params.user
-            ),
-            e,
-        )
-    })?;
+    let connector = wire::handoff::prepare(&opened, &mut config);
+    let (client, connection) = config
+        .connect_raw(opened.socket, connector)
+        .await
+        .map_err(|e| {
+            SqlError::new(
+                format!(
+                    "could not connect to the {} as \"{}\"",
+                    params.target(),
+                    params.user
+                ),
+                e,
+            )
+        })?;
     drive(connection);
     Ok(client)
 }

@@ -144,3 +144,97 @@ async fn require_and_verify_full_work_and_a_wrong_host_name_is_refused() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("certificate"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scram_binds_to_the_tls_channel_on_both_connections() {
+    let pki = make_pki();
+    let cluster = Arc::new(
+        Cluster::start_with(ClusterOptions {
+            settings: vec![
+                ("ssl".into(), "on".into()),
+                ("ssl_cert_file".into(), "'server.crt'".into()),
+                ("ssl_key_file".into(), "'server.key'".into()),
+                ("password_encryption".into(), "'scram-sha-256'".into()),
+            ],
+            hba: vec!["host all at_cb 127.0.0.1/32 scram-sha-256".into()],
+            files: vec![
+                ("server.crt".into(), pki.server_pem.into_bytes()),
+                ("server.key".into(), pki.server_key.into_bytes()),
+            ],
+        })
+        .unwrap(),
+    );
+    let db = TestDb::on(cluster.clone(), "channel_binding");
+    db.install();
+    cluster
+        .psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE at_cb LOGIN REPLICATION PASSWORD 'cb secret'; \
+                 GRANT SELECT ON ALL TABLES IN SCHEMA public TO at_cb; \
+                 GRANT CREATE ON DATABASE \"{}\" TO at_cb",
+                db.name
+            ),
+        )
+        .unwrap();
+    db.psql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO at_cb");
+    let dsn = |user: &str, extra: &str| {
+        format!(
+            "host=127.0.0.1 port={} user={user} password='cb secret' dbname={} {extra}",
+            cluster.port(),
+            db.name
+        )
+    };
+    let out = tempfile::tempdir().unwrap();
+    // Each run gets 30 s: a refusal retried for ever fails the test instead of hanging it.
+    let run = |args: &[&str], dsn: String| {
+        let output = std::process::Command::new("timeout")
+            .arg("30")
+            .arg(env!("CARGO_BIN_EXE_audit-tail"))
+            .args(args)
+            .arg("--dsn")
+            .arg(&dsn)
+            .arg("--out-dir")
+            .arg(out.path())
+            .env_remove("PGCHANNELBINDING")
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let stream = [
+        "stream", "--until", "now", "--format", "none", "--slot", "cb_slot",
+    ];
+    let status = ["status", "--slot", "cb_slot"];
+
+    // SCRAM-SHA-256-PLUS on the replication connection (ours) and on the SQL one
+    // (tokio-postgres over our socket): a wrong binding would fail the server's check.
+    for args in [&stream[..], &status[..]] {
+        let (code, err) = run(
+            args,
+            dsn("at_cb", "sslmode=require channel_binding=require"),
+        );
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+    }
+    // Without TLS there is no channel to bind to (a configuration error, exit 2); with trust
+    // there is no SCRAM to bind (refused at login, exit 1). Neither is retried.
+    for (user, extra, exit) in [
+        ("at_cb", "sslmode=disable channel_binding=require", 2),
+        ("postgres", "sslmode=require channel_binding=require", 1),
+    ] {
+        for args in [&stream[..], &status[..]] {
+            let (code, err) = run(args, dsn(user, extra));
+            assert_eq!(code, Some(exit), "{args:?} {extra}: {err}");
+            assert!(err.contains("channel"), "{args:?} {extra}: {err}");
+        }
+    }
+    db.psql("SELECT pg_drop_replication_slot('cb_slot')");
+    cluster
+        .psql(
+            "postgres",
+            &format!("REVOKE ALL ON DATABASE \"{}\" FROM at_cb", db.name),
+        )
+        .ok();
+}

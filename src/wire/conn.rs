@@ -8,7 +8,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{
+    self, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256,
+};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -16,7 +18,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::frame::{self, Backend};
 use super::tls;
-use super::{ConnParams, Host, SslMode, WireError};
+use super::{ChannelBinding, ConnParams, Host, SslMode, WireError};
 
 /// Session settings pinned at startup so text values equal COPY's output byte for byte.
 pub const PINNED_OPTIONS: &str =
@@ -35,6 +37,25 @@ pub enum CopyMessage {
     Done,
 }
 
+/// An open socket to the server, TLS negotiated, before startup.
+pub(crate) struct Opened {
+    pub socket: Box<dyn Socket>,
+    /// Whether the socket is a TLS session.
+    pub tls: bool,
+    /// The server certificate's tls-server-end-point data, for SCRAM channel binding.
+    pub end_point: Option<Vec<u8>>,
+}
+
+impl Opened {
+    fn plain(stream: impl Socket + 'static) -> Opened {
+        Opened {
+            socket: Box::new(stream),
+            tls: false,
+            end_point: None,
+        }
+    }
+}
+
 /// A connection in replication mode.
 pub struct WalConnection {
     socket: Box<dyn Socket>,
@@ -46,9 +67,9 @@ pub struct WalConnection {
 impl WalConnection {
     /// Connects, starts up in `replication=database` mode and authenticates.
     pub async fn connect(params: &ConnParams) -> Result<WalConnection, WireError> {
-        let socket = open_socket(params).await?;
+        let opened = open_socket(params).await?;
         let mut conn = WalConnection {
-            socket,
+            socket: opened.socket,
             read: BytesMut::with_capacity(READ_CHUNK),
             write: BytesMut::new(),
             server_version: None,
@@ -65,7 +86,12 @@ impl WalConnection {
             &mut conn.write,
         )?;
         conn.flush().await?;
-        conn.authenticate(params).await?;
+        let binding = Binding {
+            wanted: params.tls.channel_binding,
+            tls: opened.tls,
+            end_point: opened.end_point,
+        };
+        conn.authenticate(params, binding).await?;
         Ok(conn)
     }
 
@@ -74,7 +100,11 @@ impl WalConnection {
         self.server_version.as_deref()
     }
 
-    async fn authenticate(&mut self, params: &ConnParams) -> Result<(), WireError> {
+    async fn authenticate(
+        &mut self,
+        params: &ConnParams,
+        binding: Binding,
+    ) -> Result<(), WireError> {
         let password = || {
             params.password.as_deref().ok_or_else(|| {
                 WireError::Auth(format!(
@@ -86,7 +116,7 @@ impl WalConnection {
         let mut scram: Option<ScramSha256> = None;
         loop {
             match self.next_message().await? {
-                Message::AuthenticationOk => {}
+                Message::AuthenticationOk => binding.check_used(scram.is_some())?,
                 Message::AuthenticationCleartextPassword => {
                     frontend::password_message(password()?.as_bytes(), &mut self.write)?;
                     self.flush().await?;
@@ -103,13 +133,9 @@ impl WalConnection {
                     while let Some(m) = mechanisms.next()? {
                         offered.push(m.to_string());
                     }
-                    if !offered.iter().any(|m| m == SCRAM_SHA_256) {
-                        return Err(WireError::Auth(format!(
-                            "the server offers SASL mechanisms {offered:?}; audit-tail supports SCRAM-SHA-256"
-                        )));
-                    }
-                    let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.write)?;
+                    let (mechanism, channel) = binding.choose(&offered)?;
+                    let s = ScramSha256::new(password()?.as_bytes(), channel);
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut self.write)?;
                     scram = Some(s);
                     self.flush().await?;
                 }
@@ -313,7 +339,7 @@ impl WalConnection {
 /// The socket to the server `params` names, TLS negotiated as sslmode asks: shared by the
 /// replication connection and the ordinary SQL connection (`sql::connect_params`), so that both
 /// reach the server, and fail, the same way.
-pub(crate) async fn open_socket(params: &ConnParams) -> Result<Box<dyn Socket>, WireError> {
+pub(crate) async fn open_socket(params: &ConnParams) -> Result<Opened, WireError> {
     let target = params.target();
     match &params.host {
         Host::Tcp(host) => {
@@ -322,10 +348,10 @@ pub(crate) async fn open_socket(params: &ConnParams) -> Result<Box<dyn Socket>, 
             stream.set_nodelay(true)?;
             set_keepalive(&stream)?;
             let Some(config) = tls::client_config(&params.tls)? else {
-                return Ok(Box::new(stream));
+                return Ok(Opened::plain(stream));
             };
             if !negotiate_tls(&mut stream, params.tls.mode, &target).await? {
-                return Ok(Box::new(stream));
+                return Ok(Opened::plain(stream));
             }
             let name = tls::server_name(host)?;
             let connector = tokio_rustls::TlsConnector::from(config);
@@ -337,16 +363,94 @@ pub(crate) async fn open_socket(params: &ConnParams) -> Result<Box<dyn Socket>, 
                         host: host.clone(),
                         source,
                     })?;
-            Ok(Box::new(tls_stream))
+            let end_point = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|certificate| tls::server_end_point(certificate));
+            Ok(Opened {
+                socket: Box::new(tls_stream),
+                tls: true,
+                end_point,
+            })
         }
         // As in libpq, no TLS over a Unix socket.
         Host::Unix(dir) => {
             let path = dir.join(format!(".s.PGSQL.{}", params.port));
             let connect = UnixStream::connect(&path);
-            Ok(Box::new(
-                connect_with_timeout(connect, &target, params.connect_timeout).await?,
-            ))
+            let stream = connect_with_timeout(connect, &target, params.connect_timeout).await?;
+            Ok(Opened::plain(stream))
         }
+    }
+}
+
+/// What SCRAM may bind to: libpq's channel_binding rules over what the TLS session offers.
+struct Binding {
+    wanted: ChannelBinding,
+    tls: bool,
+    end_point: Option<Vec<u8>>,
+}
+
+impl Binding {
+    /// The SASL mechanism and the channel-binding flag to start SCRAM with.
+    fn choose(
+        &self,
+        offered: &[String],
+    ) -> Result<(&'static str, sasl::ChannelBinding), WireError> {
+        let plus = offered.iter().any(|m| m == SCRAM_SHA_256_PLUS);
+        if let (true, Some(end_point), false) = (
+            plus,
+            &self.end_point,
+            self.wanted == ChannelBinding::Disable,
+        ) {
+            return Ok((
+                SCRAM_SHA_256_PLUS,
+                sasl::ChannelBinding::tls_server_end_point(end_point.clone()),
+            ));
+        }
+        if self.wanted == ChannelBinding::Require {
+            return Err(WireError::Auth(self.refusal(if plus {
+                "the server certificate's signature algorithm has no tls-server-end-point hash"
+            } else {
+                "the server does not offer SCRAM-SHA-256-PLUS"
+            })));
+        }
+        if !offered.iter().any(|m| m == SCRAM_SHA_256) {
+            return Err(WireError::Auth(format!(
+                "the server offers SASL mechanisms {offered:?}; audit-tail supports SCRAM-SHA-256 \
+                 and SCRAM-SHA-256-PLUS"
+            )));
+        }
+        // "y": we could bind but the server did not offer to, so a downgrade is detectable.
+        let flag = if self.tls && self.wanted != ChannelBinding::Disable {
+            sasl::ChannelBinding::unrequested()
+        } else {
+            sasl::ChannelBinding::unsupported()
+        };
+        Ok((SCRAM_SHA_256, flag))
+    }
+
+    /// channel_binding=require refuses a login that ended without SCRAM (trust, password, MD5).
+    fn check_used(&self, scram: bool) -> Result<(), WireError> {
+        if self.wanted == ChannelBinding::Require && !scram {
+            return Err(WireError::Auth(
+                self.refusal("the server authenticated the client without SCRAM"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn refusal(&self, why: &str) -> String {
+        let tls = if self.tls {
+            ""
+        } else {
+            " (and the connection is not TLS: channel binding needs sslmode=require or stricter)"
+        };
+        format!(
+            "channel_binding=require, but {why}{tls}: use scram-sha-256 in pg_hba.conf with TLS, \
+             or set channel_binding=prefer"
+        )
     }
 }
 

@@ -21,6 +21,7 @@ pub const KEYS: &[&str] = &[
     "sslrootcert",
     "sslcert",
     "sslkey",
+    "channel_binding",
 ];
 
 /// Parses a connection string into (key, value) pairs in order.

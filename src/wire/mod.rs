@@ -8,6 +8,7 @@
 pub mod conn;
 pub mod conninfo;
 pub mod frame;
+pub(crate) mod handoff;
 pub mod params;
 pub mod tls;
 
@@ -15,7 +16,7 @@ use std::fmt;
 use std::io;
 
 pub use conn::WalConnection;
-pub use params::{ConnParams, Host, SslMode, TlsOptions};
+pub use params::{ChannelBinding, ConnParams, Host, SslMode, TlsOptions};
 
 /// An ErrorResponse from the server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

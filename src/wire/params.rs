@@ -35,6 +35,18 @@ pub enum SslMode {
     VerifyFull,
 }
 
+/// libpq's channel_binding: whether SCRAM authentication binds itself to the TLS channel
+/// (SCRAM-SHA-256-PLUS with tls-server-end-point), so that a man in the middle holding a
+/// certificate the client accepts still cannot relay the login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelBinding {
+    Disable,
+    /// Bind when TLS is on and the server offers it (the default).
+    Prefer,
+    /// Refuse to authenticate without it.
+    Require,
+}
+
 /// TLS settings as libpq users know them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsOptions {
@@ -42,6 +54,7 @@ pub struct TlsOptions {
     pub root_cert: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    pub channel_binding: ChannelBinding,
 }
 
 /// Everything needed to open a connection.
@@ -132,8 +145,31 @@ impl ConnParams {
                 });
             }
         };
+        let channel_binding = match get("channel_binding", "PGCHANNELBINDING").as_deref() {
+            None | Some("prefer") => ChannelBinding::Prefer,
+            Some("disable") => ChannelBinding::Disable,
+            Some("require") => ChannelBinding::Require,
+            Some(other) => {
+                return Err(ParamsError::Value {
+                    name: "channel_binding".into(),
+                    value: other.into(),
+                    what: "use disable, prefer or require",
+                });
+            }
+        };
+        let no_tls = mode == SslMode::Disable || matches!(host, Host::Unix(_));
+        if channel_binding == ChannelBinding::Require && no_tls {
+            return Err(ParamsError::Value {
+                name: "channel_binding".into(),
+                value: "require".into(),
+                what: "channel binding needs TLS, and this connection has none (sslmode=disable, \
+                       or a Unix socket): use sslmode=require or stricter over TCP, or \
+                       channel_binding=prefer",
+            });
+        }
         let tls = TlsOptions {
             mode,
+            channel_binding,
             root_cert: get("sslrootcert", "PGSSLROOTCERT")
                 .map(PathBuf::from)
                 .or_else(|| default_file("root.crt")),
@@ -176,7 +212,12 @@ impl ConnParams {
             .user(&self.user)
             .dbname(&self.dbname)
             .application_name(&self.application_name)
-            .connect_timeout(self.connect_timeout);
+            .connect_timeout(self.connect_timeout)
+            .channel_binding(match self.tls.channel_binding {
+                ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+                ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+                ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
+            });
         if let Some(p) = &self.password {
             config.password(p);
         }

@@ -84,6 +84,35 @@ pub fn client_config(options: &TlsOptions) -> Result<Option<Arc<ClientConfig>>, 
     Ok(Some(Arc::new(config)))
 }
 
+/// The `tls-server-end-point` channel binding data of RFC 5929 for the server's certificate: its
+/// hash with the hash function of the certificate's signature algorithm, SHA-256 for MD5 and
+/// SHA-1. None for algorithms without one here (Ed25519, RSA-PSS, SHA-224 and others: the
+/// connection then goes on without binding, or fails under channel_binding=require), or a
+/// certificate that does not parse.
+pub fn server_end_point(certificate: &[u8]) -> Option<Vec<u8>> {
+    use ring::digest;
+    use x509_cert::der::Decode;
+    use x509_cert::der::oid::db::rfc5912::{
+        ECDSA_WITH_SHA_256, ECDSA_WITH_SHA_384, ECDSA_WITH_SHA_512, MD_5_WITH_RSA_ENCRYPTION,
+        SHA_1_WITH_RSA_ENCRYPTION, SHA_256_WITH_RSA_ENCRYPTION, SHA_384_WITH_RSA_ENCRYPTION,
+        SHA_512_WITH_RSA_ENCRYPTION,
+    };
+    let algorithm = x509_cert::Certificate::from_der(certificate)
+        .ok()?
+        .signature_algorithm
+        .oid;
+    let hash = match algorithm {
+        MD_5_WITH_RSA_ENCRYPTION
+        | SHA_1_WITH_RSA_ENCRYPTION
+        | SHA_256_WITH_RSA_ENCRYPTION
+        | ECDSA_WITH_SHA_256 => &digest::SHA256,
+        SHA_384_WITH_RSA_ENCRYPTION | ECDSA_WITH_SHA_384 => &digest::SHA384,
+        SHA_512_WITH_RSA_ENCRYPTION | ECDSA_WITH_SHA_512 => &digest::SHA512,
+        _ => return None,
+    };
+    Some(digest::digest(hash, certificate).as_ref().to_vec())
+}
+
 /// The name the server's certificate must carry (or an IP address).
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(host.to_string()).map_err(|e| {
