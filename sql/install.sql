@@ -4,7 +4,11 @@
 --
 --     psql -v ON_ERROR_STOP=1 -f sql/install.sql
 --
--- Running it again is safe: existing users, audit rows, settings and the cron job are kept.
+-- Running it again is safe: existing users, audit rows, settings and the cron job are kept. Over
+-- existing tables it fits what is there (an application's users with bigint ids or citext
+-- e-mails; the tutorial's install, upgraded in place) or refuses before changing anything, naming
+-- the table, the column, the expected and the found type. Each change to what was there is said
+-- in a NOTICE.
 --
 -- The export directory (on the database server's disk, default /tmp) is chosen at install time
 -- through the setting audit.export_dir, without editing this file:
