@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 
 use crate::checkpoint::Checkpoint;
 use crate::sql::{self, SqlError};
@@ -90,13 +91,30 @@ pub async fn status(params: &ConnParams, slot: &str, out_dir: &Path) -> Result<V
     }))
 }
 
-/// The last runs of the nightly export, read in pg_cron's own database.
+/// The last runs of this database's nightly export job, read in pg_cron's own database. The job is
+/// the one that exports this database: by database, preferring install.sql's job names.
 async fn export_job(client: &Client, params: &ConnParams) -> Value {
+    let (role, database): (String, String) = match client
+        .query_one("SELECT current_user::text, current_database()::text", &[])
+        .await
+    {
+        Ok(row) => (row.get(0), row.get(1)),
+        Err(e) => return json!({"error": sql::describe(&e)}),
+    };
+    let hidden = |why: String| {
+        json!({"scheduled": false, "visible": false,
+               "note": format!("not visible to role {role} ({why})")})
+    };
     let cron_db: Option<String> = match client
         .query_one("SELECT current_setting('cron.database_name', true)", &[])
         .await
     {
         Ok(row) => row.get(0),
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            return hidden(
+                "reading cron.database_name needs pg_read_all_settings; grant it or run status as the job's owner".into(),
+            );
+        }
         Err(e) => return json!({"error": sql::describe(&e)}),
     };
     let Some(cron_db) = cron_db else {
@@ -106,27 +124,45 @@ async fn export_job(client: &Client, params: &ConnParams) -> Value {
     cron_params.dbname = cron_db.clone();
     let cron = match sql::connect_params(&cron_params).await {
         Ok(c) => c,
-        Err(e) => return json!({"database": cron_db, "error": e.to_string()}),
+        Err(e) => {
+            return hidden(format!(
+                "pg_cron keeps its jobs in database \"{cron_db}\", and connecting there failed: {e}"
+            ));
+        }
     };
+    let own_name = format!("export-daily-audit-data-{database}");
     let runs = cron
         .query(
-            "SELECT j.schedule, j.command, j.database, d.status, d.start_time::text, d.end_time::text, \
-             d.return_message FROM cron.job j LEFT JOIN cron.job_run_details d ON d.jobid = j.jobid \
-             WHERE j.jobname = 'export-daily-audit-data' ORDER BY d.runid DESC NULLS LAST LIMIT 5",
-            &[],
+            "SELECT j.jobname, j.schedule, j.command, j.database, d.status, d.start_time::text, \
+             d.end_time::text, d.return_message \
+             FROM (SELECT * FROM cron.job WHERE database = $1 \
+                   AND (jobname IN ('export-daily-audit-data', $2) \
+                        OR command ~ 'export_(todays_)?audit_data') \
+                   ORDER BY coalesce(jobname IN ('export-daily-audit-data', $2), false) DESC, jobid \
+                   LIMIT 1) j \
+             LEFT JOIN LATERAL (SELECT * FROM cron.job_run_details r WHERE r.jobid = j.jobid \
+                                ORDER BY r.runid DESC LIMIT 5) d ON true",
+            &[&database, &own_name],
         )
         .await;
     match runs {
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => hidden(format!(
+            "reading cron.job in database \"{cron_db}\" was refused: {}",
+            sql::describe(&e)
+        )),
         Err(e) => json!({"database": cron_db, "error": sql::describe(&e)}),
         Ok(rows) if rows.is_empty() => json!({"database": cron_db, "scheduled": false,
-            "note": "no job export-daily-audit-data visible to this role (see sql/install.sql's NOTICE)"}),
+            "note": format!("no export job for database {database} visible to role {role} \
+                (pg_cron shows a role only its own jobs, a superuser all of them; \
+                sql/install.sql's NOTICE says how to schedule it)")}),
         Ok(rows) => json!({
             "database": cron_db, "scheduled": true,
-            "schedule": rows[0].get::<_, String>(0), "command": rows[0].get::<_, String>(1),
-            "exports_database": rows[0].get::<_, String>(2),
-            "last_runs": rows.iter().filter(|r| r.get::<_, Option<String>>(3).is_some()).map(|r| json!({
-                "status": r.get::<_, Option<String>>(3), "start": r.get::<_, Option<String>>(4),
-                "end": r.get::<_, Option<String>>(5), "message": r.get::<_, Option<String>>(6),
+            "job_name": rows[0].get::<_, Option<String>>(0),
+            "schedule": rows[0].get::<_, String>(1), "command": rows[0].get::<_, String>(2),
+            "exports_database": rows[0].get::<_, String>(3),
+            "last_runs": rows.iter().filter(|r| r.get::<_, Option<String>>(4).is_some()).map(|r| json!({
+                "status": r.get::<_, Option<String>>(4), "start": r.get::<_, Option<String>>(5),
+                "end": r.get::<_, Option<String>>(6), "message": r.get::<_, Option<String>>(7),
             })).collect::<Vec<_>>(),
         }),
     }

@@ -17,14 +17,21 @@ fn audit_tail(db: &TestDb, args: &[&str]) -> (Option<i32>, String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn status_reports_slot_checkpoint_and_export_job_and_drop_slot_is_careful() {
     let db = TestDb::new("operator");
-    db.install();
-    // The job lives in the cron database.
-    let out = common::install_with_psql(&db.cluster, "postgres", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The job lives in the cron database: schedule this database's own, as install.sql says.
+    let out = db.install_with_psql(&[]);
+    let notices = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{notices}");
+    let statement = notices
+        .lines()
+        .find_map(|l| {
+            l.split_once("run in \"postgres\": ")
+                .map(|(_, s)| s.to_string())
+        })
+        .unwrap_or_else(|| panic!("no statement to schedule the job in: {notices}"));
+    db.cluster
+        .psql("postgres", "CREATE EXTENSION IF NOT EXISTS pg_cron")
+        .unwrap();
+    db.cluster.psql("postgres", &statement).unwrap();
     let out_dir = tempfile::tempdir().unwrap();
     let out_arg = out_dir.path().to_str().unwrap();
 
@@ -65,7 +72,10 @@ async fn status_reports_slot_checkpoint_and_export_job_and_drop_slot_is_careful(
     db.cluster
         .psql(
             "postgres",
-            "SELECT cron.unschedule('export-daily-audit-data')",
+            &format!(
+                "SELECT cron.unschedule('export-daily-audit-data-{}')",
+                db.name
+            ),
         )
         .unwrap();
 }

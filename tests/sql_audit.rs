@@ -521,10 +521,14 @@ async fn cron_job_is_scheduled_in_the_cron_database_and_explained_elsewhere() {
         "{statement}"
     );
     cluster.psql("postgres", &statement).unwrap();
+    // Its own job name: pg_cron 1.4 would keep another database's job of the same name.
+    let job_name = format!("export-daily-audit-data-{}", db.name);
     let job = cluster
         .psql(
             "postgres",
-            "SELECT schedule, command, database FROM cron.job WHERE jobname = 'export-daily-audit-data'",
+            &format!(
+                "SELECT schedule, command, database FROM cron.job WHERE jobname = '{job_name}'"
+            ),
         )
         .unwrap();
     assert_eq!(
@@ -535,10 +539,7 @@ async fn cron_job_is_scheduled_in_the_cron_database_and_explained_elsewhere() {
         )
     );
     cluster
-        .psql(
-            "postgres",
-            "SELECT cron.unschedule('export-daily-audit-data')",
-        )
+        .psql("postgres", &format!("SELECT cron.unschedule('{job_name}')"))
         .unwrap();
 }
 
