@@ -237,8 +237,17 @@ mod tests {
             ("something\n".to_string(), 1),
             (format!("{MAGIC}\n{good}"), 2),
             (format!("{MAGIC}\n{good}\ngap from 0/2 to 0/1\n"), 3),
-            (format!("{MAGIC}\n{}\n", good.replace("from 0/1", "from 0/3")), 2),
-            (format!("{MAGIC}\n{}\n", good.replace("days 2025-10-21", "days 2025-13-01")), 2),
+            (
+                format!("{MAGIC}\n{}\n", good.replace("from 0/1", "from 0/3")),
+                2,
+            ),
+            (
+                format!(
+                    "{MAGIC}\n{}\n",
+                    good.replace("days 2025-10-21", "days 2025-13-01")
+                ),
+                2,
+            ),
         ] {
             match decode(&text, p) {
                 Err(GapError::Corrupt { line: l, .. }) => assert_eq!(l, line, "{text:?}"),
