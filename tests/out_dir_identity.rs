@@ -112,6 +112,25 @@ async fn a_slot_moved_by_another_out_dir_is_refused_and_the_gap_flag_records_the
         "{a_file}"
     );
     assert_eq!(audit_tail::gaps::load(a.path()).unwrap().len(), 1);
+
+    // verify names the recorded gap beside the row it left out.
+    let conninfo = db.cluster.conninfo(&db.name);
+    let (code, stdout, _) = common::run_audit_tail(&[
+        "verify",
+        "--date",
+        &today.to_string(),
+        "--out-dir",
+        a.path().to_str().unwrap(),
+        "--dsn",
+        &conninfo,
+    ]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("only in the nightly export: 1")
+            && stdout.contains(&format!("recorded gap: {a_lsn}..{moved}"))
+            && stdout.contains("--accept-gap"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
