@@ -12,7 +12,16 @@
 //! lsn 0/1A2B3C8
 //! file users_audit_stream_20251021.csv 1234
 //! ```
-//! plus a line `csv safe` when the files are written with `--safe-csv`.
+//! plus a line `csv safe` when the files are written with `--safe-csv`, and the identity of the
+//! stream, written on its first start and checked on every later one:
+//! ```text
+//! server 7301234567890123456
+//! database app
+//! slot audit_tail
+//! ```
+//! (the server's system identifier, the database and the replication slot; in the database name
+//! `%`, spaces, control and non-ASCII bytes are written as `%XX`). State files from before these
+//! lines have none of them; all three or none.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -34,6 +43,19 @@ pub struct Checkpoint {
     pub files: BTreeMap<String, u64>,
     /// The files were written with `--safe-csv` (a line `csv safe`; absent for exact CSV).
     pub safe_csv: bool,
+    /// The server, database and slot the stream comes from; None in a new out-dir and in state
+    /// files written before it was recorded.
+    pub identity: Option<Identity>,
+}
+
+/// Which stream an out-dir holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The server's system identifier (`pg_control_system()`, `IDENTIFY_SYSTEM`): initdb picks
+    /// it, so another cluster has another one.
+    pub system_id: u64,
+    pub database: String,
+    pub slot: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +107,14 @@ impl Checkpoint {
         if self.safe_csv {
             text.push_str("csv safe\n");
         }
+        if let Some(id) = &self.identity {
+            text.push_str(&format!(
+                "server {}\ndatabase {}\nslot {}\n",
+                id.system_id,
+                escape(&id.database),
+                escape(&id.slot)
+            ));
+        }
         for (name, len) in &self.files {
             text.push_str(&format!("file {name} {len}\n"));
         }
@@ -111,6 +141,7 @@ impl Checkpoint {
         }
         let mut checkpoint = Checkpoint::default();
         let mut seen_lsn = false;
+        let (mut server, mut database, mut slot) = (None, None, None);
         for (n, line) in lines {
             let fields: Vec<&str> = line.split(' ').collect();
             match fields.as_slice() {
@@ -119,6 +150,18 @@ impl Checkpoint {
                     seen_lsn = true;
                 }
                 ["csv", "safe"] => checkpoint.safe_csv = true,
+                ["server", id] if server.is_none() => {
+                    server = Some(
+                        id.parse()
+                            .map_err(|_| corrupt(n, "bad system identifier"))?,
+                    );
+                }
+                ["database", name] if database.is_none() => {
+                    database = Some(unescape(name).ok_or_else(|| corrupt(n, "bad database name"))?);
+                }
+                ["slot", name] if slot.is_none() => {
+                    slot = Some(unescape(name).ok_or_else(|| corrupt(n, "bad slot name"))?);
+                }
                 ["file", name, len] if is_plain_file_name(name) => {
                     let len = len.parse().map_err(|_| corrupt(n, "bad file length"))?;
                     if checkpoint.files.insert(name.to_string(), len).is_some() {
@@ -131,6 +174,20 @@ impl Checkpoint {
         if !seen_lsn {
             return Err(corrupt(2, "no lsn line"));
         }
+        checkpoint.identity = match (server, database, slot) {
+            (Some(system_id), Some(database), Some(slot)) => Some(Identity {
+                system_id,
+                database,
+                slot,
+            }),
+            (None, None, None) => None,
+            _ => {
+                return Err(corrupt(
+                    text.lines().count(),
+                    "server, database and slot go together",
+                ));
+            }
+        };
         Ok(checkpoint)
     }
 
@@ -178,6 +235,36 @@ impl Checkpoint {
     }
 }
 
+/// A name as one field of a line: `%`, space, control and non-ASCII bytes become `%XX`.
+fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The inverse of `escape`; None for a malformed or empty field.
+fn unescape(field: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(field.len());
+    let mut rest = field.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+}
+
 /// File names we write are plain: no separators, spaces or control characters.
 pub fn is_plain_file_name(name: &str) -> bool {
     !name.is_empty()
@@ -200,15 +287,29 @@ mod tests {
         let mut c = Checkpoint {
             lsn: Lsn(0x1_0000_00AB),
             files,
-            safe_csv: false,
+            ..Default::default()
         };
         let text = c.encode();
         assert!(text.contains("lsn 1/AB\n"));
         assert!(!text.contains("csv safe"));
+        assert!(!text.contains("server"));
         assert_eq!(Checkpoint::decode(&text, Path::new("s")).unwrap(), c);
         c.safe_csv = true;
         let text = c.encode();
         assert!(text.contains("\ncsv safe\n"));
+        assert_eq!(Checkpoint::decode(&text, Path::new("s")).unwrap(), c);
+        c.identity = Some(Identity {
+            system_id: u64::MAX,
+            database: "my app 100% ä\n".into(),
+            slot: "audit_tail".into(),
+        });
+        let text = c.encode();
+        assert!(
+            text.contains(
+                "\nserver 18446744073709551615\ndatabase my%20app%20100%25%20%C3%A4%0A\nslot audit_tail\n"
+            ),
+            "{text}"
+        );
         assert_eq!(Checkpoint::decode(&text, Path::new("s")).unwrap(), c);
     }
 
@@ -228,6 +329,11 @@ mod tests {
                 4,
             ),
             ("audit-tail state 1\nlsn 0/1\nlsn 0/2\n", 3),
+            ("audit-tail state 1\nlsn 0/1\nserver x\n", 3),
+            ("audit-tail state 1\nlsn 0/1\nserver 1\nserver 1\n", 4),
+            ("audit-tail state 1\nlsn 0/1\ndatabase a%2\n", 3),
+            ("audit-tail state 1\nlsn 0/1\ndatabase a b\n", 3),
+            ("audit-tail state 1\nlsn 0/1\nserver 1\nslot s\n", 4),
         ] {
             match Checkpoint::decode(text, p) {
                 Err(CheckpointError::Corrupt { line: l, .. }) => assert_eq!(l, line, "{text:?}"),

@@ -61,6 +61,12 @@ pub enum Command {
         /// values; verify knows and compares alike. An out-dir keeps the kind it began with.
         #[arg(long)]
         safe_csv: bool,
+        /// When the slot was moved ahead of this out-dir's checkpoint (by another out-dir on the
+        /// same slot, or a state file restored from an older copy), go on from the slot's
+        /// position instead of refusing, and record the skipped range in the out-dir's
+        /// audit-tail.gaps, where verify reports it. Those rows are only in the nightly export.
+        #[arg(long)]
+        accept_gap: bool,
     },
     /// Apply sql/install.sql (embedded in this binary) to the database.
     Setup {

@@ -61,6 +61,7 @@ pub async fn run(keep: bool) -> Result<(), Error> {
         until: None,
         status_interval: stream::STATUS_INTERVAL,
         cells: Default::default(),
+        accept_gap: false,
     };
     let (stop, shutdown) = watch::channel(false);
     let streaming = tokio::spawn(stream::run(config, shutdown, std::io::stdout()));

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cluster;
 pub mod demo;
+pub mod gaps;
 pub mod latency;
 pub mod lsn;
 pub mod pgoutput;

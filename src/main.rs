@@ -106,6 +106,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             until,
             status_interval,
             safe_csv,
+            accept_gap,
         } => {
             let config = StreamConfig {
                 conn: ConnParams::resolve(dsn.dsn.as_deref(), &env)?,
@@ -116,6 +117,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 until,
                 status_interval: std::time::Duration::from_secs(status_interval),
                 cells: if safe_csv { Cells::Safe } else { Cells::Exact },
+                accept_gap,
             };
             let shutdown = shutdown_on_signal();
             audit_tail::stream::run(config, shutdown, std::io::stdout()).await?;

@@ -9,13 +9,17 @@
 
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, NaiveDate, Utc};
 
 use bytes::BytesMut;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::capture::{Capture, CaptureError, Event};
+use crate::checkpoint::STATE_FILE;
+use crate::gaps::{self, Gap, GapError};
 use crate::latency::Latency;
 use crate::lsn::{Lsn, PgTimestamp};
 use crate::pgoutput::{self, DecodeError};
@@ -69,6 +73,8 @@ pub struct StreamConfig {
     pub status_interval: Duration,
     /// How values are written to the files (`--safe-csv`).
     pub cells: Cells,
+    /// Go on when the slot is ahead of the checkpoint, recording the gap (`--accept-gap`).
+    pub accept_gap: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +83,8 @@ pub enum StreamError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    #[error("could not record the accepted gap: {0}")]
+    Gap(#[from] GapError),
     #[error(transparent)]
     Sql(#[from] SqlError),
     #[error(transparent)]
@@ -100,6 +108,7 @@ impl StreamError {
             StreamError::Wire(e) => !e.is_transient(),
             StreamError::Message(_) => false,
             StreamError::Sink(_)
+            | StreamError::Gap(_)
             | StreamError::Decode { .. }
             | StreamError::Capture { .. }
             | StreamError::Stdout(_) => true,
@@ -114,7 +123,11 @@ pub async fn run<W: Write>(
     mut shutdown: watch::Receiver<bool>,
     out: W,
 ) -> Result<(), StreamError> {
+    // Read before opening the files, which stores the checkpoint again: should the slot turn out
+    // to be ahead, this is when the out-dir's stream last moved, where a gap begins.
+    let stored_before = stored_at(&config.out_dir);
     let mut files = StreamFiles::open(&config.out_dir, config.cells)?;
+    let opened_at = files.durable_lsn();
     let mut printer = Printer::new(config.format, out);
     let mut target = match config.until {
         Some(Until::Lsn(lsn)) => Some(lsn),
@@ -123,12 +136,19 @@ pub async fn run<W: Write>(
     let mut backoff = BACKOFF_FIRST;
     let mut attempt = 0u32;
     loop {
+        // Once this process moved the checkpoint, the state file's time is its last move.
+        let last_moved = if files.durable_lsn() == opened_at {
+            stored_before
+        } else {
+            stored_at(&config.out_dir)
+        };
         let mut session = Session {
             config: &config,
             files: &mut files,
             printer: &mut printer,
             target: &mut target,
             streaming: false,
+            last_moved,
         };
         let result = session.run(&mut shutdown).await;
         let streamed = session.streaming;
@@ -177,6 +197,8 @@ struct Session<'a, W: Write> {
     target: &'a mut Option<Lsn>,
     /// Whether START_REPLICATION succeeded (resets the reconnect backoff).
     streaming: bool,
+    /// When the checkpoint last moved (the state file's time), if known.
+    last_moved: Option<SystemTime>,
 }
 
 /// The transaction being received.
@@ -190,15 +212,7 @@ impl<W: Write> Session<'_, W> {
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), StreamError> {
         let cfg = self.config;
         let client = sql::connect_params(&cfg.conn).await?;
-        let out_dir = cfg.out_dir.display().to_string();
-        slot::preflight(
-            &client,
-            &cfg.slot,
-            &cfg.publication,
-            self.files.durable_lsn(),
-            &out_dir,
-        )
-        .await?;
+        self.claim_out_dir(&client).await?;
         drop(client);
 
         let mut conn = WalConnection::connect(&cfg.conn).await?;
@@ -333,6 +347,102 @@ impl<W: Write> Session<'_, W> {
         }
     }
 
+    /// Pre-flight, and the out-dir's claim on the slot: refuses an out-dir of another server,
+    /// database or slot, and a slot ahead of the checkpoint unless `--accept-gap` (then the gap
+    /// is recorded before the checkpoint moves to the slot's position); records the identity of
+    /// an out-dir that has none yet.
+    async fn claim_out_dir(&mut self, client: &tokio_postgres::Client) -> Result<(), StreamError> {
+        let cfg = self.config;
+        let out_dir = cfg.out_dir.display().to_string();
+        let identity = slot::identify(client, &cfg.slot).await?;
+        let checkpoint = self.files.durable();
+        let adopt = checkpoint.identity.is_none();
+        slot::check_identity(checkpoint.identity.as_ref(), &identity, &out_dir)?;
+        let found = slot::preflight(
+            client,
+            &cfg.slot,
+            &cfg.publication,
+            self.files.durable_lsn(),
+            &out_dir,
+        )
+        .await?;
+        let checkpoint = self.files.durable();
+        let resume = slot::resume(
+            found,
+            checkpoint.lsn,
+            !checkpoint.files.is_empty(),
+            cfg.accept_gap,
+            &cfg.slot,
+            &out_dir,
+        )?;
+        match resume {
+            slot::Resume::Continue => {}
+            slot::Resume::NewOutDir { confirmed } if adopt => {
+                tracing::warn!(
+                    slot = %cfg.slot, %confirmed, out_dir,
+                    "the replication slot already exists and was confirmed up to this position by \
+                     another consumer: this new out-dir starts there, and rows committed before are \
+                     not in this out-dir. If another out-dir streams from this slot, it will be \
+                     refused from now on: give each out-dir a --slot of its own"
+                );
+            }
+            slot::Resume::NewOutDir { .. } => {}
+            slot::Resume::Gap { from, to } => {
+                let gap = self.gap(client, from, to).await?;
+                gaps::record(&cfg.out_dir, &gap)?;
+                tracing::warn!(
+                    %from, %to, first_day = %gap.first_day, last_day = %gap.last_day,
+                    "--accept-gap: transactions in this range are not in the files; recorded in {}",
+                    gaps::GAPS_FILE
+                );
+                self.files.advance_idle(to);
+            }
+        }
+        if adopt {
+            tracing::info!(
+                system_id = identity.system_id, database = %identity.database, slot = %identity.slot,
+                "recording which server, database and slot this out-dir streams"
+            );
+            self.files.set_identity(identity);
+        }
+        if !self.files.is_durable() {
+            self.files.make_durable()?;
+        }
+        Ok(())
+    }
+
+    /// The gap from the checkpoint at `from` to the slot's `to`, dated on the server's clock.
+    async fn gap(
+        &self,
+        client: &tokio_postgres::Client,
+        from: Lsn,
+        to: Lsn,
+    ) -> Result<Gap, StreamError> {
+        let recorded = Utc::now();
+        let since: DateTime<Utc> = self.last_moved.map_or(recorded, DateTime::from);
+        let row = client
+            .query_one(
+                "SELECT to_timestamp($1::float8)::date::text, current_date::text",
+                &[&(since.timestamp_micros() as f64 / 1e6)],
+            )
+            .await
+            .map_err(|e| SqlError::new("could not read the server's date", e))?;
+        let day = |i: usize| {
+            row.get::<_, String>(i)
+                .parse::<NaiveDate>()
+                .map_err(|e| WireError::Protocol(format!("the server's date is not a date: {e}")))
+        };
+        let (first_day, last_day) = (day(0)?, day(1)?);
+        Ok(Gap {
+            from,
+            to,
+            since,
+            recorded,
+            first_day: first_day.min(last_day),
+            last_day,
+        })
+    }
+
     /// Makes everything received durable, acknowledges it, and closes the connection politely.
     async fn stop(
         &mut self,
@@ -454,6 +564,13 @@ impl<W: Write> Session<'_, W> {
         tracing::trace!(%written, %flushed, "status update");
         Ok(())
     }
+}
+
+/// When the state file of `dir` was last stored, if there is one.
+fn stored_at(dir: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(dir.join(STATE_FILE))
+        .and_then(|m| m.modified())
+        .ok()
 }
 
 /// Milliseconds to one decimal, for the log.

@@ -36,7 +36,14 @@ async fn a_second_consumer_on_the_same_slot_waits_and_takes_over() {
     std::fs::copy(first_dir.path().join(state), second_dir.path().join(state)).unwrap();
     let mut first = Consumer::spawn(&db, first_dir.path(), &["--format", "none"]);
     std::thread::sleep(Duration::from_millis(700));
-    let mut second = Consumer::spawn(&db, second_dir.path(), &["--format", "none"]);
+    // Meanwhile the first acknowledges positions past that copy, so when the second takes over
+    // the slot is ahead of its checkpoint: whatever the first wrote in between would be skipped.
+    // That is refused (tests/out_dir_identity.rs) unless the operator accepts the gap.
+    let mut second = Consumer::spawn(
+        &db,
+        second_dir.path(),
+        &["--format", "none", "--accept-gap"],
+    );
     std::thread::sleep(Duration::from_millis(2000));
     assert!(
         second.child.try_wait().unwrap().is_none(),

@@ -25,7 +25,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use super::copy_csv::{self, Cells};
 use crate::capture::{Row, Table};
-use crate::checkpoint::{Checkpoint, CheckpointError, STATE_FILE, disk_hint};
+use crate::checkpoint::{Checkpoint, CheckpointError, Identity, STATE_FILE, disk_hint};
 use crate::lsn::{Lsn, PgTimestamp};
 
 const LOCK_FILE: &str = "audit-tail.lock";
@@ -163,6 +163,17 @@ impl StreamFiles {
     /// The end LSN of the last transaction whose rows are all on disk.
     pub fn durable_lsn(&self) -> Lsn {
         self.durable.lsn
+    }
+
+    /// The last durable checkpoint.
+    pub fn durable(&self) -> &Checkpoint {
+        &self.durable
+    }
+
+    /// Records which server, database and slot the stream comes from; durable at the next
+    /// `make_durable`.
+    pub fn set_identity(&mut self, identity: Identity) {
+        self.committed.identity = Some(identity);
     }
 
     /// Whether everything committed is durable.

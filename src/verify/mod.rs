@@ -73,6 +73,8 @@ pub enum VerifyError {
     Temp(std::io::Error),
     #[error(transparent)]
     State(#[from] crate::checkpoint::CheckpointError),
+    #[error(transparent)]
+    Gaps(#[from] crate::gaps::GapError),
 }
 
 /// Compares the day's stream file in `out_dir` with the nightly export.
@@ -111,6 +113,7 @@ pub async fn verify(
         stream: stream_name,
         safe_csv,
         diff,
+        recorded_gaps: crate::gaps::for_day(out_dir, date)?,
     })
 }
 

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::HEADER;
 use super::csv_read::{Field, Record};
+use crate::gaps::Gap;
 
 const SHOWN: usize = 20;
 
@@ -106,6 +107,8 @@ pub struct Report {
     /// The stream files were written with `--safe-csv`; the export was compared alike.
     pub safe_csv: bool,
     pub diff: Diff,
+    /// Ranges the stream skipped with `--accept-gap` that may hold rows of this day.
+    pub recorded_gaps: Vec<Gap>,
 }
 
 fn shown<T>(list: &(u64, Vec<T>)) -> String {
@@ -162,6 +165,15 @@ impl Report {
             );
         }
         let _ = writeln!(t, "  matching:       {}", d.matching);
+        for g in &self.recorded_gaps {
+            let _ = writeln!(
+                t,
+                "  recorded gap: {}..{} skipped by the stream (accepted with --accept-gap at {}; \
+                 the out-dir's stream last moved at {}): rows committed in it are only in the \
+                 nightly export",
+                g.from, g.to, g.recorded, g.since
+            );
+        }
         let ids = |l: &(u64, Vec<i64>)| {
             l.1.iter()
                 .map(|i| i.to_string())
@@ -268,6 +280,11 @@ impl Report {
             "duplicates": {"count": d.duplicates.0, "ids": d.duplicates.1.iter().map(|(id, side)| json!({"id": id, "in": side})).collect::<Vec<_>>()},
             "differing": {"count": d.differing.0, "rows": differing},
             "gaps": {"count": d.gaps.0, "ranges": d.gaps.1},
+            "recorded_gaps": self.recorded_gaps.iter().map(|g| json!({
+                "from": g.from.to_string(), "to": g.to.to_string(),
+                "since": g.since.to_rfc3339(), "recorded": g.recorded.to_rfc3339(),
+                "first_day": g.first_day.to_string(), "last_day": g.last_day.to_string(),
+            })).collect::<Vec<_>>(),
         });
         let mut text = value.to_string();
         text.push('\n');
