@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::capture::{Capture, CaptureError, Event};
+use crate::coverage::Sampler;
 use crate::latency::Latency;
 use crate::lsn::{Lsn, PgTimestamp};
 use crate::pgoutput::{self, DecodeError};
@@ -248,6 +249,8 @@ impl<W: Write> Session<'_, W> {
             last_status: Instant::now(),
             last_received: Instant::now(),
             last_idle_ack: Instant::now(),
+            // Sampled from here on: the slot now sends everything that commits later.
+            sampler: Sampler::spawn(cfg.conn.clone(), cfg.status_interval),
         };
         loop {
             let status_every = if self.target.is_some() {
@@ -424,6 +427,11 @@ impl<W: Write> Session<'_, W> {
                     // Due now: nothing to wait for.
                     state.pending_since = Some(Instant::now() - FLUSH_DELAY);
                 }
+                if let Some(sample) = state.sampler.latest()
+                    && self.files.cover(&sample)
+                {
+                    state.pending_since.get_or_insert_with(Instant::now);
+                }
                 Ok(reply_requested)
             }
         }
@@ -435,6 +443,9 @@ impl<W: Write> Session<'_, W> {
         conn: &mut WalConnection,
         state: &mut State,
     ) -> Result<(), StreamError> {
+        if let Some(sample) = state.sampler.latest() {
+            self.files.cover(&sample);
+        }
         // fsync blocks this task; a disk slower than wal_sender_timeout would trip it, which the
         // periodic status cannot help.
         let durable = self.files.make_durable()?;
@@ -511,4 +522,6 @@ struct State {
     last_status: Instant,
     last_received: Instant,
     last_idle_ack: Instant,
+    /// The server's WAL position and clock, for the checkpoint's `covered` line.
+    sampler: Sampler,
 }

@@ -249,6 +249,19 @@ impl StreamFiles {
         self.committed.lsn = self.committed.lsn.max(lsn);
     }
 
+    /// Grows the stretch of server time the files are complete for by `sample` (see
+    /// src/coverage.rs); it is stored with the next checkpoint. Returns whether it grew.
+    pub fn cover(&mut self, sample: &crate::coverage::Sample) -> bool {
+        let committed = &mut self.committed;
+        match crate::coverage::extend(committed.covered.as_ref(), committed.lsn, sample) {
+            Some(grown) => {
+                committed.covered = Some(grown);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Writes and fsyncs every file, then stores the checkpoint. Returns the durable LSN.
     pub fn make_durable(&mut self) -> Result<Lsn, SinkError> {
         for open in self.open.iter_mut() {
