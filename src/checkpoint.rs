@@ -283,7 +283,8 @@ mod tests {
             assert_eq!(Checkpoint::decode(&text, Path::new("s")).unwrap(), c);
         }
         assert!(
-            text.contains("\ncovered 2025-10-20T21:58:03.120000Z 2025-10-22T03:00:12.500000Z -\n")
+            c.encode()
+                .contains("\ncovered 2025-10-20T21:58:03.120000Z 2025-10-22T03:00:12.500000Z -\n")
         );
     }
 
