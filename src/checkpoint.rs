@@ -22,11 +22,20 @@
 //! (the server's system identifier, the database and the replication slot; in the database name
 //! `%`, spaces, control and non-ASCII bytes are written as `%XX`). State files from before these
 //! lines have none of them; all three or none.
+//! and, once the stream has established it, a line saying which stretch of server time it covered:
+//! ```text
+//! covered 2025-10-20T21:58:03.120000Z 2025-10-22T03:00:12.500000Z Europe/Paris
+//! ```
+//! every transaction that committed between the two instants (UTC, server clock) is in the files
+//! or had no row for them; the last field is the server's TimeZone as the stream's session saw it
+//! (`-` when unknown), in which `changed_at` and so the files' days are read.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::lsn::Lsn;
 
@@ -46,6 +55,8 @@ pub struct Checkpoint {
     /// The server, database and slot the stream comes from; None in a new out-dir and in state
     /// files written before it was recorded.
     pub identity: Option<Identity>,
+    /// The stretch of server time the files are complete for (a line `covered`).
+    pub covered: Option<Covered>,
 }
 
 /// Which stream an out-dir holds.
@@ -56,6 +67,48 @@ pub struct Identity {
     pub system_id: u64,
     pub database: String,
     pub slot: String,
+}
+
+/// Every transaction that committed between `from` and `to` (server clock) is in the files, or
+/// had no row for them. Recorded by the stream (src/coverage.rs), read by verify for quiet days.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Covered {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// The server's TimeZone, in which `changed_at` is written; None when unknown.
+    pub zone: Option<String>,
+}
+
+impl Covered {
+    fn encode(&self) -> String {
+        let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let zone = self
+            .zone
+            .as_deref()
+            .filter(|z| is_zone_name(z))
+            .unwrap_or("-");
+        format!("covered {} {} {zone}\n", time(&self.from), time(&self.to))
+    }
+
+    fn decode(from: &str, to: &str, zone: &str) -> Option<Covered> {
+        let time = |t: &str| {
+            DateTime::parse_from_rfc3339(t)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        };
+        let (from, to) = (time(from)?, time(to)?);
+        let zone = match zone {
+            "-" => None,
+            z if is_zone_name(z) => Some(z.to_string()),
+            _ => return None,
+        };
+        (from <= to).then_some(Covered { from, to, zone })
+    }
+}
+
+/// A TimeZone setting that fits in one field of the state file.
+fn is_zone_name(zone: &str) -> bool {
+    !zone.is_empty() && zone != "-" && zone.bytes().all(|b| b.is_ascii_graphic())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +168,9 @@ impl Checkpoint {
                 escape(&id.slot)
             ));
         }
+        if let Some(covered) = &self.covered {
+            text.push_str(&covered.encode());
+        }
         for (name, len) in &self.files {
             text.push_str(&format!("file {name} {len}\n"));
         }
@@ -161,6 +217,12 @@ impl Checkpoint {
                 }
                 ["slot", name] if slot.is_none() => {
                     slot = Some(unescape(name).ok_or_else(|| corrupt(n, "bad slot name"))?);
+                }
+                ["covered", from, to, zone] if checkpoint.covered.is_none() => {
+                    checkpoint.covered = Some(
+                        Covered::decode(from, to, zone)
+                            .ok_or_else(|| corrupt(n, "bad covered line"))?,
+                    );
                 }
                 ["file", name, len] if is_plain_file_name(name) => {
                     let len = len.parse().map_err(|_| corrupt(n, "bad file length"))?;
@@ -311,6 +373,20 @@ mod tests {
             "{text}"
         );
         assert_eq!(Checkpoint::decode(&text, Path::new("s")).unwrap(), c);
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        for zone in [Some("Europe/Paris".to_string()), None] {
+            c.covered = Some(Covered {
+                from: at("2025-10-20T21:58:03.12Z"),
+                to: at("2025-10-22T03:00:12.5+00:00"),
+                zone,
+            });
+            let text = c.encode();
+            assert_eq!(Checkpoint::decode(&text, Path::new("s")).unwrap(), c);
+        }
+        assert!(
+            c.encode()
+                .contains("\ncovered 2025-10-20T21:58:03.120000Z 2025-10-22T03:00:12.500000Z -\n")
+        );
     }
 
     #[test]
@@ -334,6 +410,15 @@ mod tests {
             ("audit-tail state 1\nlsn 0/1\ndatabase a%2\n", 3),
             ("audit-tail state 1\nlsn 0/1\ndatabase a b\n", 3),
             ("audit-tail state 1\nlsn 0/1\nserver 1\nslot s\n", 4),
+            ("audit-tail state 1\nlsn 0/1\ncovered x y -\n", 3),
+            (
+                "audit-tail state 1\nlsn 0/1\ncovered 2025-10-22T00:00:00Z 2025-10-21T00:00:00Z -\n",
+                3,
+            ),
+            (
+                "audit-tail state 1\nlsn 0/1\ncovered 2025-10-22T00:00:00Z\n",
+                3,
+            ),
         ] {
             match Checkpoint::decode(text, p) {
                 Err(CheckpointError::Corrupt { line: l, .. }) => assert_eq!(l, line, "{text:?}"),

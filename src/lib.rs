@@ -8,6 +8,7 @@ pub mod capture;
 pub mod checkpoint;
 pub mod cli;
 pub mod cluster;
+pub mod coverage;
 pub mod demo;
 pub mod gaps;
 pub mod latency;

@@ -19,6 +19,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::capture::{Capture, CaptureError, Event};
 use crate::checkpoint::STATE_FILE;
+use crate::coverage::Sampler;
 use crate::gaps::{self, Gap, GapError};
 use crate::latency::Latency;
 use crate::lsn::{Lsn, PgTimestamp};
@@ -250,6 +251,8 @@ impl<W: Write> Session<'_, W> {
             last_status: Instant::now(),
             last_received: Instant::now(),
             last_idle_ack: Instant::now(),
+            // Sampled from here on: the slot now sends everything that commits later.
+            sampler: Sampler::spawn(cfg.conn.clone(), cfg.status_interval),
         };
         loop {
             let status_every = if self.target.is_some() {
@@ -395,7 +398,7 @@ impl<W: Write> Session<'_, W> {
                     "--accept-gap: transactions in this range are not in the files; recorded in {}",
                     gaps::GAPS_FILE
                 );
-                self.files.advance_idle(to);
+                self.files.skip_gap(to);
             }
         }
         if adopt {
@@ -522,6 +525,11 @@ impl<W: Write> Session<'_, W> {
                     // Due now: nothing to wait for.
                     state.pending_since = Some(Instant::now() - FLUSH_DELAY);
                 }
+                if let Some(sample) = state.sampler.latest()
+                    && self.files.cover(&sample)
+                {
+                    state.pending_since.get_or_insert_with(Instant::now);
+                }
                 Ok(reply_requested)
             }
         }
@@ -533,6 +541,9 @@ impl<W: Write> Session<'_, W> {
         conn: &mut WalConnection,
         state: &mut State,
     ) -> Result<(), StreamError> {
+        if let Some(sample) = state.sampler.latest() {
+            self.files.cover(&sample);
+        }
         // fsync blocks this task; a disk slower than wal_sender_timeout would trip it, which the
         // periodic status cannot help.
         let durable = self.files.make_durable()?;
@@ -616,4 +627,6 @@ struct State {
     last_status: Instant,
     last_received: Instant,
     last_idle_ack: Instant,
+    /// The server's WAL position and clock, for the checkpoint's `covered` line.
+    sampler: Sampler,
 }

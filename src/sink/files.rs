@@ -260,6 +260,27 @@ impl StreamFiles {
         self.committed.lsn = self.committed.lsn.max(lsn);
     }
 
+    /// Moves past a gap accepted with `--accept-gap`: nothing before `lsn` will come, and the
+    /// files are no longer complete for any stretch of time reaching across it, so the covered
+    /// stretch starts afresh with the next sample.
+    pub fn skip_gap(&mut self, lsn: Lsn) {
+        self.advance_idle(lsn);
+        self.committed.covered = None;
+    }
+
+    /// Grows the stretch of server time the files are complete for by `sample` (see
+    /// src/coverage.rs); it is stored with the next checkpoint. Returns whether it grew.
+    pub fn cover(&mut self, sample: &crate::coverage::Sample) -> bool {
+        let committed = &mut self.committed;
+        match crate::coverage::extend(committed.covered.as_ref(), committed.lsn, sample) {
+            Some(grown) => {
+                committed.covered = Some(grown);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Writes and fsyncs every file, then stores the checkpoint. Returns the durable LSN.
     pub fn make_durable(&mut self) -> Result<Lsn, SinkError> {
         for open in self.open.iter_mut() {
@@ -603,6 +624,32 @@ mod tests {
             "id,changed_at\n2,2025-10-22 00:00:00\n"
         );
         assert!(!dir.path().join("users_audit_stream_20251023.csv").exists());
+    }
+
+    #[test]
+    fn an_accepted_gap_ends_the_covered_stretch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        };
+        let sample = |lsn, t| crate::coverage::Sample {
+            lsn: Lsn(lsn),
+            at: at(t),
+            zone: Some("UTC".into()),
+        };
+        files.advance_idle(Lsn(100));
+        assert!(files.cover(&sample(100, "2025-10-21T00:00:00Z")));
+        files.skip_gap(Lsn(500));
+        files.make_durable().unwrap();
+        assert_eq!(files.durable().covered, None);
+        // The next stretch begins after the gap, not at the first one's start.
+        assert!(files.cover(&sample(500, "2025-10-22T00:00:00Z")));
+        files.make_durable().unwrap();
+        let covered = files.durable().covered.clone().unwrap();
+        assert_eq!(covered.from, at("2025-10-22T00:00:00Z"));
     }
 
     #[test]

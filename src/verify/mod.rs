@@ -5,11 +5,17 @@
 //! server's disk, the same query as `export_audit_data(D)` over COPY TO STDOUT. Rows are keyed by
 //! id. To verify a day of millions of rows in bounded memory, both sides are first split by id
 //! into bucket files of at most `BUCKET_BYTES`, then each bucket pair is compared in memory.
+//!
+//! A day without changes leaves no stream file: it counts as no rows when the stream's record
+//! shows it covered the whole day (src/verify/quiet.rs). Ids of the neighbouring days' rows within
+//! the day's span of ids (transactions across midnight interleave them) are looked up in those
+//! days' stream files, so that only ids found nowhere are reported as in neither copy.
 
 pub mod csv_read;
+mod quiet;
 mod report;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -64,9 +70,23 @@ pub enum VerifyError {
         source: std::io::Error,
     },
     #[error(
-        "no stream file for {date}: {path} does not exist; run audit-tail stream with this --out-dir, or check --date"
+        "no stream file for {date}: {path} does not exist, and {why}; if the stream was down or \
+         behind, verify again once it has caught up (audit-tail status), else check --date and \
+         --out-dir"
     )]
-    NoStream { date: NaiveDate, path: PathBuf },
+    NoStream {
+        date: NaiveDate,
+        path: PathBuf,
+        why: String,
+    },
+    #[error(
+        "the nightly file holds rows of {found}, not {date}: check --date or the file ({file})"
+    )]
+    WrongDay {
+        file: String,
+        date: NaiveDate,
+        found: String,
+    },
     #[error("could not read the nightly export from the database: {0}")]
     Sql(#[from] SqlError),
     #[error("could not use a temporary file: {0}")]
@@ -83,12 +103,18 @@ pub async fn verify(
     nightly: &Nightly,
     out_dir: &Path,
 ) -> Result<Report, VerifyError> {
-    let stream_path = out_dir.join(format!("users_audit_stream_{}.csv", date.format("%Y%m%d")));
-    if !stream_path.is_file() {
-        return Err(VerifyError::NoStream {
-            date,
-            path: stream_path,
-        });
+    let stream_path = stream_file(out_dir, date);
+    let state = Checkpoint::load(out_dir)?;
+    // No stream file: no rows if the stream covered the day, else nothing to compare with.
+    let quiet = (!stream_path.is_file()).then(|| quiet::covered(state.as_ref(), date));
+    let no_stream = |why: &String| VerifyError::NoStream {
+        date,
+        path: stream_path.clone(),
+        why: why.clone(),
+    };
+    // A nightly file is read first: one of another day is the likelier mistake to name.
+    if let (Nightly::Database(_), Some(Err(why))) = (nightly, &quiet) {
+        return Err(no_stream(why));
     }
     let (nightly_path, nightly_name, _temp) = match nightly {
         Nightly::File(path) => (path.clone(), path.display().to_string(), None),
@@ -98,23 +124,105 @@ pub async fn verify(
             (temp.path().to_path_buf(), name, Some(temp))
         }
     };
-    let stream_name = stream_path.display().to_string();
     // Files written with --safe-csv guard formula-like values; the export's get the same guard,
     // so that only real differences remain.
-    let safe_csv = Checkpoint::load(out_dir)?.is_some_and(|c| c.safe_csv);
+    let safe_csv = state.as_ref().is_some_and(|c| c.safe_csv);
     let cells = if safe_csv { Cells::Safe } else { Cells::Exact };
     let buckets = bucket_count(&[&nightly_path, &stream_path], BUCKET_BYTES);
     let nightly_side = split(&nightly_path, &nightly_name, buckets, cells)?;
-    let stream_side = split(&stream_path, &stream_name, buckets, Cells::Exact)?;
-    let diff = compare(nightly_side, stream_side)?;
+    let on_the_day = nightly_side.days.get(&date).copied().unwrap_or(0);
+    if on_the_day == 0 && !nightly_side.days.is_empty() {
+        return Err(VerifyError::WrongDay {
+            file: nightly_name,
+            date,
+            found: list_days(&nightly_side.days),
+        });
+    }
+    let other_days: BTreeMap<NaiveDate, u64> = nightly_side
+        .days
+        .iter()
+        .filter(|&(&d, _)| d != date)
+        .map(|(&d, &n)| (d, n))
+        .collect();
+    let (stream_side, stream_name, covered) = match quiet {
+        None => {
+            let name = stream_path.display().to_string();
+            (
+                split(&stream_path, &name, buckets, Cells::Exact)?,
+                name,
+                None,
+            )
+        }
+        Some(Ok(how)) => (Side::empty(buckets)?, "no file".to_string(), Some(how)),
+        Some(Err(why)) => return Err(no_stream(&why)),
+    };
+    let span = id_span(&nightly_side, &stream_side);
+    let neighbours = span.map(|(lo, hi)| neighbour_ids(out_dir, state.as_ref(), date, lo, hi));
+    let (neighbour_ids, unknown) = neighbours.unwrap_or_default();
+    let mut diff = compare(nightly_side, stream_side, &neighbour_ids)?;
+    diff.neighbours_unknown = unknown;
     Ok(Report {
         date,
         nightly: nightly_name,
         stream: stream_name,
+        covered,
+        other_days,
         safe_csv,
         diff,
         recorded_gaps: crate::gaps::for_day(out_dir, date)?,
     })
+}
+
+fn stream_file(out_dir: &Path, date: NaiveDate) -> PathBuf {
+    out_dir.join(format!("users_audit_stream_{}.csv", date.format("%Y%m%d")))
+}
+
+/// "2025-10-20" or "2025-10-19, 2025-10-20".
+fn list_days(days: &BTreeMap<NaiveDate, u64>) -> String {
+    let list: Vec<String> = days.keys().take(5).map(|d| d.to_string()).collect();
+    let more = if days.len() > 5 { ", …" } else { "" };
+    format!("{}{more}", list.join(", "))
+}
+
+/// The ids in `lo..=hi` of the rows of the days before and after `date`, from their stream files;
+/// and the neighbouring days verify cannot tell about (no file, and not known to be quiet).
+fn neighbour_ids(
+    out_dir: &Path,
+    state: Option<&Checkpoint>,
+    date: NaiveDate,
+    lo: i64,
+    hi: i64,
+) -> (Vec<i64>, Vec<NaiveDate>) {
+    let mut ids = Vec::new();
+    let mut unknown = Vec::new();
+    for day in [date.pred_opt(), date.succ_opt()].into_iter().flatten() {
+        let path = stream_file(out_dir, day);
+        let read = File::open(&path).ok().and_then(|file| {
+            let mut reader = Reader::new(BufReader::new(file));
+            reader.next_record().ok()??;
+            let mut found = Vec::new();
+            while let Some(record) = reader.next_record().ok()? {
+                let id = id_of(&record)?;
+                if (lo..=hi).contains(&id) {
+                    found.push(id);
+                }
+            }
+            Some(found)
+        });
+        match read {
+            Some(found) => ids.extend(found),
+            None if !path.exists() && quiet::covered(state, day).is_ok() => {}
+            None => unknown.push(day),
+        }
+    }
+    (ids, unknown)
+}
+
+fn id_span(nightly: &Side, stream: &Side) -> Option<(i64, i64)> {
+    match (nightly.ids, stream.ids) {
+        (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+        (one, other) => one.or(other),
+    }
 }
 
 /// The same rows and bytes as export_audit_data(date), into a temporary file.
@@ -166,7 +274,24 @@ struct Side {
     rows: u64,
     /// The smallest and largest id, if any row.
     ids: Option<(i64, i64)>,
+    /// Rows per date of their changed_at.
+    days: BTreeMap<NaiveDate, u64>,
     buckets: Vec<tempfile::NamedTempFile>,
+}
+
+impl Side {
+    /// No rows, in `n` empty buckets.
+    fn empty(n: u64) -> Result<Side, VerifyError> {
+        let buckets = (0..n)
+            .map(|_| tempfile::NamedTempFile::new().map_err(VerifyError::Temp))
+            .collect::<Result<_, _>>()?;
+        Ok(Side {
+            rows: 0,
+            ids: None,
+            days: BTreeMap::new(),
+            buckets,
+        })
+    }
 }
 
 /// Checks every record of `path` and spreads them over `n` bucket files by id; with
@@ -211,6 +336,7 @@ fn split(path: &Path, name: &str, n: u64, cells: Cells) -> Result<Side, VerifyEr
     }
     let mut rows = 0;
     let mut ids: Option<(i64, i64)> = None;
+    let mut days = BTreeMap::new();
     while let Some(record) = reader.next_record().map_err(csv)? {
         if record.fields.len() != HEADER.len() {
             return Err(content(
@@ -225,6 +351,9 @@ fn split(path: &Path, name: &str, n: u64, cells: Cells) -> Result<Side, VerifyEr
         let id = id_of(&record)
             .ok_or_else(|| content(record.line, "the id is not an integer".into()))?;
         ids = Some(ids.map_or((id, id), |(lo, hi)| (lo.min(id), hi.max(id))));
+        if let Some(day) = day_of(&record) {
+            *days.entry(day).or_insert(0) += 1;
+        }
         let raw = match cells {
             Cells::Exact => record.raw,
             Cells::Safe => {
@@ -243,7 +372,19 @@ fn split(path: &Path, name: &str, n: u64, cells: Cells) -> Result<Side, VerifyEr
     for mut w in writers {
         w.flush().map_err(VerifyError::Temp)?;
     }
-    Ok(Side { rows, ids, buckets })
+    Ok(Side {
+        rows,
+        ids,
+        days,
+        buckets,
+    })
+}
+
+/// The date of a record's changed_at (`2025-10-21 11:55:51.123`), if it has one.
+fn day_of(record: &Record) -> Option<NaiveDate> {
+    let at = record.fields.get(2)?.as_ref()?;
+    let text = std::str::from_utf8(at.get(..10)?).ok()?;
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()
 }
 
 fn id_of(record: &Record) -> Option<i64> {
@@ -277,16 +418,15 @@ fn parse_raw(raw: &[u8]) -> Record {
         .expect("records in buckets were parsed once already")
 }
 
-fn compare(nightly: Side, stream: Side) -> Result<Diff, VerifyError> {
+/// Compares the two sides; `neighbours` are ids of rows of the neighbouring days, which are no
+/// gap in the day's span.
+fn compare(nightly: Side, stream: Side, neighbours: &[i64]) -> Result<Diff, VerifyError> {
     let mut diff = Diff {
         nightly_rows: nightly.rows,
         stream_rows: stream.rows,
         ..Diff::default()
     };
-    let span = match (nightly.ids, stream.ids) {
-        (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
-        (one, other) => one.or(other),
-    };
+    let span = id_span(&nightly, &stream);
     let mut seen = span.and_then(|(lo, hi)| IdSet::new(lo, hi));
     for (n, s) in nightly.buckets.into_iter().zip(stream.buckets) {
         compare_bucket(n, s, &mut diff, seen.as_mut())?;
@@ -294,7 +434,18 @@ fn compare(nightly: Side, stream: Side) -> Result<Diff, VerifyError> {
     if let Some((lo, hi)) = span {
         let present =
             diff.matching + diff.differing.0 + diff.only_in_nightly.0 + diff.only_in_stream.0;
-        let missing = (hi - lo + 1) as u64 - present;
+        let mut missing = (hi - lo + 1) as u64 - present;
+        let mut counted = HashSet::new();
+        for &id in neighbours {
+            let new = match seen.as_mut() {
+                Some(set) => set.insert_new(id),
+                None => (lo..=hi).contains(&id) && counted.insert(id),
+            };
+            if new {
+                diff.neighbouring += 1;
+                missing = missing.saturating_sub(1);
+            }
+        }
         diff.gaps = (
             missing,
             seen.map(|s| s.gaps(GAPS_SHOWN)).unwrap_or_default(),
@@ -332,6 +483,18 @@ impl IdSet {
         if i < self.len {
             self.bits[(i / 64) as usize] |= 1 << (i % 64);
         }
+    }
+
+    /// Marks `id`; whether it is in the span and was not marked yet.
+    fn insert_new(&mut self, id: i64) -> bool {
+        let Some(i) = id.checked_sub(self.lo).and_then(|i| u64::try_from(i).ok()) else {
+            return false;
+        };
+        if i >= self.len || self.contains(i) {
+            return false;
+        }
+        self.insert(id);
+        true
     }
 
     fn contains(&self, i: u64) -> bool {
@@ -429,6 +592,7 @@ mod tests {
         let diff = compare(
             split(&n, "n", buckets, Cells::Exact).unwrap(),
             split(&s, "s", buckets, Cells::Exact).unwrap(),
+            &[],
         )
         .unwrap();
         assert_eq!(
@@ -459,6 +623,7 @@ mod tests {
             let diff = compare(
                 split(&n, "n", buckets, Cells::Exact).unwrap(),
                 split(&s, "s", buckets, Cells::Exact).unwrap(),
+                &[],
             )
             .unwrap();
             assert!(diff.agrees());
@@ -479,6 +644,7 @@ mod tests {
         let diff = compare(
             split(&n, "n", 1, Cells::Exact).unwrap(),
             split(&s, "s", 1, Cells::Exact).unwrap(),
+            &[],
         )
         .unwrap();
         assert_eq!(diff.gaps, (GAP_SPAN_LISTED * 2 - 1, vec![]));

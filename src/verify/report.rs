@@ -37,9 +37,16 @@ pub struct Diff {
     pub only_in_stream: (u64, Vec<i64>),
     pub differing: (u64, Vec<(i64, Vec<FieldDiff>)>),
     pub duplicates: (u64, Vec<(i64, &'static str)>),
-    /// Ids between the day's smallest and largest that neither copy holds, and the first of
-    /// their runs (inclusive ranges). Not a difference: rolled-back transactions leave gaps too.
+    /// Ids between the day's smallest and largest that neither copy holds, nor the stream files
+    /// of the neighbouring days, and the first of their runs (inclusive ranges). Not a
+    /// difference: rolled-back transactions leave gaps too.
     pub gaps: (u64, Vec<(i64, i64)>),
+    /// Ids between the day's smallest and largest that are rows of the day before or after (in
+    /// their stream files): transactions across midnight interleave ids.
+    pub neighbouring: u64,
+    /// Neighbouring days whose rows verify could not look up (no stream file, and not known to
+    /// be quiet): some "gaps" may be their rows.
+    pub neighbours_unknown: Vec<NaiveDate>,
 }
 
 fn note<T>(list: &mut (u64, Vec<T>), item: T) {
@@ -104,6 +111,10 @@ pub struct Report {
     pub date: NaiveDate,
     pub nightly: String,
     pub stream: String,
+    /// No stream file, and the stream's record shows it covered the day: how.
+    pub covered: Option<String>,
+    /// Rows of the nightly export whose changed_at is on another day, per day.
+    pub other_days: std::collections::BTreeMap<NaiveDate, u64>,
     /// The stream files were written with `--safe-csv`; the export was compared alike.
     pub safe_csv: bool,
     pub diff: Diff,
@@ -138,7 +149,12 @@ impl Report {
     fn text(&self) -> String {
         let d = &self.diff;
         let mut t = String::new();
-        let verdict = if d.agrees() {
+        let verdict = if d.agrees() && self.covered.is_some() && d.matching == 0 {
+            format!(
+                "the nightly export is empty, and the stream covered {} and saw no rows",
+                self.date
+            )
+        } else if d.agrees() {
             format!(
                 "the nightly export and the live stream agree ({} rows)",
                 d.matching
@@ -157,6 +173,23 @@ impl Report {
             "  live stream:    {} rows  ({})",
             d.stream_rows, self.stream
         );
+        if let Some(how) = &self.covered {
+            let _ = writeln!(t, "  (no stream file: {how})");
+        }
+        if !self.other_days.is_empty() {
+            let list: Vec<String> = self
+                .other_days
+                .iter()
+                .map(|(day, n)| format!("{n} of {day}"))
+                .collect();
+            let _ = writeln!(
+                t,
+                "  rows of other days in the nightly export: {}: an export of {} holds only its \
+                 own day's rows; check the file",
+                list.join(", "),
+                self.date
+            );
+        }
         if self.safe_csv {
             let _ = writeln!(
                 t,
@@ -227,12 +260,35 @@ impl Report {
                 .collect();
             let listed: u64 = d.gaps.1.iter().map(|&(a, b)| (b - a + 1) as u64).sum();
             let more = if listed < d.gaps.0 { " …" } else { "" };
+            let why = if d.neighbours_unknown.is_empty() {
+                "rolled-back transactions leave such gaps; rows deleted before both copies were \
+                 made do too"
+                    .to_string()
+            } else {
+                let days: Vec<String> =
+                    d.neighbours_unknown.iter().map(|d| d.to_string()).collect();
+                format!(
+                    "without a stream file of {} verify cannot tell them from rows of the \
+                     neighbouring days (ids interleave across midnight); else rolled-back \
+                     transactions leave such gaps, and rows deleted before both copies were made \
+                     do too",
+                    days.join(" or ")
+                )
+            };
             let _ = writeln!(
                 t,
-                "  ids in neither copy: {} ({}{more}): rolled-back transactions leave such gaps; \
-                 rows deleted before both copies were made do too",
+                "  ids in neither copy: {} ({}{more}): {why}",
                 d.gaps.0,
                 runs.join(", ")
+            );
+        }
+        if d.neighbouring > 0 {
+            let _ = writeln!(
+                t,
+                "  ids of neighbouring days within the day's span: {} (in the stream files of the \
+                 days before and after: a transaction that began before midnight takes its ids \
+                 among the next day's; no gap, no difference)",
+                d.neighbouring
             );
         }
         if d.differing.0 > 0 {
@@ -272,7 +328,8 @@ impl Report {
             "date": self.date.to_string(),
             "agree": d.agrees(),
             "nightly": {"source": self.nightly, "rows": d.nightly_rows},
-            "stream": {"source": self.stream, "rows": d.stream_rows},
+            "stream": {"source": self.stream, "rows": d.stream_rows, "covered": self.covered.is_some()},
+            "other_days": self.other_days.iter().map(|(day, n)| json!({"date": day.to_string(), "rows": n})).collect::<Vec<_>>(),
             "matching": d.matching,
             "safe_csv": self.safe_csv,
             "only_in_nightly": {"count": d.only_in_nightly.0, "ids": d.only_in_nightly.1},
@@ -285,6 +342,7 @@ impl Report {
                 "since": g.since.to_rfc3339(), "recorded": g.recorded.to_rfc3339(),
                 "first_day": g.first_day.to_string(), "last_day": g.last_day.to_string(),
             })).collect::<Vec<_>>(),
+            "neighbouring_days": {"count": d.neighbouring, "unknown": d.neighbours_unknown.iter().map(|d| d.to_string()).collect::<Vec<_>>()},
         });
         let mut text = value.to_string();
         text.push('\n');
