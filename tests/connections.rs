@@ -138,3 +138,39 @@ fn a_refused_connection_names_the_server_tried_and_says_it_once() {
         assert_eq!(err.matches(reason).count(), 1, "{err}");
     }
 }
+
+#[test]
+fn hostaddr_is_where_to_connect_and_host_only_names_the_server() {
+    let db = TestDb::new("hostaddr");
+    db.install();
+    // No resolver knows this name: only hostaddr can reach the server.
+    let dsn = format!(
+        "host=audit-tail-test.invalid hostaddr=127.0.0.1 port={} user=postgres dbname={}",
+        db.cluster.port(),
+        db.name
+    );
+    let out = tempfile::tempdir().unwrap();
+    let (code, _, err) = common::run_audit_tail(&[
+        "status",
+        "--dsn",
+        &dsn,
+        "--out-dir",
+        out.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = common::run_audit_tail(&[
+        "stream",
+        "--dsn",
+        &dsn,
+        "--out-dir",
+        out.path().to_str().unwrap(),
+        "--until",
+        "now",
+        "--slot",
+        "hostaddr_slot",
+        "--format",
+        "none",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    db.psql("SELECT pg_drop_replication_slot('hostaddr_slot')");
+}

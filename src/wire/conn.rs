@@ -343,7 +343,9 @@ pub(crate) async fn open_socket(params: &ConnParams) -> Result<Opened, WireError
     let target = params.target();
     match &params.host {
         Host::Tcp(host) => {
-            let connect = TcpStream::connect((host.as_str(), params.port));
+            let address = params.hostaddr.map(|a| a.to_string());
+            let address = address.as_deref().unwrap_or(host);
+            let connect = TcpStream::connect((address, params.port));
             let mut stream = connect_with_timeout(connect, &target, params.connect_timeout).await?;
             stream.set_nodelay(true)?;
             set_keepalive(&stream)?;

@@ -16,6 +16,8 @@ pub const KEYS: &[&str] = &[
     "user",
     "password",
     "application_name",
+    "fallback_application_name",
+    "service",
     "connect_timeout",
     "sslmode",
     "sslrootcert",

@@ -10,6 +10,8 @@ pub mod conninfo;
 pub mod frame;
 pub(crate) mod handoff;
 pub mod params;
+mod pgpass;
+mod service;
 pub mod tls;
 
 use std::fmt;

@@ -2,16 +2,17 @@
 //!
 //! `--dsn` (or AUDIT_TAIL_DSN) takes a URL (`postgresql://user@host:5432/db?sslmode=require`) or
 //! key=value pairs (`host=/var/run/postgresql dbname=app`), parsed by libpq's rules (`conninfo`).
-//! What it leaves out comes from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE,
-//! PGSSLROOTCERT, PGSSLCERT, PGSSLKEY and the password file (PGPASSFILE or ~/.pgpass), then
-//! libpq's defaults. The one result feeds both the replication connection (ours) and the SQL
+//! What it leaves out comes from a service (`service=`, PGSERVICE; pg_service.conf), then PGHOST,
+//! PGHOSTADDR, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGAPPNAME, PGCONNECT_TIMEOUT, PGSSLMODE,
+//! PGSSLROOTCERT, PGSSLCERT, PGSSLKEY, PGCHANNELBINDING and the password file (PGPASSFILE or
+//! ~/.pgpass), then libpq's defaults. sslmode=allow is refused rather than taken for prefer. The one result feeds both the replication connection (ours) and the SQL
 //! connection (tokio-postgres). Only the first host of a list is used.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::conninfo;
+use super::{conninfo, pgpass, service};
 
 /// A server address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +62,9 @@ pub struct TlsOptions {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnParams {
     pub host: Host,
+    /// Where to connect when given (libpq's hostaddr): `host` then only names the server, for
+    /// the certificate check, the password file and messages.
+    pub hostaddr: Option<std::net::IpAddr>,
     pub port: u16,
     pub user: String,
     pub password: Option<String>,
@@ -95,20 +99,40 @@ impl ConnParams {
             Some(dsn) => conninfo::parse(dsn).map_err(ParamsError::Invalid)?,
             None => Vec::new(),
         };
-        // Later pairs win, as in libpq; then the environment; then the defaults.
-        let given = |key: &str| {
+        let env = |name: &str| env(name).filter(|v| !v.is_empty());
+        let last = |pairs: &[(String, String)], key: &str| {
             pairs
                 .iter()
                 .rev()
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.clone())
         };
-        let env = |name: &str| env(name).filter(|v| !v.is_empty());
+        // A service's settings fill in what the string leaves out, before the environment.
+        let service = match last(&pairs, "service").or_else(|| env("PGSERVICE")) {
+            Some(name) => service::settings(&name, &env).map_err(ParamsError::Invalid)?,
+            None => Vec::new(),
+        };
+        // Later pairs win, as in libpq; then the service; then the environment; then defaults.
+        let given = |key: &str| last(&pairs, key).or_else(|| last(&service, key));
         let get = |key: &str, var: &str| given(key).or_else(|| env(var));
 
-        let host = match get("host", "PGHOST").or_else(|| given("hostaddr")) {
-            Some(h) => host_of(h.split(',').next().unwrap_or_default()),
-            None => Host::Unix(default_socket_dir()),
+        let hostaddr = match get("hostaddr", "PGHOSTADDR") {
+            Some(a) => Some(parse_value(
+                "hostaddr",
+                a.split(',').next().unwrap_or_default(),
+                "not a numeric IP address (hostaddr takes an address; put names in host)",
+            )?),
+            None => None,
+        };
+        let host = match (get("host", "PGHOST"), hostaddr) {
+            (Some(h), _) => host_of(h.split(',').next().unwrap_or_default()),
+            (None, Some(addr)) => Host::Tcp(std::net::IpAddr::to_string(&addr)),
+            (None, None) => Host::Unix(default_socket_dir()),
+        };
+        // hostaddr is where to connect; a socket directory in host cannot say that.
+        let host = match (host, hostaddr) {
+            (Host::Unix(_), Some(addr)) => Host::Tcp(addr.to_string()),
+            (host, _) => host,
         };
         let port = match get("port", "PGPORT") {
             Some(p) => parse_value("port", &p, "not a port number")?,
@@ -116,7 +140,9 @@ impl ConnParams {
         };
         let user = get("user", "PGUSER").unwrap_or_else(os_user);
         let dbname = get("dbname", "PGDATABASE").unwrap_or_else(|| user.clone());
-        let application_name = given("application_name").unwrap_or_else(|| "audit-tail".into());
+        let application_name = get("application_name", "PGAPPNAME")
+            .or_else(|| given("fallback_application_name"))
+            .unwrap_or_else(|| "audit-tail".into());
         let connect_timeout = match get("connect_timeout", "PGCONNECT_TIMEOUT") {
             Some(t) => Duration::from_secs(parse_value(
                 "connect_timeout",
@@ -132,7 +158,15 @@ impl ConnParams {
                 .filter(|p| p.is_file())
         };
         let mode = match get("sslmode", "PGSSLMODE").as_deref() {
-            None | Some("prefer") | Some("allow") => SslMode::Prefer,
+            None | Some("prefer") => SslMode::Prefer,
+            Some("allow") => {
+                return Err(ParamsError::Value {
+                    name: "sslmode".into(),
+                    value: "allow".into(),
+                    what: "audit-tail does not try plain first and TLS second: use prefer (TLS \
+                           when the server offers it, else plain) or disable",
+                });
+            }
             Some("disable") => SslMode::Disable,
             Some("require") => SslMode::Require,
             Some("verify-ca") => SslMode::VerifyCa,
@@ -182,6 +216,7 @@ impl ConnParams {
         };
         let mut params = ConnParams {
             host,
+            hostaddr,
             port,
             user,
             password: None,
@@ -194,8 +229,14 @@ impl ConnParams {
             let file = env("PGPASSFILE")
                 .map(PathBuf::from)
                 .or_else(|| home.as_ref().map(|h| h.join(".pgpass")))?;
-            let text = read_password_file(&file)?;
-            pgpass_lookup(&text, &params)
+            let text = pgpass::read(&file)?;
+            let host = match &params.host {
+                Host::Tcp(h) => h.clone(),
+                Host::Unix(dir) => dir.display().to_string(),
+            };
+            let default_dir = params.host == Host::Unix(default_socket_dir());
+            let host = pgpass::host_key(&host, default_dir);
+            pgpass::lookup(&text, host, params.port, &params.dbname, &params.user)
         });
         Ok(params)
     }
@@ -230,7 +271,12 @@ impl ConnParams {
     /// `server on socket "/var/run/postgresql/.s.PGSQL.5432"`.
     pub fn target(&self) -> String {
         match &self.host {
-            Host::Tcp(h) => format!("server at \"{h}\", port {}", self.port),
+            Host::Tcp(h) => match self.hostaddr {
+                Some(addr) if addr.to_string() != *h => {
+                    format!("server at \"{h}\" ({addr}), port {}", self.port)
+                }
+                _ => format!("server at \"{h}\", port {}", self.port),
+            },
             Host::Unix(dir) => format!(
                 "server on socket \"{}\"",
                 dir.join(format!(".s.PGSQL.{}", self.port)).display()
@@ -251,6 +297,9 @@ impl fmt::Display for ConnParams {
             "host={host} port={} user={} dbname={}",
             self.port, self.user, self.dbname
         )?;
+        if let Some(addr) = self.hostaddr {
+            write!(f, " hostaddr={addr}")?;
+        }
         if self.password.is_some() {
             write!(f, " password=********")?;
         }
@@ -300,76 +349,6 @@ fn os_user() -> String {
         .flatten()
         .map(|u| u.name)
         .unwrap_or_else(|| "postgres".to_string())
-}
-
-/// The password file's text, or None where libpq would not use it: missing, not a plain file, or
-/// readable or writable by group or others (libpq ignores such a file with this same warning,
-/// since anyone else on the machine could read the passwords in it).
-fn read_password_file(path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).ok()?;
-    if !meta.is_file() {
-        tracing::warn!(
-            "password file \"{}\" is not a plain file: not used",
-            path.display()
-        );
-        return None;
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(
-            "password file \"{}\" has group or world access; permissions should be u=rw (0600) \
-             or less: not used (chmod 600 it)",
-            path.display()
-        );
-        return None;
-    }
-    std::fs::read_to_string(path).ok()
-}
-
-/// The password of the first matching `hostname:port:database:username:password` line. `*`
-/// matches anything; `\:` and `\\` are escapes. A socket connection matches `localhost` or its
-/// directory, as in libpq.
-fn pgpass_lookup(text: &str, params: &ConnParams) -> Option<String> {
-    let port = params.port.to_string();
-    let hosts: Vec<String> = match &params.host {
-        Host::Tcp(h) => vec![h.clone()],
-        Host::Unix(p) => vec!["localhost".into(), p.display().to_string()],
-    };
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let fields = split_pgpass(line);
-        let [host, p, db, user, password] = fields.as_slice() else {
-            continue;
-        };
-        let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
-        if hosts.iter().any(|h| matches(host, h))
-            && matches(p, &port)
-            && matches(db, &params.dbname)
-            && matches(user, &params.user)
-        {
-            return Some(password.clone());
-        }
-    }
-    None
-}
-
-fn split_pgpass(line: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(next) = chars.next() {
-                    fields.last_mut().expect("never empty").push(next);
-                }
-            }
-            ':' if fields.len() < 5 => fields.push(String::new()),
-            _ => fields.last_mut().expect("never empty").push(c),
-        }
-    }
-    fields
 }
 
 #[cfg(test)]
@@ -475,17 +454,119 @@ mod tests {
         .unwrap();
         assert_eq!(p.password.as_deref(), Some("pa:ss"));
         let p = resolve(
-            Some("host=/run/pg port=7 dbname=z user=q"),
-            &[("PGPASSFILE", file)],
-        )
-        .unwrap();
-        assert_eq!(p.password.as_deref(), Some("sock"));
-        let p = resolve(
             Some("host=db port=1 dbname=app user=erin"),
             &[("PGPASSFILE", file)],
         )
         .unwrap();
         assert_eq!(p.password, None);
+    }
+
+    /// libpq's documented behaviour (libpq-connect, libpq-pgpass, libpq-pgservice, libpq-envars),
+    /// one row each: the connection string, the environment, and what must come out.
+    #[test]
+    fn libpq_parity() {
+        let dir = tempfile::tempdir().unwrap();
+        let pgpass = dir.path().join("pgpass");
+        let default_dir = default_socket_dir().display().to_string();
+        std::fs::write(
+            &pgpass,
+            "localhost:*:*:*:for-localhost\n/tmp/other:*:*:*:for-other-dir\n\
+             db.example.com:*:*:*:for-db-name\n127.0.0.9:*:*:*:for-db-addr\n",
+        )
+        .unwrap();
+        set_mode(&pgpass, 0o600);
+        let services = dir.path().join("services.conf");
+        std::fs::write(
+            &services,
+            "[svc]\nhost=svc-host\nport=7000\ndbname=svcdb\napplication_name=from-service\n",
+        )
+        .unwrap();
+        let pgpass = pgpass.to_str().unwrap();
+        let services = services.to_str().unwrap();
+        let files = [("PGPASSFILE", pgpass), ("PGSERVICEFILE", services)];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = files.to_vec();
+            vars.extend_from_slice(extra);
+            vars
+        };
+        type Check = fn(&ConnParams) -> bool;
+        type Case<'a> = (String, Vec<(&'a str, &'a str)>, Check);
+        let cases: Vec<Case> = vec![
+            // hostaddr: connect there, name the server by host (certificate, pgpass, messages).
+            (
+                "host=db.example.com hostaddr=127.0.0.9".into(),
+                with(&[]),
+                |p| {
+                    p.host == Host::Tcp("db.example.com".into())
+                        && p.hostaddr == Some("127.0.0.9".parse().unwrap())
+                        && p.password.as_deref() == Some("for-db-name")
+                        && p.target() == "server at \"db.example.com\" (127.0.0.9), port 5432"
+                },
+            ),
+            ("hostaddr=127.0.0.9".into(), with(&[]), |p| {
+                p.host == Host::Tcp("127.0.0.9".into())
+                    && p.password.as_deref() == Some("for-db-addr")
+            }),
+            ("".into(), with(&[("PGHOSTADDR", "127.0.0.9")]), |p| {
+                p.hostaddr == Some("127.0.0.9".parse().unwrap())
+            }),
+            // A socket in the default directory is "localhost" in the password file; any other
+            // directory is matched by its path.
+            (format!("host={default_dir}"), with(&[]), |p| {
+                p.password.as_deref() == Some("for-localhost")
+            }),
+            ("host=/tmp/other".into(), with(&[]), |p| {
+                p.password.as_deref() == Some("for-other-dir")
+            }),
+            // application_name: the string, else PGAPPNAME, else fallback_application_name.
+            ("".into(), with(&[("PGAPPNAME", "from-env")]), |p| {
+                p.application_name == "from-env"
+            }),
+            (
+                "application_name=mine".into(),
+                with(&[("PGAPPNAME", "from-env")]),
+                |p| p.application_name == "mine",
+            ),
+            ("fallback_application_name=fb".into(), with(&[]), |p| {
+                p.application_name == "fb"
+            }),
+            // A service fills in what the string leaves out, before the environment.
+            (
+                "service=svc port=8000".into(),
+                with(&[("PGHOST", "env-host")]),
+                |p| {
+                    p.host == Host::Tcp("svc-host".into())
+                        && p.port == 8000
+                        && p.dbname == "svcdb"
+                        && p.application_name == "from-service"
+                },
+            ),
+            ("".into(), with(&[("PGSERVICE", "svc")]), |p| {
+                p.host == Host::Tcp("svc-host".into())
+            }),
+        ];
+        for (dsn, vars, check) in cases {
+            let p = resolve(Some(&dsn), &vars).unwrap_or_else(|e| panic!("{dsn:?}: {e}"));
+            assert!(check(&p), "{dsn:?} {vars:?}: {p:?}");
+        }
+        // What audit-tail refuses rather than doing something else than libpq.
+        for (dsn, vars, says) in [
+            ("sslmode=allow", with(&[]), "use prefer"),
+            (
+                "hostaddr=db.example.com",
+                with(&[]),
+                "not a numeric IP address",
+            ),
+            (
+                "service=nope",
+                with(&[]),
+                "definition of service \"nope\" not found",
+            ),
+            ("", with(&[("PGSERVICE", "nope")]), "not found"),
+        ] {
+            let e = resolve(Some(dsn), &vars).unwrap_err().to_string();
+            assert!(e.contains(says), "{dsn:?}: {e}");
+        }
     }
 
     #[test]
