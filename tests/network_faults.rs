@@ -130,7 +130,9 @@ async fn cut_and_stalled_connections_are_noticed_replaced_and_lose_nothing() {
             n
         })
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Faults begin once it streams through the proxy, with the writer going.
+    tokio::task::block_in_place(|| common::wait::streaming(&db, &db.name));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     faults.generation.fetch_add(1, Ordering::SeqCst); // cut
     tokio::time::sleep(Duration::from_millis(2500)).await;
     faults.stalled.store(true, Ordering::SeqCst); // stall: silent, but nothing closes
@@ -140,7 +142,8 @@ async fn cut_and_stalled_connections_are_noticed_replaced_and_lose_nothing() {
     stop.store(true, Ordering::SeqCst);
     let updates = writer.await.unwrap();
     assert!(updates > 100);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Everything written is acknowledged: the consumer came back and caught up.
+    tokio::task::block_in_place(|| common::wait::caught_up(&db, &db.name));
     assert!(
         consumer.child.try_wait().unwrap().is_none(),
         "the consumer must survive network faults"

@@ -6,13 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Consumer, TestDb, assert_files_equal_table, catch_up};
-
-fn stderr_of(consumer: &mut Consumer) -> String {
-    let mut text = String::new();
-    std::io::Read::read_to_string(consumer.child.stderr.as_mut().unwrap(), &mut text).unwrap();
-    text
-}
+use common::{Consumer, TestDb, assert_files_equal_table, catch_up, wait};
 
 fn stop(consumer: &mut Consumer) {
     nix::sys::signal::kill(
@@ -35,16 +29,34 @@ async fn a_second_consumer_on_the_same_slot_waits_and_takes_over() {
     let state = "audit-tail.state";
     std::fs::copy(first_dir.path().join(state), second_dir.path().join(state)).unwrap();
     let mut first = Consumer::spawn(&db, first_dir.path(), &["--format", "none"]);
-    std::thread::sleep(Duration::from_millis(700));
+    wait::streaming(&db, &db.name);
     // Meanwhile the first acknowledges positions past that copy, so when the second takes over
     // the slot is ahead of its checkpoint: whatever the first wrote in between would be skipped.
     // That is refused (tests/out_dir_identity.rs) unless the operator accepts the gap.
-    let mut second = Consumer::spawn(
+    // Its log goes to a file, so that its retries can be waited for while it runs.
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = common::stream_command(
         &db,
         second_dir.path(),
         &["--format", "none", "--accept-gap"],
+    )
+    .stderr(log.reopen().unwrap())
+    .spawn()
+    .unwrap();
+    let mut second = Consumer { child };
+    let busy = "is in use by another connection";
+    // Twice: it was refused, waited, and tried again instead of giving up.
+    wait::until(
+        "the second consumer to retry on the busy slot",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(log.path())
+                .unwrap()
+                .matches(busy)
+                .count()
+                >= 2
+        },
     );
-    std::thread::sleep(Duration::from_millis(2000));
     assert!(
         second.child.try_wait().unwrap().is_none(),
         "the second consumer must wait, not fail"
@@ -65,7 +77,6 @@ async fn a_second_consumer_on_the_same_slot_waits_and_takes_over() {
         std::thread::sleep(Duration::from_millis(100));
     }
     stop(&mut second);
-    assert!(stderr_of(&mut second).contains("is in use by another connection"));
     assert_eq!(assert_files_equal_table(&db, second_dir.path()).await, 1);
 }
 
@@ -76,7 +87,7 @@ async fn a_second_consumer_on_the_same_out_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     catch_up(&db, dir.path());
     let _first = Consumer::spawn(&db, dir.path(), &["--format", "none"]);
-    std::thread::sleep(Duration::from_millis(500));
+    wait::streaming(&db, &db.name);
     let other_slot = format!("{}_b", db.name);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_audit-tail"))
         .args(["stream", "--until", "now", "--slot", &other_slot, "--dsn"])
@@ -99,14 +110,14 @@ async fn schema_changes_and_new_tables_get_their_own_files() {
     let dir = tempfile::tempdir().unwrap();
     catch_up(&db, dir.path());
     let mut consumer = Consumer::spawn(&db, dir.path(), &["--format", "json"]);
-    std::thread::sleep(Duration::from_millis(500));
+    wait::streaming(&db, &db.name);
     db.psql("INSERT INTO users (name) VALUES ('a'); UPDATE users SET name = 'b';");
     db.psql("ALTER TABLE users_audit ADD COLUMN client_ip text");
     db.psql("UPDATE users SET name = 'c'");
     db.psql("INSERT INTO users_audit (user_id, field_changed, client_ip) VALUES (1, 'name', '10.0.0.1')");
     // A second table joins the publication.
     db.psql("CREATE TABLE logins (id serial PRIMARY KEY, who text); ALTER PUBLICATION users_audit_pub ADD TABLE logins; INSERT INTO logins (who) VALUES ('alice')");
-    std::thread::sleep(Duration::from_millis(1500));
+    wait::caught_up(&db, &db.name);
     stop(&mut consumer);
     let today = db
         .psql("SELECT to_char(current_date, 'YYYYMMDD')")
@@ -153,11 +164,11 @@ async fn users_audit_dropped_from_the_publication_is_shown_by_verify_and_refused
     catch_up(&db, dir.path());
     let mut consumer = Consumer::spawn(&db, dir.path(), &["--format", "none"]);
     db.psql("INSERT INTO users (name) VALUES ('a'), ('b'); UPDATE users SET role = 'streamed'");
-    std::thread::sleep(Duration::from_millis(800));
+    wait::caught_up(&db, &db.name);
     // pgoutput says nothing when a table leaves the publication: its rows just stop coming.
     db.psql("ALTER PUBLICATION users_audit_pub DROP TABLE users_audit");
     db.psql("UPDATE users SET role = 'unstreamed' WHERE name = 'a'");
-    std::thread::sleep(Duration::from_millis(800));
+    wait::caught_up(&db, &db.name);
     stop(&mut consumer);
     assert!(consumer.child.wait().unwrap().success());
 

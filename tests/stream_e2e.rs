@@ -46,8 +46,8 @@ async fn tails_the_reference_scenario_live_and_stops_cleanly_on_sigterm() {
             }
         }
     });
-    // Give it a moment to connect, then apply the scenario.
-    std::thread::sleep(Duration::from_millis(500));
+    // Once it streams, apply the scenario.
+    common::wait::streaming(&db, &db.name);
     let client = db.client().await;
     client.batch_execute(&demo_data()).await.unwrap();
     let mut lines = Vec::new();

@@ -11,23 +11,36 @@ use std::time::{Duration, Instant};
 use audit_tail::cluster::{Cluster, ClusterOptions};
 use common::{Consumer, TestDb, assert_files_equal_table, catch_up, stream_command};
 
-/// A small deterministic generator, seeded from the clock and printed, so a failure can be rerun.
-struct Rng(u64);
+/// A small deterministic generator. Its seed comes from AUDIT_TAIL_TEST_SEED when set, else from
+/// the clock; it is printed and named in the failure message, so a failing run can be replayed
+/// with `AUDIT_TAIL_TEST_SEED=<seed> cargo test --test stream_faults <test>`.
+struct Rng {
+    state: u64,
+    seed: u64,
+}
 
 impl Rng {
-    fn from_clock(test: &str) -> Rng {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        eprintln!("{test}: seed {seed}");
-        Rng(seed | 1)
+    fn from_env_or_clock(test: &str) -> Rng {
+        let seed = match std::env::var("AUDIT_TAIL_TEST_SEED") {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("AUDIT_TAIL_TEST_SEED={text:?} is not a u64")),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64,
+        };
+        eprintln!("{test}: seed {seed} (replay with AUDIT_TAIL_TEST_SEED={seed})");
+        Rng {
+            state: seed | 1,
+            seed,
+        }
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state % n
     }
 }
 
@@ -35,7 +48,7 @@ impl Rng {
 fn spawn_writer(db: &TestDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
     let config = db.cluster.config(&db.name);
     tokio::spawn(async move {
-        let mut rng = Rng::from_clock("writer");
+        let mut rng = Rng::from_env_or_clock("writer");
         let mut transactions = 0;
         while !stop.load(Ordering::SeqCst) {
             let Ok(client) = audit_tail::sql::connect(&config).await else {
@@ -85,7 +98,8 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     prepare(&db, out.path());
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(&db, stop.clone());
-    let mut rng = Rng::from_clock("kill9");
+    let mut rng = Rng::from_env_or_clock("kill9");
+    let seed = rng.seed;
     for _ in 0..50 {
         let mut consumer = Consumer::spawn(&db, out.path(), &["--format", "none"]);
         std::thread::sleep(Duration::from_millis(100 + rng.below(500)));
@@ -96,11 +110,17 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
     let transactions = writer.await.unwrap();
     assert!(
         transactions > 30,
-        "the writer ran only {transactions} transactions"
+        "the writer ran only {transactions} transactions (seed {seed})"
     );
     catch_up(&db, out.path());
-    let rows = assert_files_equal_table(&db, out.path()).await;
-    assert!(rows > 1000, "only {rows} rows were compared");
+    // The comparison panics on the first difference; say which seed produced it.
+    let compared = tokio::spawn({
+        let out = out.path().to_path_buf();
+        async move { assert_files_equal_table(&db, &out).await }
+    })
+    .await;
+    let rows = compared.unwrap_or_else(|e| panic!("kill -9 run with seed {seed} failed: {e}"));
+    assert!(rows > 1000, "only {rows} rows were compared (seed {seed})");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -263,12 +283,14 @@ async fn a_slot_dropped_while_streaming_ends_the_stream_with_an_error() {
     let out = tempfile::tempdir().unwrap();
     catch_up(&db, out.path());
     let mut consumer = Consumer::spawn(&db, out.path(), &["--format", "none"]);
-    std::thread::sleep(Duration::from_millis(700));
+    common::wait::streaming(&db, &db.name);
+    // End its walsender, and drop the slot in the moment before the consumer reconnects.
     db.psql(&format!(
-        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{0}'; \
-         SELECT pg_sleep(0.3); SELECT pg_drop_replication_slot('{0}')",
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{}'",
         db.name
     ));
+    common::wait::released(&db, &db.name);
+    db.psql(&format!("SELECT pg_drop_replication_slot('{}')", db.name));
     let started = Instant::now();
     let status = loop {
         if let Some(status) = consumer.child.try_wait().unwrap() {
@@ -429,9 +451,10 @@ async fn a_short_wal_sender_timeout_does_not_trip_under_a_large_transaction() {
         "INSERT INTO users_audit (user_id, changed_by, field_changed, old_value, new_value) \
          SELECT g, 'bulk', 'name', repeat('o', 100), repeat('n', 100) FROM generate_series(1, 300000) g",
     );
-    // Then idle for longer than the timeout, with the consumer connected the whole time.
+    // Drain it, then idle for longer than the timeout, with the consumer connected throughout.
     let mut consumer = Consumer::spawn(&db, out.path(), &["--format", "none"]);
-    std::thread::sleep(Duration::from_secs(12));
+    common::wait::caught_up(&db, &db.name);
+    std::thread::sleep(Duration::from_secs(6)); // twice wal_sender_timeout
     assert!(consumer.child.try_wait().unwrap().is_none());
     nix::sys::signal::kill(pid(&consumer), nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(consumer.child.wait().unwrap().success());

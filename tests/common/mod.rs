@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod wait;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -118,13 +120,13 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        // Slots keep a database from being dropped: end their walsenders, then drop them.
+        // Slots keep a database from being dropped: end their walsenders (waiting up to 5 s for
+        // each to exit, which releases its slot), then drop them.
         let _ = self.cluster.psql(
             "postgres",
             &format!(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                "SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots \
                  WHERE database = '{0}' AND active_pid IS NOT NULL; \
-                 SELECT pg_sleep(0.2); \
                  SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
                  WHERE database = '{0}' AND NOT active",
                 self.name
