@@ -37,23 +37,26 @@ impl Latency {
     /// Everything pending became durable at `now`.
     pub fn durable(&mut self, now: PgTimestamp) {
         for (commit_time, rows) in self.pending.drain(..) {
-            self.samples.push(((now.0 - commit_time.0).max(0), rows));
+            // Both times come from clocks we do not control (the commit's from the wire): any
+            // i64 must do, and a commit "in the future" (clock skew) counts as no latency.
+            self.samples
+                .push((now.0.saturating_sub(commit_time.0).max(0), rows));
         }
     }
 
     /// The distribution since the last call, and a fresh start; None when no row was written.
     pub fn take_summary(&mut self) -> Option<Summary> {
         let mut samples = std::mem::take(&mut self.samples);
-        let rows: u64 = samples.iter().map(|s| s.1).sum();
+        let rows = samples.iter().fold(0u64, |sum, s| sum.saturating_add(s.1));
         if rows == 0 {
             return None;
         }
         samples.sort_unstable();
         let at = |fraction: f64| {
             let target = ((rows as f64) * fraction).ceil().max(1.0) as u64;
-            let mut seen = 0;
+            let mut seen = 0u64;
             for &(us, n) in &samples {
-                seen += n;
+                seen = seen.saturating_add(n);
                 if seen >= target {
                     return Duration::from_micros(us as u64);
                 }
@@ -87,5 +90,26 @@ mod tests {
         assert_eq!(s.p99, Duration::from_millis(50));
         assert_eq!(s.max, Duration::from_millis(50));
         assert_eq!(l.take_summary(), None);
+    }
+}
+
+#[cfg(test)]
+mod extremes {
+    use super::*;
+
+    /// Commit times come from the wire: any i64 must be taken without overflow.
+    #[test]
+    fn extreme_commit_times_do_not_overflow() {
+        let mut l = Latency::default();
+        l.committed(PgTimestamp(i64::MIN), 1);
+        l.durable(PgTimestamp(i64::MAX));
+        l.committed(PgTimestamp(i64::MAX), 1);
+        l.durable(PgTimestamp(i64::MIN));
+        l.committed(PgTimestamp(i64::MIN), u64::MAX);
+        l.durable(PgTimestamp(1));
+        let s = l.take_summary().unwrap();
+        assert_eq!(s.rows, u64::MAX);
+        assert_eq!(s.max, Duration::from_micros(i64::MAX as u64));
+        assert_eq!(s.p50, Duration::from_micros(i64::MAX as u64));
     }
 }

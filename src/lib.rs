@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cluster;
 pub mod coverage;
 pub mod demo;
+pub mod error;
 pub mod gaps;
 pub mod latency;
 pub mod lsn;
@@ -22,7 +23,8 @@ pub mod stream;
 pub mod verify;
 pub mod wire;
 
-/// Every error the program can end with; `main` alone turns these into exit codes.
+/// Every error the program can end with; `main` alone turns these into exit codes, through the
+/// policy of src/error.rs.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -50,15 +52,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// The exit code: 2 for input the user must correct (arguments, connection strings), 1 for
-    /// everything else that failed.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Error::Params(_) | Error::Verify(_) => 2,
-            _ => 1,
-        }
-    }
-
     /// Whether this is stdout closed by the reader (`| head`): a normal end, not a failure.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, Error::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)

@@ -11,7 +11,7 @@ use audit_tail::sink::copy_csv::Cells;
 use audit_tail::stream::StreamConfig;
 use audit_tail::verify::{Nightly, ReportFormat};
 use audit_tail::wire::ConnParams;
-use audit_tail::{Error, sql};
+use audit_tail::{Error, error, sql};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("audit-tail: error: {}", chain(&e));
-            ExitCode::from(e.exit_code())
+            ExitCode::from(error::kind(&e).exit_code())
         }
     }
 }
@@ -83,10 +83,12 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             };
             use std::io::Write;
             std::io::stdout().write_all(report.render(format).as_bytes())?;
+            // A difference is a failure of the day's check, exit 1 like any other failure that is
+            // not the input's fault (docs/operations.md, "Exit codes").
             Ok(if report.diff.agrees() {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::from(1)
+                ExitCode::FAILURE
             })
         }
         Command::Setup { dsn, export_dir } => {

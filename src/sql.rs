@@ -39,25 +39,6 @@ impl SqlError {
         }
     }
 
-    /// Whether retrying later can succeed: the server is unreachable, starting or shutting down,
-    /// rather than refusing us (authentication, a missing database or object).
-    pub fn is_transient(&self) -> bool {
-        let source = match self {
-            SqlError::Connect(e) => return e.is_transient(),
-            SqlError::Server { error, .. } => error,
-        };
-        match self.code() {
-            // Client-side, after wire opened the socket: the connection breaking (an I/O error,
-            // or closed) is transient; anything else (authentication such as no password to
-            // give or no channel binding, configuration, a protocol violation) is not.
-            None => {
-                source.is_closed()
-                    || std::error::Error::source(source).is_some_and(|c| c.is::<std::io::Error>())
-            }
-            Some(code) => code.starts_with("08") || code.starts_with("57P") || code == "53300",
-        }
-    }
-
     /// The SQLSTATE of the server's error, when the server sent one.
     pub fn code(&self) -> Option<&str> {
         match self {

@@ -103,17 +103,8 @@ pub enum StreamError {
 impl StreamError {
     /// Whether reconnecting cannot help, so the program must stop and say why.
     pub fn is_fatal(&self) -> bool {
-        match self {
-            StreamError::Preflight(e) => !e.is_transient(),
-            StreamError::Sql(e) => !e.is_transient(),
-            StreamError::Wire(e) => !e.is_transient(),
-            StreamError::Message(_) => false,
-            StreamError::Sink(_)
-            | StreamError::Gap(_)
-            | StreamError::Decode { .. }
-            | StreamError::Capture { .. }
-            | StreamError::Stdout(_) => true,
-        }
+        // The policy lives in src/error.rs, with main's exit codes.
+        !crate::error::kind(self).is_retried()
     }
 }
 

@@ -107,17 +107,6 @@ pub enum PreflightError {
     Sql(#[from] SqlError),
 }
 
-impl PreflightError {
-    /// Whether waiting can fix it (a slot still held by a connection that just died).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            PreflightError::SlotActive(..) => true,
-            PreflightError::Sql(e) => e.is_transient(),
-            _ => false,
-        }
-    }
-}
-
 /// PostgreSQL's rule for slot names (ReplicationSlotValidateName).
 pub fn validate_slot_name(name: &str) -> Result<(), PreflightError> {
     let valid = !name.is_empty()
@@ -390,7 +379,7 @@ mod tests {
                 text.contains("0/1E") && text.contains(&Lsn(checkpoint).to_string()),
                 "{text}"
             );
-            assert!(!err.is_transient());
+            assert!(!crate::error::kind(&err).is_retried());
             assert_eq!(
                 go(existing(30), checkpoint, files, true).unwrap(),
                 Resume::Gap {

@@ -434,7 +434,8 @@ fn compare(nightly: Side, stream: Side, neighbours: &[i64]) -> Result<Diff, Veri
     if let Some((lo, hi)) = span {
         let present =
             diff.matching + diff.differing.0 + diff.only_in_nightly.0 + diff.only_in_stream.0;
-        let mut missing = (hi - lo + 1) as u64 - present;
+        // In i128: the span of i64::MIN..=i64::MAX holds 2^64 ids, one more than a u64 does.
+        let mut missing = (i128::from(hi) - i128::from(lo) + 1 - i128::from(present)).max(0);
         let mut counted = HashSet::new();
         for &id in neighbours {
             let new = match seen.as_mut() {
@@ -443,11 +444,11 @@ fn compare(nightly: Side, stream: Side, neighbours: &[i64]) -> Result<Diff, Veri
             };
             if new {
                 diff.neighbouring += 1;
-                missing = missing.saturating_sub(1);
+                missing = (missing - 1).max(0);
             }
         }
         diff.gaps = (
-            missing,
+            u64::try_from(missing).unwrap_or(u64::MAX),
             seen.map(|s| s.gaps(GAPS_SHOWN)).unwrap_or_default(),
         );
     }
@@ -652,5 +653,25 @@ mod tests {
             IdSet::new(i64::MIN, i64::MAX).is_none(),
             "a span of 2^64 ids is not listed"
         );
+    }
+
+    /// Ids come from files: the extremes of i64 are counted without overflow.
+    #[test]
+    fn ids_at_the_ends_of_i64() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = |id: i64| format!("{id},1,2025-10-21 10:00:00,a,name,old,new\n");
+        let text = format!("{}\n{}{}", HEADER.join(","), row(i64::MIN), row(i64::MAX));
+        let path = dir.path().join("n.csv");
+        std::fs::write(&path, &text).unwrap();
+        for buckets in [1, 3] {
+            let side = || split(&path, "n", buckets, Cells::Exact).unwrap();
+            let diff = compare(side(), side(), &[0]).unwrap();
+            assert!(diff.agrees());
+            assert_eq!(diff.matching, 2);
+            // 2^64 ids in the span (one more than a u64 holds), 2 in the copies, 1 (0) a
+            // neighbouring day's.
+            assert_eq!(diff.gaps, (u64::MAX - 2, vec![]));
+            assert_eq!(diff.neighbouring, 1);
+        }
     }
 }

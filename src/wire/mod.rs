@@ -98,27 +98,6 @@ fn connect_hint(target: &str, error: &io::Error) -> &'static str {
 }
 
 impl WireError {
-    /// Whether trying again later can succeed: the server is unreachable, restarting or the link
-    /// broke, rather than our configuration or the server refusing us for good.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            WireError::Auth(_) | WireError::Tls(_) | WireError::TlsRefused { .. } => false,
-            // A certificate that does not verify will not verify on the next try either.
-            WireError::Handshake { source, .. } => source.kind() != io::ErrorKind::InvalidData,
-            WireError::Server(e) => !matches!(
-                e.code.as_str(),
-                // invalid password, rejected by pg_hba, no such database, undefined object
-                // (a dropped publication), invalidated slot, invalid slot name, no privilege
-                "28P01" | "28000" | "3D000" | "42704" | "55000" | "42602" | "42501"
-            ),
-            WireError::Connect { .. }
-            | WireError::Io(_)
-            | WireError::Closed
-            | WireError::Ended
-            | WireError::Protocol(_) => true,
-        }
-    }
-
     /// The SQLSTATE when the server reported the error.
     pub fn code(&self) -> Option<&str> {
         match self {
