@@ -12,6 +12,7 @@ pub mod coverage;
 pub mod demo;
 pub mod gaps;
 pub mod latency;
+pub mod layout;
 pub mod lsn;
 pub mod pgoutput;
 pub mod replication;
