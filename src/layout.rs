@@ -104,7 +104,12 @@ pub fn list(dir: &Path) -> io::Result<Vec<StreamFile>> {
 }
 
 /// The files of `schema.table` and `day` in `dir`, in part order.
-pub fn day_files(dir: &Path, schema: &str, table: &str, day: NaiveDate) -> io::Result<Vec<PathBuf>> {
+pub fn day_files(
+    dir: &Path,
+    schema: &str,
+    table: &str,
+    day: NaiveDate,
+) -> io::Result<Vec<PathBuf>> {
     let mut parts: Vec<u32> = list(dir)?
         .into_iter()
         .filter(|f| f.day == day && f.schema == schema && f.table == table)
@@ -174,10 +179,30 @@ mod tests {
     #[test]
     fn names_read_back_to_their_table_day_and_part() {
         for (schema, table, part, name) in [
-            ("public", "users_audit", 1, "users_audit_stream_20251021.csv"),
-            ("public", "users_audit", 2, "users_audit_stream_20251021-2.csv"),
-            ("app", "users_audit", 1, "app.users_audit_stream_20251021.csv"),
-            ("sales", "Orders/2", 12, "sales.Orders%2F2_stream_20251021-12.csv"),
+            (
+                "public",
+                "users_audit",
+                1,
+                "users_audit_stream_20251021.csv",
+            ),
+            (
+                "public",
+                "users_audit",
+                2,
+                "users_audit_stream_20251021-2.csv",
+            ),
+            (
+                "app",
+                "users_audit",
+                1,
+                "app.users_audit_stream_20251021.csv",
+            ),
+            (
+                "sales",
+                "Orders/2",
+                12,
+                "sales.Orders%2F2_stream_20251021-12.csv",
+            ),
             ("public", "x_stream_y", 1, "x_stream_y_stream_20251021.csv"),
             ("my.schema", "t", 1, "my%2Eschema.t_stream_20251021.csv"),
         ] {

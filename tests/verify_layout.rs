@@ -35,9 +35,14 @@ async fn verify_reads_every_file_of_the_day_after_add_column() {
     catch_up(&db, out.path());
     let today = db.psql("SELECT current_date").trim().to_string();
     let day = today.replace('-', "");
-    let second = out.path().join(format!("users_audit_stream_{day}-2.csv"));
+    let second = common::stream_file(out.path(), &today, 2);
     let text = std::fs::read_to_string(&second).unwrap();
-    assert!(text.starts_with("id,user_id,changed_at,changed_by,field_changed,old_value,new_value,note\n"), "{text}");
+    assert!(
+        text.starts_with(
+            "id,user_id,changed_at,changed_by,field_changed,old_value,new_value,note\n"
+        ),
+        "{text}"
+    );
 
     // From the database: the export has the new column; the first file's rows lack it.
     let (code, stdout, stderr) = verify(&db, out.path(), &["--date", &today]);
@@ -63,9 +68,18 @@ async fn verify_reads_every_file_of_the_day_after_add_column() {
     db.psql("UPDATE users_audit SET note = 'forged' WHERE id = 7");
     let (code, stdout, _) = verify(&db, out.path(), &["--date", &today]);
     assert_eq!(code, Some(1), "{stdout}");
-    assert!(stdout.contains("id 2: new_value nightly \"forged\""), "{stdout}");
-    assert!(stdout.contains("id 8: new_value nightly \"forged\""), "{stdout}");
-    assert!(stdout.contains("id 7: note nightly \"forged\" / stream \"n/a\""), "{stdout}");
+    assert!(
+        stdout.contains("id 2: new_value nightly \"forged\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("id 8: new_value nightly \"forged\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("id 7: note nightly \"forged\" / stream \"n/a\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("rows that differ: 3"), "{stdout}");
 }
 
