@@ -133,9 +133,10 @@ pub async fn verify(
     let state = Checkpoint::load(out_dir)?;
     // Files written with --safe-csv guard formula-like values; the export's get the same guard,
     // so that only real differences remain.
-    let cells = match state.as_ref().is_some_and(|c| c.safe_csv) {
-        true => Cells::Safe,
-        false => Cells::Exact,
+    let cells = if state.as_ref().is_some_and(|c| c.safe_csv) {
+        Cells::Safe
+    } else {
+        Cells::Exact
     };
     match nightly {
         Nightly::File(path) => {
