@@ -305,7 +305,20 @@ BEGIN
 END
 $$;
 
--- export_audit_data(day): the rows whose changed_at falls on day, ordered by id, written by the
+-- users_audit_rows(day): the rows whose changed_at falls on day, with the table's columns as they
+-- are now. Read-only and SECURITY INVOKER: the caller needs SELECT on users_audit, and gets
+-- nothing more from it. export_audit_data writes these rows to the server's disk, and
+-- `audit-tail verify` reads them over COPY TO STDOUT as the consumer role, so both see one
+-- definition of a day. A SQL function is planned at each call, so `*` follows columns added
+-- later.
+CREATE OR REPLACE FUNCTION users_audit_rows(day DATE) RETURNS SETOF users_audit
+LANGUAGE sql
+STABLE
+SECURITY INVOKER
+SET search_path FROM CURRENT
+AS $$ SELECT * FROM users_audit WHERE changed_at >= $1 AND changed_at < $1 + 1 $$;
+
+-- export_audit_data(day): the rows of users_audit_rows(day), ordered by id, written by the
 -- server to <export_dir>/<export_name>_YYYYMMDD.csv with a header line; returns that path.
 -- The bytes equal
 --     COPY (SELECT * FROM users_audit WHERE changed_at >= day AND changed_at < day + 1 ORDER BY id)
@@ -333,9 +346,8 @@ BEGIN
     INTO STRICT path
     FROM audit_settings;
     EXECUTE format(
-        'COPY (SELECT * FROM users_audit WHERE changed_at >= %L::date AND changed_at < %L::date ORDER BY id) '
-        'TO %L WITH (FORMAT csv, HEADER, ENCODING %L)',
-        day, day + 1, path, 'UTF8');
+        'COPY (SELECT * FROM users_audit_rows(%L::date) ORDER BY id) TO %L WITH (FORMAT csv, HEADER, ENCODING %L)',
+        day, path, 'UTF8');
     RETURN path;
 END
 $$;
@@ -350,6 +362,7 @@ AS $$ SELECT export_audit_data(current_date) $$;
 REVOKE ALL ON FUNCTION export_audit_data(DATE) FROM PUBLIC;
 REVOKE ALL ON FUNCTION export_todays_audit_data() FROM PUBLIC;
 REVOKE ALL ON FUNCTION log_user_changes() FROM PUBLIC;
+REVOKE ALL ON FUNCTION users_audit_rows(DATE) FROM PUBLIC;
 
 -- The live stream: inserts only, so that deleting old audit rows for retention is not an event.
 DO $$
@@ -366,14 +379,16 @@ BEGIN
 END
 $$;
 
--- The consumer's least-privilege role: LOGIN REPLICATION, USAGE on the install schema and SELECT
--- on users_audit, nothing more. It is created without a password (only a superuser may create a
--- REPLICATION role); give it one with ALTER ROLE audit_tail PASSWORD '...' and allow it in
--- pg_hba.conf for this database. A role of that name that already exists is left as it is and
--- only granted these. verify reads users_audit by its plain name, so outside public the role's
--- search_path in this database is set to the install schema. It gets no EXECUTE on the export
--- functions: they write files on the server as their owner, and the role that reads the trail
--- from the network must not be able to overwrite a day's export (or fill the disk).
+-- The consumer's least-privilege role: LOGIN REPLICATION, USAGE on the install schema, SELECT
+-- on users_audit and EXECUTE on the read-only users_audit_rows(date), nothing more. It is
+-- created without a password (only a superuser may create a REPLICATION role); give it one with
+-- ALTER ROLE audit_tail PASSWORD '...' and allow it in pg_hba.conf for this database. A role of
+-- that name that already exists is left as it is and only granted these. verify finds
+-- users_audit by its plain name, so outside public the role's search_path in this database is
+-- set to the install schema. It gets no EXECUTE on the functions that write files
+-- (export_audit_data, export_todays_audit_data): they write on the server as their owner, and
+-- the role that reads the trail from the network must not be able to overwrite a day's export
+-- (or fill the disk).
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'audit_tail') THEN
@@ -391,6 +406,7 @@ BEGIN
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'audit_tail') THEN
         GRANT SELECT ON users_audit TO audit_tail;
+        GRANT EXECUTE ON FUNCTION users_audit_rows(DATE) TO audit_tail;
         EXECUTE format('GRANT USAGE ON SCHEMA %I TO audit_tail', current_schema());
         IF current_schema() <> 'public' AND NOT EXISTS (
                SELECT FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase

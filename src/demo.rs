@@ -85,9 +85,13 @@ pub async fn run(keep: bool) -> Result<(), Error> {
         .await
         .map_err(|e| SqlError::new("could not read current_date", e))?
         .get(0);
-    let stream_file = out_dir
-        .path()
-        .join(format!("users_audit_stream_{}.csv", today.replace('-', "")));
+    let date = today
+        .parse()
+        .map_err(|e| Error::Internal(format!("server date {today}: {e}")))?;
+    let stream_file =
+        out_dir
+            .path()
+            .join(crate::layout::file_name("public", "users_audit", date, 1));
     wait_for_lines(&stream_file, 7).await?;
 
     let path: String = client
@@ -105,9 +109,6 @@ pub async fn run(keep: bool) -> Result<(), Error> {
     )?;
     out.write_all(csv.as_bytes())?;
 
-    let date = today
-        .parse()
-        .map_err(|e| Error::Internal(format!("server date {today}: {e}")))?;
     let report = verify::verify(date, &Nightly::File(path.into()), out_dir.path()).await?;
     writeln!(out, "5. audit-tail verify --date {today}:")?;
     out.write_all(report.render(ReportFormat::Text).as_bytes())?;

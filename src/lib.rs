@@ -13,6 +13,7 @@ pub mod demo;
 pub mod error;
 pub mod gaps;
 pub mod latency;
+pub mod layout;
 pub mod lsn;
 pub mod pgoutput;
 pub mod replication;

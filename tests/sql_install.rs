@@ -484,18 +484,13 @@ async fn the_consumer_role_verifies_and_reads_status_in_another_schema() {
         .psql("SELECT to_char(current_date, 'YYYYMMDD')")
         .trim()
         .to_string();
-    // The stream names the files of a table outside public after its schema; verify looks for
-    // the public name (outside this test's scope: see the report), so give it that name here.
-    let streamed = out
-        .path()
-        .join(format!("app.users_audit_stream_{today}.csv"));
-    if streamed.is_file() {
-        std::fs::rename(
-            &streamed,
-            out.path().join(format!("users_audit_stream_{today}.csv")),
-        )
-        .unwrap();
-    }
+    // The stream names the files of a table outside public after its schema, and verify finds
+    // them under that name.
+    assert!(
+        out.path()
+            .join(format!("app.users_audit_stream_{today}.csv"))
+            .is_file()
+    );
     let consumer = format!("{} user=audit_tail", db.cluster.conninfo(&db.name));
     let date = db.psql("SELECT current_date").trim().to_string();
     let (code, stdout, stderr) = common::run_audit_tail(&[
@@ -512,15 +507,28 @@ async fn the_consumer_role_verifies_and_reads_status_in_another_schema() {
         stdout.contains("agree (1 rows)") || stdout.contains("agree (1 row)"),
         "{stdout}"
     );
+    // From the export file too (written by the superuser): verify finds the schema's files.
+    let export = db.psql("SELECT app.export_audit_data(current_date)");
+    let (code, stdout, stderr) = common::run_audit_tail(&[
+        "verify",
+        "--out-dir",
+        out.path().to_str().unwrap(),
+        "--nightly",
+        export.trim(),
+        "--date",
+        &date,
+    ]);
+    assert_eq!(code, Some(0), "verify --nightly: {stdout}{stderr}");
 
     // The role may read, not write files on the server: no EXECUTE on the export functions.
     let privileges = db.psql(
         "SELECT has_schema_privilege('audit_tail', 'app', 'USAGE'), \
          has_function_privilege('audit_tail', 'app.export_audit_data(date)', 'EXECUTE'), \
          has_function_privilege('audit_tail', 'app.export_todays_audit_data()', 'EXECUTE'), \
-         has_table_privilege('audit_tail', 'app.users', 'SELECT')",
+         has_table_privilege('audit_tail', 'app.users', 'SELECT'), \
+         has_function_privilege('audit_tail', 'app.users_audit_rows(date)', 'EXECUTE')",
     );
-    assert_eq!(privileges.trim(), "t|f|f|f");
+    assert_eq!(privileges.trim(), "t|f|f|f|t");
 
     let (code, stdout, stderr) = common::run_audit_tail(&[
         "status",

@@ -183,9 +183,7 @@ async fn what_a_superuser_can_still_do_and_how_verify_shows_it() {
     // A row removed from both copies (the table by a superuser, the stream file by someone on
     // the consumer's machine) is no difference any more: only a gap, which verify lists.
     db.psql("DELETE FROM users_audit WHERE id = 5");
-    let stream = out
-        .path()
-        .join(format!("users_audit_stream_{}.csv", today.replace('-', "")));
+    let stream = common::stream_file(out.path(), &today, 1);
     let text = std::fs::read_to_string(&stream).unwrap();
     let kept: String = text
         .split_inclusive('\n')
@@ -232,9 +230,7 @@ async fn safe_csv_guards_formulas_and_verify_compares_alike() {
         String::from_utf8_lossy(&done.stderr)
     );
     let today = db.psql("SELECT current_date").trim().to_string();
-    let file = out
-        .path()
-        .join(format!("users_audit_stream_{}.csv", today.replace('-', "")));
+    let file = common::stream_file(out.path(), &today, 1);
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(
         text.contains(",\"'=HYPERLINK(\"\"http://example.com\"\",\"\"click\"\")\"\n"),

@@ -196,7 +196,7 @@ fn a_nightly_file_of_another_day_is_named_as_such() {
         row(2, "2025-10-20 23:59:59.5")
     );
     std::fs::write(
-        out.path().join("users_audit_stream_20251021.csv"),
+        common::stream_file(out.path(), "20251021", 1),
         format!("{HEADER}{}", row(3, "2025-10-21 08:00:00")),
     )
     .unwrap();
@@ -233,7 +233,7 @@ fn ids_of_the_neighbouring_days_are_not_reported_as_gaps() {
     let stream_file = |day: &str, rows: &[(i64, &str)]| {
         let text: String = rows.iter().map(|&(id, at)| row(id, at)).collect();
         std::fs::write(
-            out.path().join(format!("users_audit_stream_{day}.csv")),
+            common::stream_file(out.path(), day, 1),
             format!("{HEADER}{text}"),
         )
         .unwrap();
@@ -277,7 +277,7 @@ fn ids_of_the_neighbouring_days_are_not_reported_as_gaps() {
     );
     // Without the file of the day before, and the stream covered that day: no row of it, so id 5
     // is a gap as a rolled-back transaction leaves one.
-    std::fs::remove_file(out.path().join("users_audit_stream_20251020.csv")).unwrap();
+    std::fs::remove_file(common::stream_file(out.path(), "20251020", 1)).unwrap();
     let (code, stdout, _) = verify(out.path(), "2025-10-21", &nightly, &[]);
     assert_eq!(code, Some(0), "{stdout}");
     assert!(

@@ -1,4 +1,5 @@
-//! Rolling CSV files: one file per table per day in out-dir, `<table>_stream_YYYYMMDD.csv`.
+//! Rolling CSV files: one file per table per day in out-dir, `[schema.]<table>_stream_YYYYMMDD.csv`
+//! (named by src/layout.rs).
 //!
 //! Sits after `capture` and before `checkpoint` in the flow. Rows are encoded by the one encoder
 //! (`copy_csv`) and written as they arrive, so memory stays flat whatever a transaction's size;
@@ -26,6 +27,7 @@ use nix::fcntl::{Flock, FlockArg};
 use super::copy_csv::{self, Cells};
 use crate::capture::{Row, Table};
 use crate::checkpoint::{Checkpoint, CheckpointError, Identity, STATE_FILE, disk_hint};
+use crate::layout;
 use crate::lsn::{Lsn, PgTimestamp};
 
 const LOCK_FILE: &str = "audit-tail.lock";
@@ -427,22 +429,13 @@ fn row_day(row: &Row, commit_time: PgTimestamp) -> NaiveDate {
         .unwrap_or_default()
 }
 
-/// `users_audit_stream_20251021` for public.users_audit on 2025-10-21.
+/// The name of `table`'s files of `day`, without part and extension (src/layout.rs).
 fn base_name(table: &Table, day: NaiveDate) -> String {
-    let name = if table.schema == "public" {
-        file_safe(&table.name)
-    } else {
-        format!("{}.{}", file_safe(&table.schema), file_safe(&table.name))
-    };
-    format!("{name}_stream_{}", day.format("%Y%m%d"))
+    layout::base_name(&table.schema, &table.name, day)
 }
 
 fn variant(base: &str, n: u32) -> String {
-    if n == 1 {
-        format!("{base}.csv")
-    } else {
-        format!("{base}-{n}.csv")
-    }
+    layout::part_name(base, n)
 }
 
 /// The date of a timestamp's text output in ISO DateStyle (`2025-10-21 11:55:51...`); None for
@@ -462,21 +455,8 @@ fn date_prefix(value: &[u8]) -> Option<NaiveDate> {
     NaiveDate::from_ymd_opt(digits(0..4)? as i32, digits(5..7)?, digits(8..10)?)
 }
 
-/// Table and schema names may hold any character: keep [A-Za-z0-9_], percent-encode the rest.
-fn file_safe(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'_' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 fn is_stream_file(name: &str) -> bool {
-    name.ends_with(".csv") && name.contains("_stream_")
+    layout::is_stream_file(name)
 }
 
 /// Brings the files back to the last checkpoint, or refuses when they cannot be explained by it.

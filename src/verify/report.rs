@@ -7,8 +7,6 @@ use std::fmt::Write as _;
 use chrono::NaiveDate;
 use serde_json::json;
 
-use super::HEADER;
-use super::csv_read::{Field, Record};
 use crate::gaps::Gap;
 
 const SHOWN: usize = 20;
@@ -22,7 +20,7 @@ pub enum ReportFormat {
 /// One differing field: its name and both values (None for NULL).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldDiff {
-    pub field: &'static str,
+    pub field: String,
     pub nightly: Option<String>,
     pub stream: Option<String>,
 }
@@ -69,18 +67,7 @@ impl Diff {
     pub(super) fn duplicate_in_nightly(&mut self, id: i64) {
         note(&mut self.duplicates, (id, "nightly export"));
     }
-    pub(super) fn differs(&mut self, id: i64, nightly: &Record, stream: &Record) {
-        let text = |f: &Field| f.as_ref().map(|v| String::from_utf8_lossy(v).into_owned());
-        let fields = HEADER
-            .iter()
-            .zip(nightly.fields.iter().zip(&stream.fields))
-            .filter(|(_, (a, b))| a != b)
-            .map(|(name, (a, b))| FieldDiff {
-                field: name,
-                nightly: text(a),
-                stream: text(b),
-            })
-            .collect();
+    pub(super) fn differs(&mut self, id: i64, fields: Vec<FieldDiff>) {
         note(&mut self.differing, (id, fields));
     }
 
@@ -105,10 +92,23 @@ impl Diff {
     }
 }
 
+/// A stream file whose columns are not the export's: its rows were compared on the columns both
+/// have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialFile {
+    pub file: String,
+    /// Columns of the export the file lacks (added to the table after the file was written).
+    pub not_compared: Vec<String>,
+    /// Columns of the file the export lacks (dropped from the table since).
+    pub ignored: Vec<String>,
+}
+
 /// A verify result for one day.
 #[derive(Debug, Clone)]
 pub struct Report {
     pub date: NaiveDate,
+    /// The name of the table's key column, which the ids are values of.
+    pub key: String,
     pub nightly: String,
     pub stream: String,
     /// No stream file, and the stream's record shows it covered the day: how.
@@ -117,6 +117,8 @@ pub struct Report {
     pub other_days: std::collections::BTreeMap<NaiveDate, u64>,
     /// The stream files were written with `--safe-csv`; the export was compared alike.
     pub safe_csv: bool,
+    /// Stream files with other columns than the export's.
+    pub partial: Vec<PartialFile>,
     pub diff: Diff,
     /// Ranges the stream skipped with `--accept-gap` that may hold rows of this day.
     pub recorded_gaps: Vec<Gap>,
@@ -196,6 +198,25 @@ impl Report {
                 "  (the stream was written with --safe-csv: the export's formula-like values got \
                  the same leading ' before comparing)"
             );
+        }
+        for p in &self.partial {
+            if !p.not_compared.is_empty() {
+                let _ = writeln!(
+                    t,
+                    "  not compared for the rows of {}: {} (the file was written before the table \
+                     had these columns; its rows were compared on the others)",
+                    p.file,
+                    p.not_compared.join(", ")
+                );
+            }
+            if !p.ignored.is_empty() {
+                let _ = writeln!(
+                    t,
+                    "  ignored in the rows of {}: {} (no longer columns of the table)",
+                    p.file,
+                    p.ignored.join(", ")
+                );
+            }
         }
         let _ = writeln!(t, "  matching:       {}", d.matching);
         for g in &self.recorded_gaps {
@@ -297,7 +318,8 @@ impl Report {
                 for f in fields {
                     let _ = writeln!(
                         t,
-                        "    id {id}: {} nightly {} / stream {}",
+                        "    {} {id}: {} nightly {} / stream {}",
+                        self.key,
                         f.field,
                         value(&f.nightly),
                         value(&f.stream)
@@ -332,6 +354,10 @@ impl Report {
             "other_days": self.other_days.iter().map(|(day, n)| json!({"date": day.to_string(), "rows": n})).collect::<Vec<_>>(),
             "matching": d.matching,
             "safe_csv": self.safe_csv,
+            "key": self.key,
+            "partial_files": self.partial.iter().map(|p| json!({
+                "file": p.file, "not_compared": p.not_compared, "ignored": p.ignored,
+            })).collect::<Vec<_>>(),
             "only_in_nightly": {"count": d.only_in_nightly.0, "ids": d.only_in_nightly.1},
             "only_in_stream": {"count": d.only_in_stream.0, "ids": d.only_in_stream.1},
             "duplicates": {"count": d.duplicates.0, "ids": d.duplicates.1.iter().map(|(id, side)| json!({"id": id, "in": side})).collect::<Vec<_>>()},

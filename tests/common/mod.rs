@@ -209,6 +209,21 @@ pub fn catch_up(db: &TestDb, out_dir: &Path) -> Output {
     out
 }
 
+/// The path of part `part` of public.users_audit's stream file of `day` (`2025-10-21` or
+/// `20251021`) in `out_dir`, as src/layout.rs names it.
+pub fn stream_file(out_dir: &Path, day: &str, part: u32) -> PathBuf {
+    let day = day.trim();
+    let date = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .or_else(|_| chrono::NaiveDate::parse_from_str(day, "%Y%m%d"))
+        .unwrap_or_else(|e| panic!("{day:?} is not a date: {e}"));
+    out_dir.join(audit_tail::layout::file_name(
+        "public",
+        "users_audit",
+        date,
+        part,
+    ))
+}
+
 /// The records of a CSV text: split at line ends outside quotes, so quoted newlines stay inside.
 pub fn csv_records(bytes: &[u8]) -> Vec<Vec<u8>> {
     let mut records = Vec::new();
@@ -299,16 +314,14 @@ pub async fn assert_files_equal_table(db: &TestDb, out_dir: &Path) -> usize {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let mut files: Vec<String> = std::fs::read_dir(out_dir)
+    let mut files: Vec<PathBuf> = audit_tail::layout::list(out_dir)
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("users_audit_stream_"))
+        .into_iter()
+        .filter(|f| f.schema == "public" && f.table == "users_audit")
+        .map(|f| out_dir.join(f.name()))
         .collect();
     files.sort();
-    let expected_files: Vec<String> = days
-        .iter()
-        .map(|d| format!("users_audit_stream_{d}.csv"))
-        .collect();
+    let expected_files: Vec<PathBuf> = days.iter().map(|d| stream_file(out_dir, d, 1)).collect();
     assert_eq!(
         files, expected_files,
         "one stream file per day of users_audit"
@@ -322,7 +335,7 @@ pub async fn assert_files_equal_table(db: &TestDb, out_dir: &Path) -> usize {
             ),
         )
         .await;
-        let stream = std::fs::read(out_dir.join(format!("users_audit_stream_{day}.csv"))).unwrap();
+        let stream = std::fs::read(stream_file(out_dir, day, 1)).unwrap();
         let mut want = csv_records(&reference);
         let mut got = csv_records(&stream);
         assert_eq!(got.first(), want.first(), "header of {day}");

@@ -1,0 +1,147 @@
+//! The audited table verify compares: schema, name, key, columns in order and the read-only
+//! function whose rows are the export of a day. From the catalog when verify has a database; from
+//! the nightly file's header and the reference table's defaults when it has only a file.
+
+use std::path::Path;
+
+use tokio_postgres::Client;
+
+use super::VerifyError;
+use crate::sql::SqlError;
+
+/// The reference table, as sql/install.sql creates it.
+pub const REFERENCE_TABLE: &str = "users_audit";
+/// Its key, and the column whose date is a row's day (also the stream's: src/capture).
+pub const REFERENCE_KEY: &str = "id";
+pub const DAY_COLUMN: &str = "changed_at";
+
+/// An audited table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDesc {
+    pub schema: String,
+    pub name: String,
+    /// The primary key's columns, in key order. verify compares by one integer key.
+    pub key: Vec<String>,
+    /// The table's columns now, in order: the export's header.
+    pub columns: Vec<String>,
+    /// `schema.table_rows(date)`, the day's rows (None when read from a file).
+    pub export: Option<String>,
+}
+
+impl TableDesc {
+    /// The table `REFERENCE_TABLE` as the catalog describes it: the one on the role's search_path,
+    /// else the only one in the database.
+    pub async fn from_catalog(client: &Client, database: &str) -> Result<TableDesc, VerifyError> {
+        let sql_err = |e| SqlError::new("could not describe users_audit from the catalog", e);
+        let rows = client
+            .query(
+                "SELECT n.nspname::text, c.relname::text, \
+                   array(SELECT attname::text FROM pg_attribute \
+                         WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped ORDER BY attnum), \
+                   array(SELECT a.attname::text FROM pg_index i \
+                         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+                         WHERE i.indrelid = c.oid AND i.indisprimary \
+                         ORDER BY array_position(i.indkey::int2[], a.attnum)), \
+                   CASE WHEN to_regprocedure(format('%I.%I(date)', n.nspname, c.relname || '_rows')) \
+                        IS NOT NULL THEN format('%I.%I', n.nspname, c.relname || '_rows') END \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relname = $1 AND c.relkind IN ('r', 'p') \
+                 ORDER BY c.oid = to_regclass(quote_ident($1)) DESC NULLS LAST, n.nspname",
+                &[&REFERENCE_TABLE],
+            )
+            .await
+            .map_err(sql_err)?;
+        let on_path = client
+            .query_one(
+                "SELECT to_regclass(quote_ident($1)) IS NOT NULL",
+                &[&REFERENCE_TABLE],
+            )
+            .await
+            .map_err(sql_err)?
+            .get::<_, bool>(0);
+        let row = match rows.as_slice() {
+            [] => {
+                return Err(VerifyError::NoTable {
+                    database: database.to_string(),
+                    why: format!("there is no table {REFERENCE_TABLE}"),
+                });
+            }
+            [row] => row,
+            [row, ..] if on_path => row,
+            more => {
+                let schemas: Vec<String> = more.iter().map(|r| r.get(0)).collect();
+                return Err(VerifyError::NoTable {
+                    database: database.to_string(),
+                    why: format!(
+                        "{REFERENCE_TABLE} is in schemas {} and none is on the role's \
+                         search_path; set it (ALTER ROLE ... IN DATABASE ... SET search_path = ...) \
+                         to the one audit-tail streams",
+                        schemas.join(", ")
+                    ),
+                });
+            }
+        };
+        let desc = TableDesc {
+            schema: row.get(0),
+            name: row.get(1),
+            columns: row.get(2),
+            key: row.get(3),
+            export: row.get(4),
+        };
+        if desc.export.is_none() {
+            return Err(VerifyError::NoExportFunction {
+                function: format!("{}.{}_rows(date)", desc.schema, desc.name),
+                database: database.to_string(),
+            });
+        }
+        if desc.key.len() != 1 {
+            return Err(VerifyError::NoTable {
+                database: database.to_string(),
+                why: format!(
+                    "verify compares rows by one integer key, and {}.{} has {}",
+                    desc.schema,
+                    desc.name,
+                    if desc.key.is_empty() {
+                        "no primary key".to_string()
+                    } else {
+                        format!("the key ({})", desc.key.join(", "))
+                    }
+                ),
+            });
+        }
+        Ok(desc)
+    }
+
+    /// For `--nightly FILE` without a database: the columns are the file's header, the rest are
+    /// the reference table's defaults (name users_audit, key id). The schema is the one whose
+    /// files of users_audit are in `out_dir` when there is exactly one, else public.
+    pub fn from_header(header: Vec<String>, out_dir: &Path) -> TableDesc {
+        let schemas = crate::layout::schemas_of(out_dir, REFERENCE_TABLE).unwrap_or_default();
+        let schema = match schemas.as_slice() {
+            [one] => one.clone(),
+            _ => "public".to_string(),
+        };
+        TableDesc {
+            schema,
+            name: REFERENCE_TABLE.to_string(),
+            key: vec![REFERENCE_KEY.to_string()],
+            columns: header,
+            export: None,
+        }
+    }
+
+    /// The key column's name.
+    pub fn key_column(&self) -> &str {
+        self.key.first().map_or(REFERENCE_KEY, String::as_str)
+    }
+
+    /// The query whose COPY is the export of `day` (a date verify parsed, so safe to inline:
+    /// COPY takes no parameters).
+    pub(super) fn export_query(&self, day: chrono::NaiveDate) -> Option<String> {
+        let function = self.export.as_ref()?;
+        Some(format!(
+            "COPY (SELECT * FROM {function}('{}'::date)) TO STDOUT WITH (FORMAT csv, HEADER, ENCODING 'UTF8')",
+            day.format("%Y-%m-%d")
+        ))
+    }
+}
