@@ -268,7 +268,10 @@ impl Classify for VerifyError {
             // The database: unreachable, refusing us, or not installed. Never the input's fault:
             // the command line was right, the comparison could not be made.
             VerifyError::Sql(e) => e.kind(),
-            VerifyError::Temp(_) => Kind::Io,
+            // The database has no users_audit verify can use, or an install older than the
+            // function verify reads it through: install or upgrade it.
+            VerifyError::NoTable { .. } | VerifyError::NoExportFunction { .. } => Kind::Setup,
+            VerifyError::List { .. } | VerifyError::Temp(_) => Kind::Io,
         }
     }
 }

@@ -1059,7 +1059,7 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         for buckets in [1, 3] {
             let side = || split(&path, "n", buckets, Cells::Exact).unwrap();
-            let diff = compare(side(), side(), &[0]).unwrap();
+            let diff = compare(side(), side(), &[0], &columns(&HEADER)).unwrap();
             assert!(diff.agrees());
             assert_eq!(diff.matching, 2);
             // 2^64 ids in the span (one more than a u64 holds), 2 in the copies, 1 (0) a
