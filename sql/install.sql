@@ -310,13 +310,18 @@ $$;
 -- nothing more from it. export_audit_data writes these rows to the server's disk, and
 -- `audit-tail verify` reads them over COPY TO STDOUT as the consumer role, so both see one
 -- definition of a day. A SQL function is planned at each call, so `*` follows columns added
--- later.
-CREATE OR REPLACE FUNCTION users_audit_rows(day DATE) RETURNS SETOF users_audit
-LANGUAGE sql
-STABLE
-SECURITY INVOKER
-SET search_path FROM CURRENT
-AS $$ SELECT * FROM users_audit WHERE changed_at >= $1 AND changed_at < $1 + 1 $$;
+-- later. It names its table with the install schema instead of pinning search_path (SET), so
+-- that PostgreSQL inlines it: the day is then an index range scan streamed straight to COPY, not
+-- a materialised set (a SECURITY INVOKER function gives a hijacked search_path no privilege).
+DO $$
+BEGIN
+    EXECUTE format(
+        'CREATE OR REPLACE FUNCTION %1$I.users_audit_rows(day DATE) RETURNS SETOF %1$I.users_audit '
+        'LANGUAGE sql STABLE SECURITY INVOKER '
+        'AS $body$ SELECT * FROM %1$I.users_audit WHERE changed_at >= $1 AND changed_at < $1 + 1 $body$',
+        current_schema());
+END
+$$;
 
 -- export_audit_data(day): the rows of users_audit_rows(day), ordered by id, written by the
 -- server to <export_dir>/<export_name>_YYYYMMDD.csv with a header line; returns that path.
