@@ -1,6 +1,6 @@
 //! Operator commands beside the flow: `status` (the slot, the WAL it keeps, the checkpoint of an
-//! out-dir with its sealed and open days, the last runs of the nightly export) and `drop-slot` (an abandoned slot keeps WAL
-//! forever, so removing it is one command).
+//! out-dir with its sealed and open days, the last runs of the nightly export) and `drop-slot`
+//! (an abandoned slot keeps WAL forever, so removing it is one command).
 
 use std::fmt::Write as _;
 use std::path::Path;

@@ -1,14 +1,14 @@
 //! Sealed days: the manifest of a day whose files can receive no more rows.
 //!
 //! Beside the file sink (`files.rs`), between its fsync and the checkpoint. Once the checkpoint's
-//! `covered` stretch (src/coverage.rs) ends more than `GRACE` after a day ended in the server's
-//! TimeZone, the day's files are hashed and named, with their lengths, rows, SHA-256 and LSN
-//! range, in `audit-tail.days/YYYYMMDD.manifest`, written atomically and fsynced; only then does
-//! the checkpoint drop them, so it lists open files only and a sealed day's files may be moved
-//! away. A row that still comes for a sealed day (a transaction that began on it and committed
-//! more than `GRACE` after it ended, or a row written with an old `changed_at`) goes to a new part
-//! of the day (`-N`), which is sealed in turn and added to the same manifest: a sealed file is
-//! never written again.
+//! `covered` stretch (src/coverage.rs) ends `grace()` (an hour) after a day ended, in the
+//! server's TimeZone and in UTC, the day's files are hashed and named, with their lengths, rows,
+//! SHA-256 and LSN range, in `audit-tail.days/YYYYMMDD.manifest`, written atomically and fsynced;
+//! only then does the checkpoint drop them, so it lists open files only and a sealed day's files
+//! may be moved away. A row that still comes for a sealed day (a transaction that began on it and
+//! committed more than `grace()` after it ended, or a row written with an old `changed_at`) goes
+//! to a new part of the day (`-N`), which is sealed in turn and added to the same manifest: a
+//! sealed file is never written again.
 //!
 //! Format (text, one fact per line, like the state file):
 //! ```text
@@ -333,9 +333,12 @@ pub fn day_end(day: NaiveDate, zone: Option<&str>) -> DateTime<Utc> {
 }
 
 /// Whether `day` can receive no more rows but late ones: the files are complete up to a server
-/// time `GRACE` past the day's end.
+/// time `grace()` past the day's end. The end is the later of the day's end in the server's zone
+/// (the day of `changed_at`) and in UTC (the day of a table without it is its commit's UTC date),
+/// so neither kind of file is sealed while its day still runs.
 pub fn sealable(day: NaiveDate, covered: &Covered) -> bool {
-    covered.to >= day_end(day, covered.zone.as_deref()) + grace()
+    let end = day_end(day, covered.zone.as_deref()).max(day_end(day, Some("UTC")));
+    covered.to >= end + grace()
 }
 
 #[cfg(test)]
@@ -455,15 +458,15 @@ mod tests {
         let d = day("2025-10-21");
         assert!(!sealable(d, &covered("2025-10-22T00:59:59Z", Some("UTC"))));
         assert!(sealable(d, &covered("2025-10-22T01:00:00Z", Some("UTC"))));
-        // Europe/Paris is UTC+2 in October: the day ends at 22:00 UTC.
-        assert!(sealable(
-            d,
-            &covered("2025-10-21T23:00:00Z", Some("Europe/Paris"))
-        ));
-        assert!(!sealable(
-            d,
-            &covered("2025-10-21T22:59:00Z", Some("Europe/Paris"))
-        ));
+        // America/New_York is UTC-4 in October: the day ends at 04:00 UTC.
+        let ny = |to| covered(to, Some("America/New_York"));
+        assert!(sealable(d, &ny("2025-10-22T05:00:00Z")));
+        assert!(!sealable(d, &ny("2025-10-22T04:59:00Z")));
+        // Europe/Paris is UTC+2 in October: its day ends at 22:00 UTC, but a table without
+        // changed_at has UTC days, so the UTC end counts.
+        let paris = |to| covered(to, Some("Europe/Paris"));
+        assert!(!sealable(d, &paris("2025-10-21T23:00:00Z")));
+        assert!(sealable(d, &paris("2025-10-22T01:00:00Z")));
         // Unknown zone: as late as UTC-12.
         assert!(!sealable(d, &covered("2025-10-22T12:59:00Z", None)));
         assert!(sealable(
