@@ -29,8 +29,21 @@
 //! every transaction that committed between the two instants (UTC, server clock) is in the files
 //! or had no row for them; the last field is the server's TimeZone as the stream's session saw it
 //! (`-` when unknown), in which `changed_at` and so the files' days are read.
+//!
+//! Only open files are listed: once a day is sealed (src/sink/seal.rs) its files are named by the
+//! day's manifest in `audit-tail.days/` and leave this file, so it stays small. A `file` line may
+//! carry the end LSNs of the first and last transaction with rows in the file
+//! (`file users_audit_stream_20251021.csv 1234 0/1A2B000 0/1A2B3C8`), which the manifest records.
+//! A file the stream is about to create is named first, before it exists, by a line
+//! ```text
+//! created users_audit_stream_20251022.csv
+//! ```
+//! so that on start a file of this stream that holds nothing durable yet is told apart from a
+//! file someone else put in the out-dir: the first is removed (the server sends its rows again),
+//! the second moved aside into `unknown/`. The line goes once a transaction's rows in the file
+//! are durable (then the file has a `file` line).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -57,6 +70,11 @@ pub struct Checkpoint {
     pub identity: Option<Identity>,
     /// The stretch of server time the files are complete for (a line `covered`).
     pub covered: Option<Covered>,
+    /// The end LSNs of the first and last transaction with rows in a file of `files`, when known
+    /// (state files from before they were recorded have none).
+    pub lsns: BTreeMap<String, (Lsn, Lsn)>,
+    /// Files this stream created or is about to create, none of whose rows is durable yet.
+    pub created: BTreeSet<String>,
 }
 
 /// Which stream an out-dir holds.
@@ -172,7 +190,15 @@ impl Checkpoint {
             text.push_str(&covered.encode());
         }
         for (name, len) in &self.files {
-            text.push_str(&format!("file {name} {len}\n"));
+            match self.lsns.get(name) {
+                Some((first, last)) => {
+                    text.push_str(&format!("file {name} {len} {first} {last}\n"));
+                }
+                None => text.push_str(&format!("file {name} {len}\n")),
+            }
+        }
+        for name in &self.created {
+            text.push_str(&format!("created {name}\n"));
         }
         text
     }
@@ -224,9 +250,23 @@ impl Checkpoint {
                             .ok_or_else(|| corrupt(n, "bad covered line"))?,
                     );
                 }
-                ["file", name, len] if is_plain_file_name(name) => {
+                ["file", name, len, lsns @ ..] if is_plain_file_name(name) => {
                     let len = len.parse().map_err(|_| corrupt(n, "bad file length"))?;
                     if checkpoint.files.insert(name.to_string(), len).is_some() {
+                        return Err(corrupt(n, "a file is listed twice"));
+                    }
+                    match lsns {
+                        [] => {}
+                        [first, last] => {
+                            let lsn = |l: &str| l.parse().map_err(|_| corrupt(n, "bad LSN"));
+                            let range = (lsn(first)?, lsn(last)?);
+                            checkpoint.lsns.insert(name.to_string(), range);
+                        }
+                        _ => return Err(corrupt(n, "unexpected line")),
+                    }
+                }
+                ["created", name] if is_plain_file_name(name) => {
+                    if !checkpoint.created.insert(name.to_string()) {
                         return Err(corrupt(n, "a file is listed twice"));
                     }
                 }
@@ -351,8 +391,17 @@ mod tests {
             files,
             ..Default::default()
         };
+        c.lsns.insert(
+            "users_audit_stream_20251021.csv".to_string(),
+            (Lsn(0x10), Lsn(0x1_0000_00AB)),
+        );
+        c.created
+            .insert("users_audit_stream_20251023.csv".to_string());
         let text = c.encode();
         assert!(text.contains("lsn 1/AB\n"));
+        assert!(text.contains("\nfile users_audit_stream_20251021.csv 1234 0/10 1/AB\n"));
+        assert!(text.contains("\nfile a%2Fb_stream_20251022-2.csv 0\n"));
+        assert!(text.contains("\ncreated users_audit_stream_20251023.csv\n"));
         assert!(!text.contains("csv safe"));
         assert!(!text.contains("server"));
         assert_eq!(Checkpoint::decode(&text, Path::new("s")).unwrap(), c);
@@ -399,6 +448,13 @@ mod tests {
             ("audit-tail state 1\n", 2),
             ("audit-tail state 1\nlsn zz\n", 2),
             ("audit-tail state 1\nlsn 0/1\nfile x.csv -3\n", 3),
+            ("audit-tail state 1\nlsn 0/1\nfile x.csv 3 0/1\n", 3),
+            ("audit-tail state 1\nlsn 0/1\nfile x.csv 3 0/1 zz\n", 3),
+            ("audit-tail state 1\nlsn 0/1\ncreated ../x.csv\n", 3),
+            (
+                "audit-tail state 1\nlsn 0/1\ncreated x.csv\ncreated x.csv\n",
+                4,
+            ),
             ("audit-tail state 1\nlsn 0/1\nfile ../x.csv 3\n", 3),
             (
                 "audit-tail state 1\nlsn 0/1\nfile x.csv 3\nfile x.csv 4\n",

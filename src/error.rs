@@ -209,7 +209,16 @@ impl Classify for SinkError {
             SinkError::Locked(_) => Kind::Setup,
             SinkError::Refuse(_) => Kind::Data,
             SinkError::Checkpoint(e) => checkpoint(e),
+            SinkError::Manifest(e) => manifest(e),
         }
+    }
+}
+
+fn manifest(error: &crate::sink::seal::ManifestError) -> Kind {
+    use crate::sink::seal::ManifestError;
+    match error {
+        ManifestError::Io { .. } => Kind::Io,
+        ManifestError::Corrupt { .. } => Kind::Data,
     }
 }
 

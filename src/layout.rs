@@ -81,6 +81,12 @@ pub fn parse(name: &str) -> Option<StreamFile> {
     (file.name() == name).then_some(file)
 }
 
+/// The day of a stream file's name (`users_audit_stream_20251021-2.csv`: 2025-10-21); None for
+/// any other name.
+pub fn day_of(name: &str) -> Option<NaiveDate> {
+    parse(name).map(|file| file.day)
+}
+
 /// Whether `name` is the name of a stream file.
 pub fn is_stream_file(name: &str) -> bool {
     parse(name).is_some()

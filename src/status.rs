@@ -1,6 +1,6 @@
 //! Operator commands beside the flow: `status` (the slot, the WAL it keeps, the checkpoint of an
-//! out-dir, the last runs of the nightly export) and `drop-slot` (an abandoned slot keeps WAL
-//! forever, so removing it is one command).
+//! out-dir with its sealed and open days, the last runs of the nightly export) and `drop-slot`
+//! (an abandoned slot keeps WAL forever, so removing it is one command).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
 use crate::checkpoint::Checkpoint;
+use crate::sink::seal;
 use crate::sql::{self, SqlError};
 use crate::wire::ConnParams;
 
@@ -78,6 +79,7 @@ pub async fn status(params: &ConnParams, slot: &str, out_dir: &Path) -> Result<V
         Ok(Some(c)) => json!({
             "out_dir": out_dir.display().to_string(), "lsn": c.lsn.to_string(),
             "files": c.files.len(), "newest_file": c.files.keys().max(),
+            "days": days(out_dir, &c),
         }),
         Ok(None) => json!({"out_dir": out_dir.display().to_string(), "lsn": null,
                            "note": "no audit-tail.state here: nothing streamed into this out-dir yet"}),
@@ -89,6 +91,33 @@ pub async fn status(params: &ConnParams, slot: &str, out_dir: &Path) -> Result<V
         "checkpoint": checkpoint,
         "export_job": export_job(&client, params).await,
     }))
+}
+
+/// The out-dir's days: sealed ones from their manifests (with how many of their files are still
+/// in the out-dir, the rest having been archived), open ones from the checkpoint.
+fn days(out_dir: &Path, checkpoint: &Checkpoint) -> Value {
+    let open: std::collections::BTreeSet<String> = checkpoint
+        .files
+        .keys()
+        .filter_map(|name| crate::layout::day_of(name))
+        .map(|day| day.format("%Y-%m-%d").to_string())
+        .collect();
+    let sealed = match seal::list(out_dir) {
+        Ok(manifests) => manifests
+            .iter()
+            .map(|m| {
+                json!({
+                    "day": m.day.format("%Y-%m-%d").to_string(),
+                    "files": m.files.len(),
+                    "files_present": m.files.keys().filter(|n| out_dir.join(n).is_file()).count(),
+                    "rows": m.files.values().map(|e| e.rows).sum::<u64>(),
+                    "bytes": m.files.values().map(|e| e.len).sum::<u64>(),
+                })
+            })
+            .collect(),
+        Err(e) => return json!({"open": open, "error": e.to_string()}),
+    };
+    json!({"sealed": Value::Array(sealed), "open": open})
 }
 
 /// The last runs of this database's nightly export job, read in pg_cron's own database. The job is
@@ -214,11 +243,12 @@ pub fn render_text(v: &Value) -> String {
         (Value::String(lsn), _) => {
             let _ = writeln!(
                 t,
-                "checkpoint:  {} at {lsn}, {} files, newest {}",
+                "checkpoint:  {} at {lsn}, {} open files, newest {}",
                 s(&c["out_dir"]),
                 s(&c["files"]),
                 s(&c["newest_file"])
             );
+            render_days(&mut t, &c["days"]);
         }
         _ => {
             let _ = writeln!(t, "checkpoint:  {}: {}", s(&c["out_dir"]), s(&c["note"]));
@@ -248,6 +278,41 @@ pub fn render_text(v: &Value) -> String {
         let _ = writeln!(t, "export job:  {}", s(&j["note"]));
     }
     t
+}
+
+/// `sealed days: 31 (2025-09-01 .. 2025-10-01), 28 of them archived` and `open days: ...`.
+fn render_days(t: &mut String, days: &Value) {
+    let sealed = days["sealed"].as_array().cloned().unwrap_or_default();
+    let day = |d: Option<&Value>| d.and_then(|d| d["day"].as_str()).unwrap_or("-").to_string();
+    if let Value::String(e) = &days["error"] {
+        let _ = writeln!(t, "sealed days: {e}");
+    } else if sealed.is_empty() {
+        let _ = writeln!(t, "sealed days: none");
+    } else {
+        let archived = sealed
+            .iter()
+            .filter(|d| d["files_present"] != d["files"])
+            .count();
+        let _ = writeln!(
+            t,
+            "sealed days: {} ({} .. {}), {archived} of them with files moved away (archived)",
+            sealed.len(),
+            day(sealed.first()),
+            day(sealed.last())
+        );
+    }
+    let open: Vec<&str> = days["open"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let open = if open.is_empty() {
+        "none".to_string()
+    } else {
+        open.join(", ")
+    };
+    let _ = writeln!(t, "open days:   {open}");
 }
 
 /// Drops `slot`; refuses while a consumer holds it unless `force`, which ends that connection.

@@ -13,7 +13,13 @@
 //! A file's first line is the header of column names. When a table's columns change (a Relation
 //! message with other columns), its rows go on in a new file for the same day,
 //! `<table>_stream_YYYYMMDD-2.csv` (then -3, ...), whose header names the new columns: no file
-//! ever holds lines that disagree with its header.
+//! ever holds lines that disagree with its header. A late row of a sealed day (`seal.rs`) also
+//! goes on in a new part: a sealed file is never written again.
+//!
+//! Every file is the stream's own: its name is in the checkpoint (`created`) before the file
+//! exists, so on start a file of the stream that holds nothing durable is removed, while a
+//! `*_stream_*.csv` that neither the checkpoint nor a day's manifest names is someone else's and
+//! is moved into `unknown/`, never deleted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -25,12 +31,15 @@ use chrono::NaiveDate;
 use nix::fcntl::{Flock, FlockArg};
 
 use super::copy_csv::{self, Cells};
+use super::seal::{self, Manifest, ManifestError};
 use crate::capture::{Row, Table};
 use crate::checkpoint::{Checkpoint, CheckpointError, Identity, STATE_FILE, disk_hint};
 use crate::layout;
 use crate::lsn::{Lsn, PgTimestamp};
 
 const LOCK_FILE: &str = "audit-tail.lock";
+/// Where files in out-dir that the stream did not write are moved.
+pub const UNKNOWN_DIR: &str = "unknown";
 /// Rows are written to the file once this much is buffered (and at every durable point).
 const WRITE_CHUNK: usize = 256 * 1024;
 
@@ -51,6 +60,8 @@ pub enum SinkError {
     Refuse(String),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SinkError {
@@ -78,6 +89,9 @@ struct OpenFile {
     /// Whether the transaction in progress wrote here (its length goes to the checkpoint at
     /// commit).
     in_txn: bool,
+    /// Whether this process created the file and no transaction committed into it yet: the
+    /// first commit then starts its LSN range.
+    fresh: bool,
 }
 
 /// Which file rows of one table and day currently go to, and the header it has.
@@ -133,7 +147,8 @@ impl StreamFiles {
         let dir_handle = File::open(dir).map_err(io_err("open the out-dir", dir))?;
         let mut checkpoint = reconcile(dir)?;
         let safe_csv = cells == Cells::Safe;
-        if checkpoint.safe_csv != safe_csv && !checkpoint.files.is_empty() {
+        let has_files = !checkpoint.files.is_empty() || seal::any(dir);
+        if checkpoint.safe_csv != safe_csv && has_files {
             let (was, flag) = if checkpoint.safe_csv {
                 ("with --safe-csv", "add --safe-csv")
             } else {
@@ -228,7 +243,7 @@ impl StreamFiles {
         copy_csv::encode_header(&mut header, &row.table.columns);
         let file = match self.routes.get(&base).filter(|r| r.header == header) {
             Some(route) => route.file.clone(),
-            None => self.route(&base, &header)?,
+            None => self.route(&base, day, &header)?,
         };
         self.routes.insert(
             base,
@@ -243,15 +258,27 @@ impl StreamFiles {
 
     /// The transaction whose rows were appended since the last commit is complete.
     pub fn commit(&mut self, end_lsn: Lsn) {
+        let committed = &mut self.committed;
         for open in self.open.iter_mut().filter(|o| o.in_txn) {
             open.in_txn = false;
             let len = open.len + open.buffer.len() as u64;
-            match self.committed.files.get_mut(&open.name) {
+            match committed.files.get_mut(&open.name) {
                 Some(committed) => *committed = len,
                 None => {
-                    self.committed.files.insert(open.name.clone(), len);
+                    committed.files.insert(open.name.clone(), len);
+                    committed.created.remove(&open.name);
                 }
             }
+            // A file without a range yet but with rows from before (a state file from before
+            // ranges were recorded) keeps none: its first transaction is unknown.
+            match committed.lsns.get_mut(&open.name) {
+                Some((_, last)) => *last = (*last).max(end_lsn),
+                None if open.fresh => {
+                    committed.lsns.insert(open.name.clone(), (end_lsn, end_lsn));
+                }
+                None => {}
+            }
+            open.fresh = false;
         }
         self.committed.lsn = self.committed.lsn.max(end_lsn);
     }
@@ -301,7 +328,69 @@ impl StreamFiles {
         self.open
             .retain_mut(|open| std::mem::take(&mut open.touched) || open.in_txn);
         self.last = None;
+        self.seal_days()?;
         Ok(self.durable.lsn)
+    }
+
+    /// Seals every day the covered stretch has passed by `seal::grace()`: its manifest is written
+    /// and fsynced, then the checkpoint drops its files. Runs right after a durable point, so the
+    /// files' recorded lengths are on disk; a day that the transaction in progress wrote to waits
+    /// for the next one.
+    fn seal_days(&mut self) -> Result<(), SinkError> {
+        let Some(covered) = self.durable.covered.clone() else {
+            return Ok(());
+        };
+        let busy: Vec<&str> = self
+            .open
+            .iter()
+            .filter(|o| o.in_txn)
+            .map(|o| o.name.as_str())
+            .chain(self.durable.created.iter().map(String::as_str))
+            .collect();
+        let mut days: BTreeMap<NaiveDate, Vec<String>> = BTreeMap::new();
+        for name in self.durable.files.keys() {
+            if let Some(day) = crate::layout::day_of(name) {
+                days.entry(day).or_default().push(name.clone());
+            }
+        }
+        days.retain(|day, _| {
+            seal::sealable(*day, &covered)
+                && !busy.iter().any(|b| crate::layout::day_of(b) == Some(*day))
+        });
+        if days.is_empty() {
+            return Ok(());
+        }
+        for (day, names) in &days {
+            let mut manifest = seal::load(&self.dir, *day)?
+                .unwrap_or_else(|| Manifest::new(*day, self.durable.safe_csv));
+            for name in names {
+                let len = self.durable.files[name];
+                let (rows, sha256) = seal::digest(&self.dir.join(name), len)?;
+                let lsns = self.durable.lsns.get(name).copied();
+                manifest.files.insert(
+                    name.clone(),
+                    seal::Entry {
+                        len,
+                        rows,
+                        sha256,
+                        lsns,
+                    },
+                );
+            }
+            manifest.store(&self.dir, &self.dir_handle)?;
+            tracing::info!(day = %day, files = names.len(), manifest = %seal::path(&self.dir, *day).display(),
+                "sealed a day: its files are named in its manifest and leave the state file");
+        }
+        let sealed: Vec<&String> = days.values().flatten().collect();
+        for name in &sealed {
+            self.committed.files.remove(*name);
+            self.committed.lsns.remove(*name);
+        }
+        self.open.retain(|o| !sealed.contains(&&o.name));
+        self.routes.retain(|_, r| !sealed.contains(&&r.file));
+        self.committed.store(&self.dir, &self.dir_handle)?;
+        self.durable = self.committed.clone();
+        Ok(())
     }
 
     /// Forgets everything after the durable checkpoint: closes the files and cuts them back to
@@ -316,15 +405,22 @@ impl StreamFiles {
         Ok(())
     }
 
-    /// Picks the file for rows of `base` with `header`: the newest variant when its header
-    /// matches, else a new variant.
-    fn route(&mut self, base: &str, header: &[u8]) -> Result<String, SinkError> {
+    /// Picks the file for rows of `base` (of `day`) with `header`: the newest variant when it is
+    /// not sealed and its header matches, else a new variant.
+    fn route(&mut self, base: &str, day: NaiveDate, header: &[u8]) -> Result<String, SinkError> {
+        let manifest = seal::load(&self.dir, day)?;
+        let sealed = |name: &str| {
+            manifest
+                .as_ref()
+                .is_some_and(|m| m.files.contains_key(name))
+        };
         let mut newest = None;
         for n in 1.. {
             let name = variant(base, n);
             if self.committed.files.contains_key(&name)
                 || self.open.iter().any(|o| o.name == name)
                 || self.dir.join(&name).exists()
+                || sealed(&name)
             {
                 newest = Some((n, name));
             } else {
@@ -336,11 +432,15 @@ impl StreamFiles {
             self.create(&name, header)?;
             return Ok(name);
         };
-        if self.file_starts_with(&name, header)? {
-            return Ok(name);
-        }
         let next = variant(base, n + 1);
-        tracing::info!(file = %next, "the table's columns changed: its rows go on in a new file");
+        if sealed(&name) {
+            tracing::info!(file = %next, %day,
+                "a row of a day already sealed: it goes on in a new part, added to the day's manifest");
+        } else if self.file_starts_with(&name, header)? {
+            return Ok(name);
+        } else {
+            tracing::info!(file = %next, "the table's columns changed: its rows go on in a new file");
+        }
         self.create(&next, header)?;
         Ok(next)
     }
@@ -360,6 +460,12 @@ impl StreamFiles {
     }
 
     fn create(&mut self, name: &str, header: &[u8]) -> Result<(), SinkError> {
+        // Name the file in the durable checkpoint before it exists: a restart then knows it as
+        // the stream's own. The durable state is stored as it is plus this name, so no length in
+        // it runs ahead of what is fsynced.
+        self.durable.created.insert(name.to_string());
+        self.committed.created.insert(name.to_string());
+        self.durable.store(&self.dir, &self.dir_handle)?;
         let path = self.dir.join(name);
         let file = OpenOptions::new()
             .create_new(true)
@@ -375,6 +481,7 @@ impl StreamFiles {
             unsynced: true,
             touched: true,
             in_txn: false,
+            fresh: true,
         });
         Ok(())
     }
@@ -399,6 +506,7 @@ impl StreamFiles {
             unsynced: false,
             touched: false,
             in_txn: false,
+            fresh: !self.committed.files.contains_key(name),
         });
         Ok(self.open.len() - 1)
     }
@@ -459,14 +567,17 @@ fn is_stream_file(name: &str) -> bool {
     layout::is_stream_file(name)
 }
 
-/// Brings the files back to the last checkpoint, or refuses when they cannot be explained by it.
+/// Brings the files back to the last checkpoint, or refuses when they cannot be explained by it:
+/// files it lists are cut back to their recorded lengths, files it names as created are removed,
+/// files a day's manifest names are left alone (sealed), and any other stream file is moved into
+/// `unknown/`.
 fn reconcile(dir: &Path) -> Result<Checkpoint, SinkError> {
     let checkpoint = Checkpoint::load(dir)?;
     let mut on_disk = BTreeMap::new();
     for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
         let entry = entry.map_err(io_err("list", dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if is_stream_file(&name) {
+        if is_stream_file(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
             let len = entry
                 .metadata()
                 .map_err(io_err("stat", &entry.path()))?
@@ -474,7 +585,7 @@ fn reconcile(dir: &Path) -> Result<Checkpoint, SinkError> {
             on_disk.insert(name, len);
         }
     }
-    let Some(checkpoint) = checkpoint else {
+    let Some(mut checkpoint) = checkpoint else {
         if let Some(name) = on_disk.keys().next() {
             return Err(SinkError::Refuse(format!(
                 "{} holds stream files ({name}, ...) but no {STATE_FILE}, so what in them is complete is unknown: \
@@ -489,7 +600,8 @@ fn reconcile(dir: &Path) -> Result<Checkpoint, SinkError> {
         match on_disk.get(name) {
             None => {
                 return Err(SinkError::Refuse(format!(
-                    "{} is in {STATE_FILE} but missing: restore it, or move the out-dir aside to start afresh",
+                    "{} is in {STATE_FILE} but missing: it is a file of a day not sealed yet, so \
+                     the stream still writes to it; restore it, or move the out-dir aside to start afresh",
                     path.display()
                 )));
             }
@@ -513,16 +625,63 @@ fn reconcile(dir: &Path) -> Result<Checkpoint, SinkError> {
             Some(_) => {}
         }
     }
+    let mut manifests: BTreeMap<NaiveDate, Option<Manifest>> = BTreeMap::new();
     for name in on_disk
         .keys()
         .filter(|n| !checkpoint.files.contains_key(*n))
     {
         let path = dir.join(name);
-        fs::remove_file(&path).map_err(io_err("remove", &path))?;
-        tracing::info!(file = %name,
-            "removed a file created after the last durable point; the server sends its rows again");
+        if checkpoint.created.contains(name) {
+            fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            tracing::info!(file = %name,
+                "removed a file created after the last durable point; the server sends its rows again");
+            continue;
+        }
+        let sealed = match crate::layout::day_of(name) {
+            Some(day) => {
+                let manifest = match manifests.entry(day) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(seal::load(dir, day)?)
+                    }
+                };
+                manifest
+                    .as_ref()
+                    .is_some_and(|m| m.files.contains_key(name))
+            }
+            None => false,
+        };
+        if !sealed {
+            let aside = move_aside(dir, name)?;
+            tracing::warn!(file = %name, moved_to = %aside.display(),
+                "moved aside a stream file that audit-tail did not write (neither {STATE_FILE} nor a \
+                 day's manifest names it): it is kept there, untouched; look at it, and delete it \
+                 or put it back where it belongs");
+        }
     }
+    checkpoint.created.clear();
     Ok(checkpoint)
+}
+
+/// Moves `name` from `dir` into `dir/unknown/` (as `name`, or `name.N` when that is taken), and
+/// makes the move durable. Returns where it went.
+fn move_aside(dir: &Path, name: &str) -> Result<PathBuf, SinkError> {
+    let unknown = dir.join(UNKNOWN_DIR);
+    fs::create_dir_all(&unknown).map_err(io_err("create", &unknown))?;
+    let mut target = unknown.join(name);
+    let mut n = 1;
+    while target.exists() {
+        n += 1;
+        target = unknown.join(format!("{name}.{n}"));
+    }
+    let from = dir.join(name);
+    fs::rename(&from, &target).map_err(io_err("move aside", &from))?;
+    for d in [&unknown, &dir.to_path_buf()] {
+        File::open(d)
+            .and_then(|h| h.sync_all())
+            .map_err(io_err("fsync the directory", d))?;
+    }
+    Ok(target)
 }
 
 #[cfg(test)]
@@ -719,6 +878,146 @@ mod tests {
         fs::write(&path, "x\n").unwrap();
         let err = StreamFiles::open(dir.path(), Cells::Exact).err().unwrap();
         assert!(err.to_string().contains("no audit-tail.state"), "{err}");
+    }
+
+    fn covered_until(files: &mut StreamFiles, lsn: u64, at: &str) {
+        let at = chrono::DateTime::parse_from_rfc3339(at)
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        files.cover(&crate::coverage::Sample {
+            lsn: Lsn(lsn),
+            at,
+            zone: Some("UTC".into()),
+        });
+    }
+
+    #[test]
+    fn a_covered_day_is_sealed_and_a_late_row_goes_to_a_new_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(&["id", "changed_at"]);
+        let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
+        let day = |id: &str, at: &str| row(&t, &[Some(id), Some(at)]);
+        files
+            .append(&day("1", "2025-10-21 10:00:00"), PgTimestamp(0))
+            .unwrap();
+        files.commit(Lsn(100));
+        files
+            .append(&day("2", "2025-10-21 23:30:00"), PgTimestamp(0))
+            .unwrap();
+        files
+            .append(&day("3", "2025-10-22 00:10:00"), PgTimestamp(0))
+            .unwrap();
+        files.commit(Lsn(200));
+        // Covered to 00:59 the next day: within the grace, nothing sealed.
+        covered_until(&mut files, 200, "2025-10-22T00:59:00Z");
+        files.make_durable().unwrap();
+        assert!(!dir.path().join("audit-tail.days").exists());
+        // A transaction in progress wrote to the 21st: its day waits.
+        files
+            .append(&day("4", "2025-10-21 23:59:00"), PgTimestamp(0))
+            .unwrap();
+        covered_until(&mut files, 200, "2025-10-22T01:00:00Z");
+        files.make_durable().unwrap();
+        assert!(!dir.path().join("audit-tail.days").exists());
+        files.commit(Lsn(300));
+        files.make_durable().unwrap();
+        let manifest = seal::load(dir.path(), "2025-10-21".parse().unwrap())
+            .unwrap()
+            .expect("the 21st is sealed");
+        let name = "users_audit_stream_20251021.csv";
+        let entry = &manifest.files[name];
+        assert_eq!(entry.rows, 3);
+        assert_eq!(entry.lsns, Some((Lsn(100), Lsn(300))));
+        assert_eq!(
+            entry.len,
+            fs::metadata(dir.path().join(name)).unwrap().len()
+        );
+        let state = Checkpoint::load(dir.path()).unwrap().unwrap();
+        assert!(!state.files.contains_key(name), "{state:?}");
+        assert!(state.files.contains_key("users_audit_stream_20251022.csv"));
+        // A late row of the 21st: a new part, sealed in turn and added to the same manifest.
+        let before = read(dir.path(), name);
+        files
+            .append(&day("5", "2025-10-21 12:00:00"), PgTimestamp(0))
+            .unwrap();
+        files.commit(Lsn(400));
+        files.make_durable().unwrap();
+        assert_eq!(read(dir.path(), name), before);
+        assert_eq!(
+            read(dir.path(), "users_audit_stream_20251021-2.csv"),
+            "id,changed_at\n5,2025-10-21 12:00:00\n"
+        );
+        let manifest = seal::load(dir.path(), "2025-10-21".parse().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(manifest.files.len(), 2);
+        assert_eq!(
+            manifest.files["users_audit_stream_20251021-2.csv"].lsns,
+            Some((Lsn(400), Lsn(400)))
+        );
+        drop(files);
+        // Archived: the sealed files go away, and the next start does not mind.
+        for n in [name, "users_audit_stream_20251021-2.csv"] {
+            fs::remove_file(dir.path().join(n)).unwrap();
+        }
+        let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
+        assert_eq!(files.durable_lsn(), Lsn(400));
+        // A later late row is numbered after the archived parts.
+        files
+            .append(&day("6", "2025-10-21 12:00:00"), PgTimestamp(0))
+            .unwrap();
+        files.commit(Lsn(500));
+        files.make_durable().unwrap();
+        assert!(
+            dir.path()
+                .join("users_audit_stream_20251021-3.csv")
+                .exists()
+        );
+    }
+
+    #[test]
+    fn foreign_files_are_moved_aside_and_own_unfinished_files_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(&["id", "changed_at"]);
+        let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
+        files
+            .append(
+                &row(&t, &[Some("1"), Some("2025-10-21 10:00:00")]),
+                PgTimestamp(0),
+            )
+            .unwrap();
+        files.commit(Lsn(100));
+        files.make_durable().unwrap();
+        // A file of a transaction that is not committed when the process dies.
+        files
+            .append(
+                &row(&t, &[Some("2"), Some("2025-10-23 10:00:00")]),
+                PgTimestamp(0),
+            )
+            .unwrap();
+        files.make_durable().unwrap();
+        drop(files);
+        let own = dir.path().join("users_audit_stream_20251023.csv");
+        assert!(own.exists());
+        let foreign = "users_audit_stream_20251022.csv";
+        fs::write(dir.path().join(foreign), "id,changed_at\n").unwrap();
+        fs::write(dir.path().join(UNKNOWN_DIR).with_extension("x"), "").unwrap();
+        drop(StreamFiles::open(dir.path(), Cells::Exact).unwrap());
+        assert!(!own.exists(), "the stream's own unfinished file is removed");
+        assert!(!dir.path().join(foreign).exists());
+        assert_eq!(
+            read(&dir.path().join(UNKNOWN_DIR), foreign),
+            "id,changed_at\n"
+        );
+        // A second copy of the same name does not overwrite the first.
+        fs::write(dir.path().join(foreign), "other\n").unwrap();
+        drop(StreamFiles::open(dir.path(), Cells::Exact).unwrap());
+        assert_eq!(
+            read(&dir.path().join(UNKNOWN_DIR), &format!("{foreign}.2")),
+            "other\n"
+        );
+        let state = Checkpoint::load(dir.path()).unwrap().unwrap();
+        assert!(state.created.is_empty(), "{state:?}");
     }
 
     #[test]
