@@ -30,8 +30,8 @@ use crate::sink::{Sink, SinkFailure};
 use crate::sql::SqlError;
 use crate::wire::{ConnParams, WireError};
 
-pub mod flush;
-pub mod liveness;
+mod flush;
+mod liveness;
 pub mod progress;
 mod session;
 

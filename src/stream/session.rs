@@ -391,23 +391,30 @@ impl Session<'_, '_> {
                 wal_end,
                 reply_requested,
             } => {
-                let now = Instant::now();
-                let idle = !state.capture.in_transaction() && self.progress.all_durable();
-                let due = state.live.idle_ack_due(now)
-                    || reply_requested
-                    || self.target.is_some_and(|t| wal_end >= t);
-                if idle && due && self.progress.idle(wal_end) {
-                    state.live.idle_acked(now);
-                    // Nothing to batch with: make it durable at the next check.
-                    state.flush.urgent(now);
-                }
-                if let Some(sample) = state.sampler.latest()
-                    && self.progress.primary_mut().cover(&sample)
-                {
-                    state.flush.pending(now);
-                }
+                self.keepalive(wal_end, reply_requested, state);
                 Ok(reply_requested)
             }
+        }
+    }
+
+    /// A keepalive at `wal_end`: while no transaction is open and everything is durable, the
+    /// position is confirmed too (at most each second, or when asked or `--until` is reached),
+    /// so a quiet publication on a busy server does not pin WAL.
+    fn keepalive(&mut self, wal_end: Lsn, reply_requested: bool, state: &mut State) {
+        let now = Instant::now();
+        let idle = !state.capture.in_transaction() && self.progress.all_durable();
+        let due = state.live.idle_ack_due(now)
+            || reply_requested
+            || self.target.is_some_and(|t| wal_end >= t);
+        if idle && due && self.progress.idle(wal_end) {
+            state.live.idle_acked(now);
+            // Nothing to batch with: make it durable at the next check.
+            state.flush.urgent(now);
+        }
+        if let Some(sample) = state.sampler.latest()
+            && self.progress.primary_mut().cover(&sample)
+        {
+            state.flush.pending(now);
         }
     }
 
