@@ -250,7 +250,12 @@ impl Classify for StreamError {
             // position, and a message that is really invalid fails again as Decode/Capture.
             StreamError::Message(_) => Kind::Transient,
             StreamError::Decode { .. } | StreamError::Capture { .. } => Kind::Data,
-            StreamError::Stdout(_) => Kind::Io,
+            StreamError::Output(e) => match e.kind {
+                crate::sink::FailureKind::Transient => Kind::Transient,
+                // A closed stdout ends the stream normally before it gets here; if it does not,
+                // it is output that failed.
+                crate::sink::FailureKind::Fatal | crate::sink::FailureKind::Closed => Kind::Io,
+            },
         }
     }
 }
@@ -428,6 +433,9 @@ mod tests {
     #[test]
     fn the_stream_retries_only_what_waiting_can_fix() {
         let retried = [
+            StreamError::Output(crate::sink::SinkFailure::transient(io(
+                io::ErrorKind::Other,
+            ))),
             StreamError::Wire(WireError::Closed),
             StreamError::Message(crate::replication::messages::ReplicationMessageError::Empty),
             StreamError::Preflight(PreflightError::SlotActive("s".into(), 7)),
@@ -443,7 +451,7 @@ mod tests {
             StreamError::Preflight(PreflightError::WalLevel("replica".into())),
             StreamError::Preflight(PreflightError::Invalidated("s".into())),
             StreamError::Sink(SinkError::Refuse("edited by hand".into())),
-            StreamError::Stdout(io(io::ErrorKind::Other)),
+            StreamError::Output(crate::sink::SinkFailure::fatal(io(io::ErrorKind::Other))),
             StreamError::Wire(server("28P01")),
         ];
         for e in &fatal {

@@ -130,13 +130,16 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
 
 /// Turns true on SIGINT or SIGTERM.
 fn shutdown_on_signal() -> watch::Receiver<bool> {
+    use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = watch::channel(false);
+    // Installed before returning, not in the task: a signal that comes before the task first
+    // runs (while connecting) must not kill the process.
+    let handlers = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
             tracing::error!("could not install signal handlers");
             return;
         };

@@ -1,13 +1,14 @@
 //! Rows on stdout, as they arrive: `text` for people, `json` (one object per line) for programs,
 //! or `none`. Data only: logs go to stderr. Lines are flushed at each commit. After a crash, rows
 //! of the transaction that was not durable are printed again when the server re-sends it: stdout
-//! is a live view, the files are the exactly-once copy.
+//! is a live view, the files are the exactly-once copy. As a `Sink` it therefore resumes
+//! nowhere and never holds the acknowledgement back; a closed stdout ends the stream normally.
 
 use std::io::{self, Write};
 
 use serde_json::{Map, Value};
 
-use super::text;
+use super::{FailureKind, Sink, SinkFailure, Txn, text};
 use crate::capture::Row;
 use crate::lsn::{Lsn, PgTimestamp};
 
@@ -78,6 +79,52 @@ impl<W: Write> Printer<W> {
     /// Pushes printed lines out (at each commit).
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+/// Writing to stdout failed.
+#[derive(Debug, thiserror::Error)]
+#[error("could not write to stdout: {0}")]
+pub struct StdoutError(#[source] pub io::Error);
+
+fn failure(e: io::Error) -> SinkFailure {
+    let kind = if e.kind() == io::ErrorKind::BrokenPipe {
+        FailureKind::Closed
+    } else {
+        FailureKind::Fatal
+    };
+    SinkFailure::new(kind, StdoutError(e))
+}
+
+impl<W: Write> Sink for Printer<W> {
+    fn name(&self) -> &'static str {
+        "stdout"
+    }
+
+    fn resume_point(&self) -> Option<Lsn> {
+        None
+    }
+
+    fn row(&mut self, row: &Row, txn: Txn) -> Result<(), SinkFailure> {
+        Printer::row(self, row, txn.commit_lsn, txn.commit_time).map_err(failure)
+    }
+
+    /// Lines go out at each commit: stdout is a live view.
+    fn commit(&mut self, _txn: Txn, _end_lsn: Lsn) -> Result<(), SinkFailure> {
+        Printer::flush(self).map_err(failure)
+    }
+
+    /// Nothing to do: lines went out at their commit, and stdout keeps nothing durably.
+    fn flush(&mut self) -> Result<(), SinkFailure> {
+        Ok(())
+    }
+
+    fn durable(&self) -> Option<Lsn> {
+        None
+    }
+
+    fn rewind(&mut self) -> Result<(), SinkFailure> {
+        Ok(())
     }
 }
 
