@@ -16,7 +16,7 @@ fn audit_tail(db: &TestDb, args: &[&str]) -> (Option<i32>, String, String) {
 async fn status_reports_slot_checkpoint_and_export_job_and_drop_slot_is_careful() {
     let db = TestDb::new("operator");
     // The job lives in the cron database: schedule this database's own, as install.sql says.
-    let out = db.install_with_psql(&[]);
+    let out = db.install_with_psql(&["-c", &db.set_export_dir()]);
     let notices = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{notices}");
     let statement = notices

@@ -207,7 +207,7 @@ async fn bigint_user_ids_are_audited() {
         if let Some(audit) = audit {
             db.psql(audit);
         }
-        let out = db.install_with_psql(&[]);
+        let out = db.install_with_psql(&["-c", &db.set_export_dir()]);
         assert_ok(&out);
         let client = db.client().await;
         client
@@ -245,7 +245,7 @@ async fn a_case_only_change_of_a_citext_email_is_audited() {
         "CREATE EXTENSION citext; CREATE TABLE users (id SERIAL PRIMARY KEY, name TEXT, \
          email CITEXT, role TEXT, updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)",
     );
-    assert_ok(&db.install_with_psql(&[]));
+    assert_ok(&db.install_with_psql(&["-c", &db.set_export_dir()]));
     db.psql(
         "INSERT INTO users (email) VALUES ('Ivan@Example.com'); \
          UPDATE users SET email = 'ivan@example.com'",

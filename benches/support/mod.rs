@@ -158,7 +158,14 @@ pub fn bench_cluster(
     cluster.psql("postgres", "CREATE DATABASE bench").unwrap();
     let install = cluster
         .client_command("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "bench", "-f"])
+        // Exports go to the cluster's own directory, named as the tutorial names them: nothing
+        // lands in (or claims) the machine's /tmp.
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "bench", "-c"])
+        .arg(format!(
+            "SET audit.export_dir = '{}'; SET audit.export_name = 'users_audit_export'",
+            cluster.server_writable_dir("exports").unwrap().display()
+        ))
+        .arg("-f")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/install.sql"))
         .output()
         .unwrap();

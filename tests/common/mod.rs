@@ -93,10 +93,7 @@ impl TestDb {
     /// Installs with psql, with the export directory set to a server-writable directory of the
     /// cluster; panics if psql fails. Returns the export directory.
     pub fn install(&self) -> PathBuf {
-        let dir = self
-            .cluster
-            .server_writable_dir(&format!("exports-{}", self.name))
-            .expect("export directory");
+        let dir = self.export_dir();
         let set = format!("SET audit.export_dir = '{}'", dir.display());
         let out = self.install_with_psql(&["-c", &set]);
         assert!(
@@ -105,6 +102,20 @@ impl TestDb {
             String::from_utf8_lossy(&out.stderr)
         );
         dir
+    }
+
+    /// A server-writable export directory of this test inside the cluster's own directory, so
+    /// that nothing it exports (nor install.sql's claim of a directory) lands in the machine's
+    /// /tmp.
+    pub fn export_dir(&self) -> PathBuf {
+        self.cluster
+            .server_writable_dir(&format!("exports-{}", self.name))
+            .expect("export directory")
+    }
+
+    /// `SET audit.export_dir = '<export_dir()>'`, for install_with_psql's `-c`.
+    pub fn set_export_dir(&self) -> String {
+        format!("SET audit.export_dir = '{}'", self.export_dir().display())
     }
 
     /// Creates a cluster-wide role unique to this test, dropped with the database.
