@@ -5,11 +5,13 @@
 //! durable only later, each resuming from its own point), as `stream` does. Nothing may panic,
 //! whatever the bytes; errors are the expected outcome. The acknowledged position never moves
 //! backwards, never passes what both sinks hold durably, and no sink is given a transaction
-//! below its resume point.
+//! below its resume point. Every commit time from the wire also goes through the latency report,
+//! whose arithmetic must hold for any i64 (i64::MIN and MAX included).
 #![no_main]
 
 use audit_tail::capture::{Capture, Event};
-use audit_tail::lsn::Lsn;
+use audit_tail::latency::Latency;
+use audit_tail::lsn::{Lsn, PgTimestamp};
 use audit_tail::pgoutput::{self, Message};
 use audit_tail::replication::messages::{self, ServerMessage};
 use audit_tail::sink::memory::MemorySink;
@@ -27,6 +29,8 @@ struct Stream<'a> {
     disk: MemorySink,
     broker: MemorySink,
     acked: Lsn,
+    latency: Latency,
+    commit_time: PgTimestamp,
 }
 
 impl Stream<'_> {
@@ -39,14 +43,23 @@ impl Stream<'_> {
             Event::Begin {
                 commit_lsn,
                 commit_time,
-            } => self.progress.begin(Txn {
-                commit_lsn,
-                commit_time,
-            }),
+            } => {
+                self.commit_time = commit_time;
+                self.progress.begin(Txn {
+                    commit_lsn,
+                    commit_time,
+                })
+            }
             Event::Row(row) => {
                 let _ = self.progress.row(&row);
             }
             Event::Commit { end_lsn, .. } => {
+                // Durable "now" at the other end of the range, as a skewed clock could say.
+                self.latency.committed(self.commit_time, 1);
+                self.latency
+                    .durable(PgTimestamp(i64::MAX - (end_lsn.0 % 7) as i64));
+                self.latency.durable(PgTimestamp(i64::MIN));
+                let _ = self.latency.take_summary();
                 if self.progress.commit(end_lsn).is_ok() {
                     let _ = self.progress.flush();
                     // The broker confirms every other commit, late.
@@ -92,6 +105,8 @@ fuzz_target!(|data: &[u8]| {
         disk: disk.clone(),
         broker: broker.clone(),
         acked: start,
+        latency: Latency::default(),
+        commit_time: PgTimestamp(0),
     };
     let mut rest = data;
     while rest.len() >= 2 {
@@ -114,7 +129,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     for committed in disk.committed() {
-        assert!(committed.txn.commit_lsn >= DISK_RESUME, "the disk was given what it had");
+        assert!(
+            committed.txn.commit_lsn >= DISK_RESUME,
+            "the disk was given what it had"
+        );
     }
     for committed in broker.committed() {
         assert!(committed.txn.commit_lsn >= BROKER_RESUME);
