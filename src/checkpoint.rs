@@ -44,8 +44,8 @@
 //! are durable (then the file has a `file` line).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -310,30 +310,14 @@ impl Checkpoint {
     /// Replaces the state file of `dir` atomically and durably. `dir_handle` is `dir` opened for
     /// reading, to fsync the rename.
     pub fn store(&self, dir: &Path, dir_handle: &File) -> Result<(), CheckpointError> {
-        let temp = dir.join(TEMP_FILE);
-        let path = dir.join(STATE_FILE);
-        let io = |action, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| CheckpointError::Io {
-                action,
-                path,
-                source,
+        let (path, temp) = (dir.join(STATE_FILE), dir.join(TEMP_FILE));
+        crate::durable::replace(&path, &temp, self.encode().as_bytes(), dir_handle).map_err(|f| {
+            CheckpointError::Io {
+                action: f.action,
+                path: f.path,
+                source: f.source,
             }
-        };
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .map_err(io("create", &temp))?;
-        file.write_all(self.encode().as_bytes())
-            .map_err(io("write", &temp))?;
-        file.sync_all().map_err(io("fsync", &temp))?;
-        drop(file);
-        fs::rename(&temp, &path).map_err(io("rename into place", &path))?;
-        dir_handle
-            .sync_all()
-            .map_err(io("fsync the directory", dir))
+        })
     }
 }
 

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cluster;
 pub mod coverage;
 pub mod demo;
+pub mod durable;
 pub mod error;
 pub mod gaps;
 pub mod latency;

@@ -2,18 +2,7 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{TestDb, catch_up, repo_path};
-
-/// `audit-tail verify` on `db` and `out`, plus `extra`.
-fn verify(db: &TestDb, out: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
-    let conninfo = db.cluster.conninfo(&db.name);
-    let out = out.to_str().unwrap();
-    let mut args = vec!["verify", "--out-dir", out, "--dsn", &conninfo];
-    args.extend(extra);
-    common::run_audit_tail(&args)
-}
+use common::{TestDb, catch_up, repo_path, verify};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stream_and_nightly_export_agree_and_differences_are_named_by_id() {

@@ -4,18 +4,7 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{TestDb, catch_up, repo_path};
-
-/// `audit-tail verify` on `db` and `out`, plus `extra`.
-fn verify(db: &TestDb, out: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
-    let conninfo = db.cluster.conninfo(&db.name);
-    let out = out.to_str().unwrap();
-    let mut args = vec!["verify", "--out-dir", out, "--dsn", &conninfo];
-    args.extend(extra);
-    common::run_audit_tail(&args)
-}
+use common::{TestDb, catch_up, repo_path, verify};
 
 /// After `ALTER TABLE users_audit ADD COLUMN` the stream goes on in `-2.csv` with the new header;
 /// verify reads both files and compares each row on the columns its file has.

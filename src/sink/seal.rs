@@ -22,8 +22,8 @@
 //! files written before audit-tail recorded them).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Duration, LocalResult, NaiveDate, TimeZone, Utc};
@@ -187,20 +187,14 @@ impl Manifest {
         }
         let path = path(dir, self.day);
         let temp = path.with_extension("manifest.tmp");
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .map_err(io_err("create", &temp))?;
-        file.write_all(self.encode().as_bytes())
-            .map_err(io_err("write", &temp))?;
-        file.sync_all().map_err(io_err("fsync", &temp))?;
-        drop(file);
-        fs::rename(&temp, &path).map_err(io_err("rename into place", &path))?;
-        File::open(&days)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("fsync the directory", &days))
+        let days_handle = File::open(&days).map_err(io_err("open", &days))?;
+        crate::durable::replace(&path, &temp, self.encode().as_bytes(), &days_handle).map_err(|f| {
+            ManifestError::Io {
+                action: f.action,
+                path: f.path,
+                source: f.source,
+            }
+        })
     }
 }
 

@@ -310,6 +310,15 @@ pub fn run_audit_tail<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, St
     )
 }
 
+/// `audit-tail verify` on `db` (its database as the nightly side) and `out`, plus `extra`.
+pub fn verify(db: &TestDb, out: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
+    let conninfo = db.cluster.conninfo(&db.name);
+    let out = out.to_str().unwrap();
+    let mut args = vec!["verify", "--out-dir", out, "--dsn", &conninfo];
+    args.extend(extra);
+    run_audit_tail(&args)
+}
+
 /// Checks that the stream files in `out_dir` hold exactly the rows of users_audit: per day, the
 /// same header and the same records as COPY, no more, no fewer, none twice. Returns the number
 /// of rows compared.
