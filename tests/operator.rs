@@ -26,9 +26,7 @@ async fn status_reports_slot_checkpoint_and_export_job_and_drop_slot_is_careful(
                 .map(|(_, s)| s.to_string())
         })
         .unwrap_or_else(|| panic!("no statement to schedule the job in: {notices}"));
-    db.cluster
-        .psql("postgres", "CREATE EXTENSION IF NOT EXISTS pg_cron")
-        .unwrap();
+    common::ensure_pg_cron(&db.cluster);
     db.cluster.psql("postgres", &statement).unwrap();
     let out_dir = tempfile::tempdir().unwrap();
     let out_arg = out_dir.path().to_str().unwrap();

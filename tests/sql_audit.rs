@@ -477,7 +477,12 @@ async fn cron_job_is_scheduled_in_the_cron_database_and_explained_elsewhere() {
         "pg_cron must be installed for this test: scripts/test installs it"
     );
     // Installed into the cron database: the extension and the job appear.
-    let out = common::install_with_psql(cluster, "postgres", &[]);
+    let out = {
+        let _cron = common::CRON_DATABASE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        common::install_with_psql(cluster, "postgres", &["-c", &db.set_export_dir()])
+    };
     assert!(
         out.status.success(),
         "{}",
@@ -499,7 +504,7 @@ async fn cron_job_is_scheduled_in_the_cron_database_and_explained_elsewhere() {
             "SELECT jobid FROM cron.job WHERE jobname = 'export-daily-audit-data'",
         )
         .unwrap();
-    let out = common::install_with_psql(cluster, "postgres", &[]);
+    let out = common::install_with_psql(cluster, "postgres", &["-c", &db.set_export_dir()]);
     assert!(out.status.success());
     assert_eq!(
         cluster
@@ -569,6 +574,8 @@ async fn pg_cron_runs_the_export_within_seventy_seconds() {
         .await
         .unwrap();
     let job_name = format!("audit-tail-test-{}", db.name);
+    // The extension may not be there yet: another test creates it by installing into postgres.
+    common::ensure_pg_cron(&db.cluster);
     let jobid = db
         .cluster
         .psql(

@@ -362,9 +362,7 @@ fn install_and_schedule(db: &TestDb, dir: &std::path::Path) -> String {
     let out = db.install_with_psql(&["-c", &set]);
     assert_ok(&out);
     let statement = after_marker(&stderr(&out), "run in \"postgres\": ");
-    db.cluster
-        .psql("postgres", "CREATE EXTENSION IF NOT EXISTS pg_cron")
-        .unwrap();
+    common::ensure_pg_cron(&db.cluster);
     db.cluster.psql("postgres", &statement).unwrap();
     let job = after_marker(&statement, "cron.schedule_in_database('");
     job.split('\'').next().unwrap().to_string()

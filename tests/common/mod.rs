@@ -30,6 +30,19 @@ pub fn cluster() -> Arc<Cluster> {
     cluster
 }
 
+/// Tests of one binary share a cluster, and pg_cron's extension lives in its cron database
+/// (postgres): two sessions creating it at once can fail on pg_extension's unique index, so
+/// whoever creates it there (directly, or through install.sql) holds this lock.
+pub static CRON_DATABASE: Mutex<()> = Mutex::new(());
+
+/// Creates pg_cron's extension in the cron database of `cluster` when it is not there yet.
+pub fn ensure_pg_cron(cluster: &Cluster) {
+    let _guard = CRON_DATABASE.lock().unwrap_or_else(|e| e.into_inner());
+    cluster
+        .psql("postgres", "CREATE EXTENSION IF NOT EXISTS pg_cron")
+        .expect("create the pg_cron extension in postgres");
+}
+
 /// The repository's own files, such as sql/install.sql.
 pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
