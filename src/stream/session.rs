@@ -261,10 +261,11 @@ impl Session<'_, '_> {
             slot::Resume::NewOutDir { confirmed } if adopt => {
                 tracing::warn!(
                     slot = %cfg.slot, %confirmed, out_dir,
-                    "the replication slot already exists and was confirmed up to this position by \
-                     another consumer: this new out-dir starts there, and rows committed before are \
-                     not in this out-dir. If another out-dir streams from this slot, it will be \
-                     refused from now on: give each out-dir a --slot of its own"
+                    "this new out-dir starts at the position the existing replication slot was \
+                     confirmed up to: rows committed before it are not in this out-dir (expected \
+                     when the slot was just created for it; if another out-dir streamed from this \
+                     slot, that out-dir will be refused from now on: give each out-dir a --slot \
+                     of its own)"
                 );
             }
             slot::Resume::NewOutDir { .. } => {}
