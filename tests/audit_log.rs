@@ -555,6 +555,17 @@ async fn track_untrack_and_tracked_commands() {
     // Bad arguments: exit 2.
     let (code, _, err) = run_audit_tail(&["track", "--dsn", &dsn]);
     assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = run_audit_tail(&[
+        "track",
+        "shop.orders",
+        "--only",
+        "a",
+        "--ignore",
+        "b",
+        "--dsn",
+        &dsn,
+    ]);
+    assert_eq!(code, Some(2), "{err}");
     let (code, _, err) = run_audit_tail(&["track", "shop.orders", "--only", "", "--dsn", &dsn]);
     assert_eq!(code, Some(2), "{err}");
 
@@ -567,4 +578,54 @@ async fn track_untrack_and_tracked_commands() {
     let (code, out, err) = run_audit_tail(&["tracked", "--dsn", &dsn]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("no table is tracked"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_installs_the_log_and_can_run_again() {
+    let db = TestDb::new("log_setup");
+    let dsn = db.cluster.conninfo(&db.name);
+    let dir = db.export_dir();
+    let dir = dir.to_str().unwrap();
+    // audit_log.sql alone says what to run first.
+    let out = db
+        .cluster
+        .client_command("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &db.name, "-f"])
+        .arg(common::repo_path("sql/audit_log.sql"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("run sql/install.sql first"), "{stderr}");
+
+    for _ in 0..2 {
+        let (code, _, err) = run_audit_tail(&["setup", "--export-dir", dir, "--dsn", &dsn]);
+        assert_eq!(code, Some(0), "{err}");
+        let client = db.client().await;
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY); SELECT audit.track('t'); \
+                 INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t",
+            )
+            .await
+            .unwrap();
+    }
+    let client = db.client().await;
+    assert_eq!(
+        count(&client).await,
+        2,
+        "the second setup kept the first row"
+    );
+    let published: Vec<String> = client
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables \
+             WHERE pubname = 'users_audit_pub' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(published, vec!["audit.log", "public.users_audit"]);
 }
