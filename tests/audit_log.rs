@@ -320,7 +320,8 @@ async fn tables_it_cannot_audit_and_unknown_columns_are_refused() {
     install_audit_log(&db);
     let client = db.client().await;
     client
-        .batch_execute("CREATE TABLE events (at timestamp, what text); CREATE TABLE t (id int PRIMARY KEY, a text)")
+        .batch_execute("CREATE TABLE events (at timestamp, what text); CREATE TABLE t (id int PRIMARY KEY, a text); CREATE VIEW v AS SELECT * FROM t; \
+             CREATE TABLE p (id int PRIMARY KEY) PARTITION BY RANGE (id)")
         .await
         .unwrap();
     for (call, words) in [
@@ -342,6 +343,8 @@ async fn tables_it_cannot_audit_and_unknown_columns_are_refused() {
             "not both",
         ),
         ("SELECT audit.track('audit.log')", "the log itself"),
+        ("SELECT audit.track('v')", "it is not a table"),
+        ("SELECT audit.track('p')", "it is a partitioned table"),
     ] {
         let err = client.batch_execute(call).await.unwrap_err();
         let db_err = err.as_db_error().unwrap_or_else(|| panic!("{call}: {err}"));
