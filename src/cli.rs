@@ -68,7 +68,7 @@ pub enum Command {
         #[arg(long)]
         accept_gap: bool,
     },
-    /// Apply sql/install.sql (embedded in this binary) to the database.
+    /// Apply sql/install.sql, then sql/audit_log.sql (both embedded in this binary), to the database.
     Setup {
         #[command(flatten)]
         dsn: DsnArg,
@@ -122,6 +122,45 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Audit a table into audit.log (sql/audit_log.sql): every INSERT, UPDATE, DELETE and
+    /// TRUNCATE, with who, when and why. Running it again replaces the options.
+    Track {
+        /// The table, as SCHEMA.TABLE (or a name the server's search_path finds).
+        #[arg(value_name = "SCHEMA.TABLE", value_parser = parse_name)]
+        table: String,
+        /// Audit only these columns (and the key), comma-separated.
+        #[arg(long, value_delimiter = ',', value_parser = parse_name, value_name = "COLUMN,...",
+              conflicts_with = "ignore")]
+        only: Option<Vec<String>>,
+        /// Do not audit these columns: an UPDATE that changes only them writes nothing.
+        #[arg(long, value_delimiter = ',', value_parser = parse_name, value_name = "COLUMN,...")]
+        ignore: Option<Vec<String>>,
+        /// Never write these columns' values to the log, only that they changed.
+        #[arg(long, value_delimiter = ',', value_parser = parse_name, value_name = "COLUMN,...")]
+        redact: Option<Vec<String>>,
+        /// Log only the rows for which this trigger condition holds, such as
+        /// "NEW.status <> 'draft'" (applied to the operations that have the row it names).
+        #[arg(long, value_name = "EXPR")]
+        when: Option<String>,
+        #[command(flatten)]
+        dsn: DsnArg,
+    },
+    /// Stop auditing a table into audit.log; its rows already logged stay.
+    Untrack {
+        /// The table, as SCHEMA.TABLE.
+        #[arg(value_name = "SCHEMA.TABLE", value_parser = parse_name)]
+        table: String,
+        #[command(flatten)]
+        dsn: DsnArg,
+    },
+    /// The tables audited into audit.log, with their options.
+    Tracked {
+        #[command(flatten)]
+        dsn: DsnArg,
+        /// For people (text) or programs (json).
+        #[arg(long, value_enum, default_value_t = ReportArg::Text)]
+        format: ReportArg,
+    },
     /// The whole story on a throwaway local PostgreSQL: stream, the reference scenario live, the
     /// nightly export, verify; then remove everything. Needs only an installed PostgreSQL server.
     Demo {
@@ -159,6 +198,14 @@ pub enum ReportArg {
 fn parse_date(s: &str) -> Result<chrono::NaiveDate, String> {
     chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .map_err(|e| format!("{s:?} is not a date like 2025-10-21 ({e})"))
+}
+
+/// A table or column name: not empty (the server checks that it exists).
+fn parse_name(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("a name must not be empty".to_string());
+    }
+    Ok(s.to_string())
 }
 
 fn parse_slot(s: &str) -> Result<String, String> {

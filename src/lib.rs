@@ -22,6 +22,7 @@ pub mod sink;
 pub mod sql;
 pub mod status;
 pub mod stream;
+pub mod track;
 pub mod verify;
 pub mod wire;
 

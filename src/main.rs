@@ -91,9 +91,48 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 ExitCode::FAILURE
             })
         }
+        Command::Track {
+            table,
+            only,
+            ignore,
+            redact,
+            when,
+            dsn,
+        } => {
+            let params = ConnParams::resolve(dsn.dsn.as_deref(), &env)?;
+            let options = audit_tail::track::Options {
+                only,
+                ignore,
+                redact,
+                when,
+            };
+            audit_tail::track::track(&params, &table, &options).await?;
+            println!("{table} is tracked: its changes are written to audit.log");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Untrack { table, dsn } => {
+            let params = ConnParams::resolve(dsn.dsn.as_deref(), &env)?;
+            if audit_tail::track::untrack(&params, &table).await? {
+                println!("{table} is no longer tracked (its rows in audit.log stay)");
+            } else {
+                println!("{table} was not tracked");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tracked { dsn, format } => {
+            let params = ConnParams::resolve(dsn.dsn.as_deref(), &env)?;
+            let tables = audit_tail::track::tracked(&params).await?;
+            let text = match format {
+                ReportArg::Text => audit_tail::track::render_text(&tables),
+                ReportArg::Json => audit_tail::track::render_json(&tables),
+            };
+            use std::io::Write;
+            std::io::stdout().write_all(text.as_bytes())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Setup { dsn, export_dir } => {
             let params = ConnParams::resolve(dsn.dsn.as_deref(), &env)?;
-            tracing::info!(server = %params, "applying sql/install.sql");
+            tracing::info!(server = %params, "applying sql/install.sql and sql/audit_log.sql");
             let client = sql::connect_params(&params).await?;
             sql::install(&client, export_dir.as_deref()).await?;
             tracing::info!("installed");

@@ -12,6 +12,10 @@ use crate::wire::{self, ConnParams, WireError};
 /// sql/install.sql: the tables, trigger, export functions, publication, role and cron job.
 pub const INSTALL_SQL: &str = include_str!("../sql/install.sql");
 
+/// sql/audit_log.sql: the generic log audit.log and audit.track/untrack/tracked, run after
+/// install.sql (it adds the log to install.sql's publication).
+pub const AUDIT_LOG_SQL: &str = include_str!("../sql/audit_log.sql");
+
 /// sql/demo_data.sql: the reference scenario that leaves six audit rows.
 pub const DEMO_DATA_SQL: &str = include_str!("../sql/demo_data.sql");
 
@@ -135,7 +139,7 @@ where
     });
 }
 
-/// Applies sql/install.sql to the database `client` is connected to. `export_dir`, when given,
+/// Applies sql/install.sql, then sql/audit_log.sql, to the database `client` is connected to. `export_dir`, when given,
 /// is the server-side directory for the nightly export files (kept from before when None).
 pub async fn install(client: &Client, export_dir: Option<&str>) -> Result<(), SqlError> {
     if let Some(dir) = export_dir {
@@ -147,5 +151,9 @@ pub async fn install(client: &Client, export_dir: Option<&str>) -> Result<(), Sq
     client
         .batch_execute(INSTALL_SQL)
         .await
-        .map_err(|e| SqlError::new("sql/install.sql failed", e))
+        .map_err(|e| SqlError::new("sql/install.sql failed", e))?;
+    client
+        .batch_execute(AUDIT_LOG_SQL)
+        .await
+        .map_err(|e| SqlError::new("sql/audit_log.sql failed", e))
 }

@@ -403,3 +403,27 @@ pub async fn assert_files_equal_table(db: &TestDb, out_dir: &Path) -> usize {
     }
     total
 }
+
+/// Installs sql/install.sql then sql/audit_log.sql with psql, as docs/audit-log.md says (`psql
+/// -f sql/install.sql -f sql/audit_log.sql`), the export directory set as by `TestDb::install`;
+/// panics if psql fails. Returns the export directory.
+pub fn install_audit_log(db: &TestDb) -> PathBuf {
+    let dir = db.export_dir();
+    let set = format!("SET audit.export_dir = '{}'", dir.display());
+    let out = db
+        .cluster
+        .client_command("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &db.name, "-c", &set])
+        .arg("-f")
+        .arg(repo_path("sql/install.sql"))
+        .arg("-f")
+        .arg(repo_path("sql/audit_log.sql"))
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "install.sql + audit_log.sql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}

@@ -1,0 +1,418 @@
+-- audit-tail: the generic log. Any table a user tracks writes one row per changed row (one per
+-- TRUNCATE statement) into audit.log, which the live stream and, later, the nightly export read.
+--
+-- Install after sql/install.sql (it adds audit.log to install.sql's publication), in the same
+-- database:
+--
+--     psql -v ON_ERROR_STOP=1 -f sql/install.sql -f sql/audit_log.sql
+--
+-- `audit-tail setup` runs both. Running it again is safe: the log's rows, the tracked tables and
+-- their options are kept; the functions are replaced.
+--
+-- Then, as the owner of the schema audit (the installer) or a superuser:
+--
+--     SELECT audit.track('public.orders', ignore => ARRAY['updated_at'], redact => ARRAY['card_number']);
+--     SELECT audit.untrack('public.orders');
+--     SELECT * FROM audit.tracked;
+--
+-- The columns of audit.log, in this order, are the CSV contract of the stream's files
+-- (audit.log_stream_YYYYMMDD.csv). Do not reorder them. See docs/audit-log.md.
+
+BEGIN;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = 'users_audit_pub') THEN
+        RAISE EXCEPTION 'audit-tail: publication users_audit_pub does not exist in database %', current_database()
+            USING HINT = 'run sql/install.sql first: psql -v ON_ERROR_STOP=1 -f sql/install.sql -f sql/audit_log.sql';
+    END IF;
+END
+$$;
+
+CREATE SCHEMA IF NOT EXISTS audit;
+
+-- One row per changed row of a tracked table. Not partitioned yet (docs/audit-log.md): one table,
+-- so the publication needs no publish_via_partition_root.
+--
+-- changed_at is the transaction's time as a timestamp in the session's TimeZone, exactly like
+-- users_audit.changed_at: the stream's file of a row is the date of this column, for both tables.
+CREATE TABLE IF NOT EXISTS audit.log (
+    id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    changed_at       TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    op               TEXT NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
+    schema_name      TEXT NOT NULL,
+    table_name       TEXT NOT NULL,
+    key              JSONB,
+    old_key          JSONB,
+    new_row          JSONB,
+    old_values       JSONB,
+    changed_columns  TEXT[],
+    statement_at     TIMESTAMPTZ NOT NULL DEFAULT statement_timestamp(),
+    txid             BIGINT NOT NULL DEFAULT txid_current(),
+    actor            TEXT NOT NULL,
+    reason           TEXT,
+    request_id       TEXT,
+    migration        TEXT,
+    context          JSONB,
+    application_name TEXT,
+    client_addr      INET
+);
+
+-- "The rows of day D" is changed_at >= D AND changed_at < D + 1, as for users_audit.
+CREATE INDEX IF NOT EXISTS log_changed_at_idx ON audit.log (changed_at);
+CREATE INDEX IF NOT EXISTS log_table_idx ON audit.log (schema_name, table_name, changed_at);
+
+-- What is tracked, with the options track() was given: the source of audit.tracked and of a
+-- re-track. The trigger itself does not read it: its options are its arguments (TG_ARGV).
+CREATE TABLE IF NOT EXISTS audit.tracked_tables (
+    tbl        REGCLASS PRIMARY KEY,
+    only_cols  TEXT[],
+    ignore_cols TEXT[],
+    redact_cols TEXT[],
+    when_expr  TEXT,
+    key_cols   TEXT[] NOT NULL,
+    tracked_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    tracked_by TEXT NOT NULL DEFAULT session_user
+);
+
+-- A tracked table's row as the log shows it: with --only, the listed and key columns alone; with
+-- --ignore, without the ignored ones; a redacted column's value replaced by "[redacted]", so the
+-- value never reaches the log, only that the column is there (or changed).
+CREATE OR REPLACE FUNCTION audit.row_image(r JSONB, mode TEXT, cols TEXT[], redact TEXT[])
+RETURNS JSONB
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN img IS NULL OR cardinality(redact) = 0 THEN img
+                ELSE img || coalesce((SELECT jsonb_object_agg(c, '"[redacted]"'::jsonb)
+                                      FROM unnest(redact) AS c WHERE img ? c), '{}')
+           END
+    FROM (SELECT CASE mode
+                     WHEN 'only' THEN (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
+                                       FROM jsonb_each(r) AS e WHERE e.key = ANY (cols))
+                     WHEN 'ignore' THEN r - cols
+                     ELSE r
+                 END AS img) AS s
+$$;
+
+-- The one trigger function of every tracked table. Its arguments, baked in by track():
+--   TG_ARGV[0] mode: 'all', 'only' or 'ignore'
+--   TG_ARGV[1] the columns of that mode (text[] literal; for 'only' the key columns included)
+--   TG_ARGV[2] the redacted columns (text[] literal)
+--   TG_ARGV[3] the key columns (text[] literal)
+-- Arguments, not a lookup in audit.tracked_tables: they cost nothing per row, and a trigger can
+-- never disagree with the options it was created with.
+--
+-- SECURITY DEFINER: it writes audit.log as its owner, so application roles need no privilege on
+-- the log and cannot forge, change or erase its rows. The actor is audit.actor when the
+-- application set it (SET LOCAL audit.actor = 'alice'), else session_user: current_user is the
+-- function's owner here.
+CREATE OR REPLACE FUNCTION audit.log_change() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    mode TEXT := TG_ARGV[0];
+    cols TEXT[] := TG_ARGV[1]::text[];
+    redact TEXT[] := TG_ARGV[2]::text[];
+    key_cols TEXT[] := TG_ARGV[3]::text[];
+    new_j JSONB;
+    old_j JSONB;
+    changed TEXT[];
+    row_key JSONB;
+    prev_key JSONB;
+    new_img JSONB;
+    old_img JSONB;
+    ctx TEXT := nullif(current_setting('audit.context', true), '');
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        NULL;
+    ELSIF TG_OP = 'INSERT' THEN
+        new_j := to_jsonb(NEW);
+        row_key := (SELECT jsonb_object_agg(k, new_j -> k) FROM unnest(key_cols) AS k);
+        new_img := audit.row_image(new_j, mode, cols, redact);
+    ELSIF TG_OP = 'DELETE' THEN
+        old_j := to_jsonb(OLD);
+        row_key := (SELECT jsonb_object_agg(k, old_j -> k) FROM unnest(key_cols) AS k);
+        old_img := audit.row_image(old_j, mode, cols, redact);
+    ELSE
+        new_j := to_jsonb(NEW);
+        old_j := to_jsonb(OLD);
+        -- The changed columns in the table's column order (row_to_json keeps it; jsonb does not).
+        SELECT array_agg(e.key ORDER BY e.n) INTO changed
+        FROM json_each(row_to_json(NEW)) WITH ORDINALITY AS e(key, value, n)
+        WHERE (new_j -> e.key) IS DISTINCT FROM (old_j -> e.key)
+          AND CASE mode WHEN 'only' THEN e.key = ANY (cols)
+                        WHEN 'ignore' THEN NOT e.key = ANY (cols)
+                        ELSE true END;
+        IF changed IS NULL THEN
+            RETURN NULL;  -- nothing audited changed (a no-op, or equal values of another form)
+        END IF;
+        row_key := (SELECT jsonb_object_agg(k, new_j -> k) FROM unnest(key_cols) AS k);
+        prev_key := (SELECT jsonb_object_agg(k, old_j -> k) FROM unnest(key_cols) AS k);
+        IF prev_key = row_key THEN
+            prev_key := NULL;
+        END IF;
+        new_img := audit.row_image(new_j, mode, cols, redact);
+        old_img := audit.row_image((SELECT jsonb_object_agg(c, old_j -> c) FROM unnest(changed) AS c),
+                                   'all', NULL, redact);
+    END IF;
+    INSERT INTO audit.log (op, schema_name, table_name, key, old_key, new_row, old_values,
+                           changed_columns, actor, reason, request_id, migration, context,
+                           application_name, client_addr)
+    VALUES (TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, row_key, prev_key, new_img, old_img, changed,
+            coalesce(nullif(current_setting('audit.actor', true), ''), session_user::text),
+            nullif(current_setting('audit.reason', true), ''),
+            nullif(current_setting('audit.request_id', true), ''),
+            nullif(current_setting('audit.migration', true), ''),
+            ctx::jsonb,
+            nullif(current_setting('application_name', true), ''),
+            inet_client_addr());
+    RETURN NULL;
+END
+$$;
+
+-- The triggers of a tracked table, replaced as a whole by track() and dropped by untrack().
+CREATE OR REPLACE FUNCTION audit.drop_triggers(tbl REGCLASS) RETURNS VOID
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t TEXT;
+BEGIN
+    FOR t IN SELECT tgname FROM pg_trigger WHERE tgrelid = tbl AND NOT tgisinternal
+               AND tgname IN ('audit_log_insert', 'audit_log_update', 'audit_log_delete', 'audit_log_truncate') LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t, tbl);
+    END LOOP;
+END
+$$;
+
+-- Creates one trigger with the user's WHEN condition when that operation's trigger can evaluate
+-- it (NEW exists for INSERT and UPDATE, OLD for UPDATE and DELETE), else without it: a condition
+-- on NEW does not hide a DELETE. Returns whether the condition applies.
+CREATE OR REPLACE FUNCTION audit.create_trigger(tbl REGCLASS, name TEXT, event TEXT, own_when TEXT,
+                                                user_when TEXT, args TEXT) RETURNS BOOLEAN
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cond TEXT := concat_ws(' AND ', '(' || own_when || ')', '(' || user_when || ')');
+    sql TEXT := 'CREATE TRIGGER %I AFTER %s ON %s FOR EACH ROW %s EXECUTE FUNCTION audit.log_change(%s)';
+BEGIN
+    IF user_when IS NOT NULL THEN
+        BEGIN
+            EXECUTE format(sql, name, event, tbl, 'WHEN (' || cond || ')', args);
+            RETURN true;
+        EXCEPTION WHEN invalid_object_definition THEN
+            -- "INSERT trigger's WHEN condition cannot reference OLD values", and the like.
+            NULL;
+        END;
+    END IF;
+    EXECUTE format(sql, name, event, tbl, coalesce('WHEN (' || own_when || ')', ''), args);
+    RETURN false;
+END
+$$;
+
+-- track(table, only, ignore, redact, when): audit every INSERT, UPDATE, DELETE and TRUNCATE of
+-- the table into audit.log. Running it again replaces the options. SECURITY INVOKER: the caller
+-- needs the right to create triggers on the table and to write audit.tracked_tables (the
+-- installer, or a superuser).
+CREATE OR REPLACE FUNCTION audit.track(tbl REGCLASS, "only" TEXT[] DEFAULT NULL,
+                                       "ignore" TEXT[] DEFAULT NULL, redact TEXT[] DEFAULT NULL,
+                                       "when" TEXT DEFAULT NULL) RETURNS VOID
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel RECORD;
+    all_cols TEXT[];
+    key_cols TEXT[];
+    bad TEXT;
+    mode TEXT := 'all';
+    mode_cols TEXT[] := '{}';
+    audited TEXT[];
+    update_of TEXT := '';
+    changed_when TEXT;
+    args TEXT;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'audit.track: the table must not be NULL';
+    END IF;
+    "only" := nullif("only", '{}');
+    "ignore" := nullif("ignore", '{}');
+    redact := coalesce(redact, '{}');
+    "when" := nullif(btrim("when"), '');
+    SELECT c.relkind, n.nspname, c.relname INTO STRICT rel
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    -- A partitioned table's row triggers fire with the partition's name (TG_TABLE_NAME): not yet.
+    IF rel.relkind = 'p' THEN
+        RAISE EXCEPTION 'audit-tail cannot track %: it is a partitioned table, which audit-tail does not track yet', tbl
+            USING HINT = 'track its partitions one by one';
+    ELSIF rel.relkind <> 'r' THEN
+        RAISE EXCEPTION 'audit-tail cannot track %: it is not a table', tbl
+            USING HINT = 'track the table that holds the rows';
+    END IF;
+    IF rel.nspname = 'audit' THEN
+        RAISE EXCEPTION 'audit-tail cannot track %: the tables of schema audit are the log itself', tbl;
+    END IF;
+    SELECT array_agg(attname::text ORDER BY attnum) INTO all_cols
+    FROM pg_attribute WHERE attrelid = tbl AND attnum > 0 AND NOT attisdropped;
+    -- The key: the primary key, else the replica identity index.
+    SELECT array_agg(a.attname::text ORDER BY k.n) INTO key_cols
+    FROM (SELECT i.indkey, i.indexrelid FROM pg_index i
+          WHERE i.indrelid = tbl AND (i.indisprimary OR i.indisreplident)
+          ORDER BY i.indisprimary DESC LIMIT 1) AS i,
+         unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n),
+         pg_attribute a
+    WHERE a.attrelid = tbl AND a.attnum = k.attnum;
+    IF key_cols IS NULL THEN
+        RAISE EXCEPTION 'audit-tail cannot track %: it has no primary key', tbl
+            USING DETAIL = 'each log row names the changed row by its key. Nothing was changed.',
+                  HINT = format('add a primary key (ALTER TABLE %s ADD PRIMARY KEY (...)), or a replica identity index (ALTER TABLE %s REPLICA IDENTITY USING INDEX ...)', tbl, tbl);
+    END IF;
+    IF "only" IS NOT NULL AND "ignore" IS NOT NULL THEN
+        RAISE EXCEPTION 'audit.track: give only or ignore, not both'
+            USING HINT = 'only lists the columns to audit, ignore the columns not to';
+    END IF;
+    SELECT string_agg(c, ', ') INTO bad
+    FROM unnest(coalesce("only", '{}') || coalesce("ignore", '{}') || redact) AS c
+    WHERE NOT c = ANY (all_cols);
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'audit-tail cannot track %: it has no column %', tbl, bad
+            USING HINT = format('its columns are: %s', array_to_string(all_cols, ', '));
+    END IF;
+    SELECT string_agg(c, ', ') INTO bad
+    FROM unnest(coalesce("ignore", '{}') || redact) AS c WHERE c = ANY (key_cols);
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'audit-tail cannot ignore or redact % of %: it is the key that names each log row', bad, tbl;
+    END IF;
+    IF "only" IS NOT NULL THEN
+        mode := 'only';
+        mode_cols := (SELECT array_agg(DISTINCT c) FROM unnest("only" || key_cols) AS c);
+        SELECT string_agg(c, ', ') INTO bad FROM unnest(redact) AS c WHERE NOT c = ANY (mode_cols);
+        IF bad IS NOT NULL THEN
+            RAISE EXCEPTION 'audit-tail cannot redact % of %: it is not among the audited columns (only)', bad, tbl;
+        END IF;
+    ELSIF "ignore" IS NOT NULL THEN
+        mode := 'ignore';
+        mode_cols := "ignore";
+        SELECT string_agg(c, ', ') INTO bad FROM unnest(redact) AS c WHERE c = ANY ("ignore");
+        IF bad IS NOT NULL THEN
+            RAISE EXCEPTION 'audit-tail cannot redact % of %: it is ignored already', bad, tbl;
+        END IF;
+    END IF;
+    -- An UPDATE fires the function only when an audited column changed: UPDATE OF the audited
+    -- columns and a WHEN comparing their binary images (*<> works for every type, json too).
+    IF mode = 'all' THEN
+        changed_when := 'OLD.* *<> NEW.*';
+    ELSE
+        audited := (SELECT array_agg(c ORDER BY n) FROM unnest(all_cols) WITH ORDINALITY AS a(c, n)
+                    WHERE CASE mode WHEN 'only' THEN c = ANY (mode_cols) ELSE NOT c = ANY (mode_cols) END);
+        update_of := ' OF ' || (SELECT string_agg(quote_ident(c), ', ') FROM unnest(audited) AS c);
+        -- ::record, or ROW(..) *<> ROW(..) would compare column by column (no int *<> int).
+        changed_when := format('ROW(%s)::record *<> ROW(%s)::record',
+                               (SELECT string_agg('OLD.' || quote_ident(c), ', ') FROM unnest(audited) AS c),
+                               (SELECT string_agg('NEW.' || quote_ident(c), ', ') FROM unnest(audited) AS c));
+    END IF;
+    args := format('%L, %L, %L, %L', mode, mode_cols, redact, key_cols);
+    PERFORM audit.drop_triggers(tbl);
+    PERFORM audit.create_trigger(tbl, 'audit_log_insert', 'INSERT', NULL, "when", args);
+    PERFORM audit.create_trigger(tbl, 'audit_log_update', 'UPDATE' || update_of, changed_when, "when", args);
+    PERFORM audit.create_trigger(tbl, 'audit_log_delete', 'DELETE', NULL, "when", args);
+    EXECUTE format('CREATE TRIGGER audit_log_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT '
+                   'EXECUTE FUNCTION audit.log_change(%s)', tbl, args);
+    -- Rows of tables dropped since (their oid names nothing now).
+    DELETE FROM audit.tracked_tables t WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.tbl);
+    INSERT INTO audit.tracked_tables AS t (tbl, only_cols, ignore_cols, redact_cols, when_expr, key_cols)
+    VALUES (tbl, "only", "ignore", nullif(redact, '{}'), "when", key_cols)
+    ON CONFLICT ON CONSTRAINT tracked_tables_pkey DO UPDATE
+        SET only_cols = EXCLUDED.only_cols, ignore_cols = EXCLUDED.ignore_cols,
+            redact_cols = EXCLUDED.redact_cols, when_expr = EXCLUDED.when_expr,
+            key_cols = EXCLUDED.key_cols, tracked_at = now(), tracked_by = session_user;
+END
+$$;
+
+-- untrack(table): stop auditing it. The rows already in audit.log stay. Returns whether the
+-- table was tracked.
+CREATE OR REPLACE FUNCTION audit.untrack(tbl REGCLASS) RETURNS BOOLEAN
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    was BOOLEAN;
+BEGIN
+    PERFORM audit.drop_triggers(tbl);
+    DELETE FROM audit.tracked_tables WHERE tracked_tables.tbl = untrack.tbl;
+    was := FOUND;
+    IF NOT was THEN
+        RAISE NOTICE 'audit-tail: % was not tracked', tbl;
+    END IF;
+    RETURN was;
+END
+$$;
+
+-- What is tracked, with its options, by name.
+CREATE OR REPLACE VIEW audit.tracked AS
+SELECT format('%I.%I', n.nspname, c.relname) AS "table",
+       n.nspname::text AS schema_name,
+       c.relname::text AS table_name,
+       t.key_cols AS "key",
+       t.only_cols AS "only",
+       t.ignore_cols AS "ignore",
+       t.redact_cols AS redact,
+       t.when_expr AS "when",
+       t.tracked_at,
+       t.tracked_by
+FROM audit.tracked_tables t
+JOIN pg_class c ON c.oid = t.tbl
+JOIN pg_namespace n ON n.oid = c.relnamespace;
+
+-- Tamper resistance, as for users_audit: only the owner writes the log and the options; write
+-- grants that anyone was ever given are revoked, so a re-install repairs a loosened table.
+DO $$
+DECLARE
+    t TEXT;
+    grantee_name TEXT;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['audit.log', 'audit.tracked_tables'] LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', t);
+        FOR grantee_name IN
+            SELECT DISTINCT a.grantee::regrole::text
+            FROM pg_class c, aclexplode(c.relacl) a
+            WHERE c.oid = t::regclass AND a.grantee <> 0 AND a.grantee <> c.relowner
+              AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+        LOOP
+            EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %s FROM %s', t, grantee_name);
+        END LOOP;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON audit.tracked FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.log_change() FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.track(REGCLASS, TEXT[], TEXT[], TEXT[], TEXT) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.untrack(REGCLASS) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.drop_triggers(REGCLASS) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.create_trigger(REGCLASS, TEXT, TEXT, TEXT, TEXT, TEXT) FROM PUBLIC;
+
+-- The live stream: inserts only, like users_audit.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+                   WHERE p.pubname = 'users_audit_pub' AND r.prrelid = 'audit.log'::regclass) THEN
+        ALTER PUBLICATION users_audit_pub ADD TABLE audit.log;
+    END IF;
+END
+$$;
+
+-- The consumer's role reads the log (for verify, later), nothing more.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'audit_tail') THEN
+        GRANT USAGE ON SCHEMA audit TO audit_tail;
+        GRANT SELECT ON audit.log TO audit_tail;
+    END IF;
+END
+$$;
+
+COMMIT;
