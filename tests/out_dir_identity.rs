@@ -69,7 +69,7 @@ async fn a_slot_moved_by_another_out_dir_is_refused_and_the_gap_flag_records_the
     let out = catch_up(&db, b.path());
     let b_log = String::from_utf8_lossy(&out.stderr);
     assert!(
-        b_log.contains("already exists") && b_log.contains("not in this out-dir"),
+        b_log.contains("the existing replication slot") && b_log.contains("not in this out-dir"),
         "a new out-dir on a used slot is warned about: {b_log}"
     );
     let moved = slot_lsn(&db);
