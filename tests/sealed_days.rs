@@ -14,15 +14,23 @@ use common::{Consumer, TestDb, catch_up};
 
 const DAY: &str = "20200115";
 
-/// Waits (at most a minute) until `what` holds in `out`, re-checking as the stream moves on.
-fn wait_for(what: &str, out: &Path, mut done: impl FnMut() -> bool) {
+/// Waits (at most a minute) until `what` holds in `out`, re-checking as the stream moves on. On
+/// a timeout the consumer is stopped and its log is part of the failure, with the state file.
+fn wait_for(what: &str, out: &Path, consumer: &mut Consumer, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; the state file:\n{}",
-            std::fs::read_to_string(out.join("audit-tail.state")).unwrap_or_default()
-        );
+        if Instant::now() > deadline {
+            let _ = consumer.child.kill();
+            let _ = consumer.child.wait();
+            let mut log = String::new();
+            if let Some(stderr) = consumer.child.stderr.as_mut() {
+                let _ = std::io::Read::read_to_string(stderr, &mut log);
+            }
+            panic!(
+                "timed out waiting for {what}; the state file:\n{}\nthe consumer's log:\n{log}",
+                std::fs::read_to_string(out.join("audit-tail.state")).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -81,29 +89,37 @@ async fn a_past_day_is_sealed_and_can_be_archived() {
     let manifest_path = out.path().join(format!("audit-tail.days/{DAY}.manifest"));
     let first = out.path().join(format!("users_audit_stream_{DAY}.csv"));
     let late = out.path().join(format!("users_audit_stream_{DAY}-2.csv"));
-    let consumer = Consumer::spawn(
+    let mut consumer = Consumer::spawn(
         &db,
         out.path(),
         &["--status-interval", "1", "--format", "none"],
     );
     // Rows committed before the slot exists are not streamed: wait for the consumer to hold it.
-    wait_for("the consumer on its slot", out.path(), || {
-        db.psql(&format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active",
-            db.name
-        ))
-        .trim()
-            == "1"
-    });
+    wait_for(
+        "the consumer on its slot",
+        out.path(),
+        &mut consumer,
+        || {
+            db.psql(&format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active",
+                db.name
+            ))
+            .trim()
+                == "1"
+        },
+    );
     // One transaction: the day is sealed as soon as it commits.
     db.psql(&format!(
         "BEGIN; {} {} COMMIT;",
         past_row("2020-01-15 10:00:00", "one"),
         past_row("2020-01-15 10:00:01", "two,\"quoted\"\nand a newline")
     ));
-    wait_for("the manifest of 2020-01-15", out.path(), || {
-        manifest_path.exists()
-    });
+    wait_for(
+        "the manifest of 2020-01-15",
+        out.path(),
+        &mut consumer,
+        || manifest_path.exists(),
+    );
     let manifest = std::fs::read_to_string(&manifest_path).unwrap();
     assert!(
         manifest.starts_with("audit-tail day 1\nday 2020-01-15\n"),
@@ -129,10 +145,16 @@ async fn a_past_day_is_sealed_and_can_be_archived() {
     // A late row of the sealed day: a new part, the first file untouched.
     let sealed_sum = sha256sum(&first);
     db.psql(&past_row("2020-01-15 23:00:00", "late"));
-    wait_for("the late part in the manifest", out.path(), || {
-        std::fs::read_to_string(&manifest_path)
-            .is_ok_and(|m| manifest_entry(&m, &format!("users_audit_stream_{DAY}-2.csv")).is_some())
-    });
+    wait_for(
+        "the late part in the manifest",
+        out.path(),
+        &mut consumer,
+        || {
+            std::fs::read_to_string(&manifest_path).is_ok_and(|m| {
+                manifest_entry(&m, &format!("users_audit_stream_{DAY}-2.csv")).is_some()
+            })
+        },
+    );
     assert_eq!(sha256sum(&first), sealed_sum);
     let manifest = std::fs::read_to_string(&manifest_path).unwrap();
     assert!(manifest_entry(&manifest, &name).is_some(), "{manifest}");
@@ -153,10 +175,20 @@ async fn a_past_day_is_sealed_and_can_be_archived() {
         .psql("SELECT to_char(current_date, 'YYYY-MM-DD')")
         .trim()
         .to_string();
-    wait_for("today's file in the state file", out.path(), || {
-        std::fs::read_to_string(out.path().join("audit-tail.state"))
-            .is_ok_and(|s| s.contains(&format!("_stream_{}", today.replace('-', ""))))
-    });
+    wait_for(
+        "today's file in the state file",
+        out.path(),
+        &mut consumer,
+        || {
+            std::fs::read_to_string(out.path().join("audit-tail.state"))
+                // A `file` line: its rows are durable (a `created` line comes before any row is).
+                .is_ok_and(|s| {
+                    let name = format!("_stream_{}", today.replace('-', ""));
+                    s.lines()
+                        .any(|l| l.starts_with("file ") && l.contains(&name))
+                })
+        },
+    );
     let v = status_json(&db, out.path());
     let sealed = v["checkpoint"]["days"]["sealed"]
         .as_array()
