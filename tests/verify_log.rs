@@ -177,3 +177,79 @@ async fn the_nightly_job_of_the_log_is_explained_outside_the_cron_database() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_compares_users_audit_and_the_log_and_names_the_table_of_a_difference() {
+    let db = TestDb::new("verify_log");
+    install_audit_log(&db);
+    let out = tempfile::tempdir().unwrap();
+    catch_up(&db, out.path());
+    let client = db.client().await;
+    awkward_log_rows(&client).await;
+    db.psql(&std::fs::read_to_string(common::repo_path("sql/demo_data.sql")).unwrap());
+    catch_up(&db, out.path());
+    let today = db.psql("SELECT current_date").trim().to_string();
+    let log_rows: i64 = client
+        .query_one("SELECT count(*) FROM audit.log", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let (code, stdout, stderr) = verify(&db, out.path(), &["--date", &today]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "verify {today}, table public.users_audit: the nightly export and the live stream agree (6 rows)"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "verify {today}, table audit.log: the nightly export and the live stream agree ({log_rows} rows)"
+        )),
+        "{stdout}"
+    );
+    // --nightly FILE: one table, as before.
+    let export = db.psql("SELECT export_audit_data(current_date)");
+    let (code, stdout, _) = verify(
+        &db,
+        out.path(),
+        &["--date", &today, "--nightly", export.trim()],
+    );
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.starts_with(&format!(
+            "verify {today}: the nightly export and the live stream agree (6 rows)"
+        )),
+        "{stdout}"
+    );
+
+    // A superuser edits a log row: a difference in audit.log, and only there.
+    db.psql("UPDATE audit.log SET actor = 'mallory' WHERE id = 2");
+    let (code, stdout, stderr) = verify(&db, out.path(), &["--date", &today]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "verify {today}, table public.users_audit: the nightly export and the live stream agree"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "verify {today}, table audit.log: the nightly export and the live stream DIFFER"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("id 2: actor nightly \"mallory\" / stream \"postgres\""),
+        "{stdout}"
+    );
+    let (code, json, _) = verify(&db, out.path(), &["--date", &today, "--format", "json"]);
+    assert_eq!(code, Some(1));
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["agree"], false);
+    assert_eq!(json["tables"][0]["table"], "public.users_audit");
+    assert_eq!(json["tables"][0]["agree"], true);
+    assert_eq!(json["tables"][1]["table"], "audit.log");
+    assert_eq!(json["tables"][1]["differing"]["count"], 1);
+}
