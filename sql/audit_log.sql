@@ -485,14 +485,15 @@ $do$;
 REVOKE ALL ON FUNCTION audit.log_rows(DATE) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.export_log(DATE) FROM PUBLIC;
 
--- The consumer's role reads the day's rows, as it does users_audit_rows(day); it gets no EXECUTE
--- on export_log, which writes on the server's disk.
+-- The consumer's role reads the day's rows, as it does users_audit_rows(day), and what is tracked
+-- (for `audit-tail status`); it gets no EXECUTE on export_log, which writes on the server's disk.
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'audit_tail') THEN
         GRANT USAGE ON SCHEMA audit TO audit_tail;
         GRANT SELECT ON audit.log TO audit_tail;
         GRANT EXECUTE ON FUNCTION audit.log_rows(DATE) TO audit_tail;
+        GRANT SELECT ON audit.tracked TO audit_tail;
     END IF;
 END
 $$;

@@ -253,3 +253,67 @@ async fn verify_compares_users_audit_and_the_log_and_names_the_table_of_a_differ
     assert_eq!(json["tables"][1]["table"], "audit.log");
     assert_eq!(json["tables"][1]["differing"]["count"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_lists_the_tracked_tables_or_says_the_log_is_not_installed() {
+    let db = TestDb::new("status_tracked");
+    db.install();
+    let out = tempfile::tempdir().unwrap();
+    let conninfo = db.cluster.conninfo(&db.name);
+    let status = |format: &str| {
+        common::run_audit_tail(&[
+            "status",
+            "--dsn",
+            &conninfo,
+            "--out-dir",
+            out.path().to_str().unwrap(),
+            "--format",
+            format,
+        ])
+    };
+    let (code, text, stderr) = status("text");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        text.contains("tracked:     the generic log is not installed in this database"),
+        "{text}"
+    );
+    let (_, json, _) = status("json");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["tracked"]["installed"], false);
+
+    install_audit_log(&db);
+    let (_, text, _) = status("text");
+    assert!(
+        text.contains("tracked:     none (audit-tail track"),
+        "{text}"
+    );
+    db.psql(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, updated_at timestamp, card text); \
+         CREATE TABLE accounts (a int, b int, PRIMARY KEY (a, b)); \
+         SELECT audit.track('public.orders', \"ignore\" => ARRAY['updated_at'], redact => ARRAY['card']); \
+         SELECT audit.track('public.accounts');",
+    );
+    let (code, text, stderr) = status("text");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        text.contains(
+            "tracked:     public.accounts (key a,b), public.orders (key id; ignore updated_at; redact card)"
+        ),
+        "{text}"
+    );
+    let (_, json, _) = status("json");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["tracked"]["installed"], true);
+    assert_eq!(json["tracked"]["tables"][1]["table"], "public.orders");
+    assert_eq!(
+        json["tracked"]["tables"][1]["ignore"],
+        serde_json::json!(["updated_at"])
+    );
+    assert_eq!(
+        json["tracked"]["tables"][0]["key"],
+        serde_json::json!(["a", "b"])
+    );
+    // The consumer's role sees them too.
+    let row = db.psql("SELECT has_table_privilege('audit_tail', 'audit.tracked', 'SELECT')");
+    assert_eq!(row.trim(), "t");
+}
