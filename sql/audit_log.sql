@@ -416,3 +416,112 @@ END
 $$;
 
 COMMIT;
+
+-- The nightly export of the log, like users_audit's (sql/install.sql): the rows of a day, a file
+-- per day, byte-identical to COPY. In its own transaction, after the log's: a re-run replaces it.
+BEGIN;
+
+-- audit.log_rows(day): the log's rows whose changed_at falls on day, as users_audit_rows(day) is
+-- for users_audit. Read-only and SECURITY INVOKER (the caller needs SELECT on audit.log); its body
+-- names the log by schema and it has no SET clause, so that PostgreSQL inlines it: a range scan
+-- on log_changed_at_idx streamed straight to COPY. `audit-tail verify` reads it as audit_tail.
+CREATE OR REPLACE FUNCTION audit.log_rows(day DATE) RETURNS SETOF audit.log
+LANGUAGE sql STABLE SECURITY INVOKER
+AS $$ SELECT * FROM audit.log WHERE changed_at >= $1 AND changed_at < $1 + 1 $$;
+
+-- audit.export_log(day): the rows of audit.log_rows(day), ordered by id, written by the server to
+-- the export directory of install.sql (audit_settings.export_dir) with a header line; returns the
+-- path. The file's name follows the users_audit export's (audit_settings.export_name), with
+-- audit_log_export in place of users_audit_export: audit_log_export_YYYYMMDD.csv by default,
+-- audit_log_export_<database>_YYYYMMDD.csv when install.sql gave this database its own name, and
+-- <export_name>_audit_log_YYYYMMDD.csv for a name chosen with audit.export_name, so that two
+-- databases sharing a directory never overwrite each other's log export either. The bytes equal
+--     COPY (SELECT * FROM audit.log WHERE changed_at >= day AND changed_at < day + 1 ORDER BY id)
+--     TO STDOUT WITH (FORMAT csv, HEADER)
+-- in a session with the default settings, whatever the caller's DateStyle, IntervalStyle or
+-- client_encoding, as for export_audit_data. audit_settings is in install.sql's schema, found
+-- here at install time and named in the body.
+DO $do$
+DECLARE
+    settings REGCLASS := to_regclass(format('%I.audit_settings', current_schema()));
+BEGIN
+    IF settings IS NULL THEN
+        RAISE EXCEPTION 'audit-tail: table audit_settings does not exist in schema %', current_schema()
+            USING HINT = 'run sql/audit_log.sql with the search_path that sql/install.sql was run with, right after it: psql -v ON_ERROR_STOP=1 -f sql/install.sql -f sql/audit_log.sql';
+    END IF;
+    EXECUTE format($f$
+CREATE OR REPLACE FUNCTION audit.export_log(day DATE) RETURNS TEXT
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, MDY'
+SET intervalstyle = 'postgres'
+SET extra_float_digits = 3
+AS $body$
+DECLARE
+    path TEXT;
+BEGIN
+    IF day IS NULL THEN
+        RAISE EXCEPTION 'audit.export_log: day must not be NULL'
+            USING HINT = 'pass the date to export, for example audit.export_log(current_date - 1)';
+    END IF;
+    SELECT rtrim(export_dir, '/') || '/'
+           || CASE WHEN export_name ~ '^users_audit_export(_|$)'
+                   THEN regexp_replace(export_name, '^users_audit_export', 'audit_log_export')
+                   ELSE export_name || '_audit_log' END
+           || '_' || to_char(day, 'YYYYMMDD') || '.csv'
+    INTO STRICT path
+    FROM %s;
+    EXECUTE format(
+        'COPY (SELECT * FROM audit.log_rows(%%L::date) ORDER BY id) TO %%L WITH (FORMAT csv, HEADER, ENCODING %%L)',
+        day, path, 'UTF8');
+    RETURN path;
+END
+$body$
+$f$, format('%I.audit_settings', current_schema()));
+END
+$do$;
+
+REVOKE ALL ON FUNCTION audit.log_rows(DATE) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.export_log(DATE) FROM PUBLIC;
+
+-- The consumer's role reads the day's rows, as it does users_audit_rows(day), and what is tracked
+-- (for `audit-tail status`); it gets no EXECUTE on export_log, which writes on the server's disk.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'audit_tail') THEN
+        GRANT USAGE ON SCHEMA audit TO audit_tail;
+        GRANT SELECT ON audit.log TO audit_tail;
+        GRANT EXECUTE ON FUNCTION audit.log_rows(DATE) TO audit_tail;
+        GRANT SELECT ON audit.tracked TO audit_tail;
+    END IF;
+END
+$$;
+
+-- The nightly export of the previous day of the log: its own pg_cron job beside install.sql's,
+-- at the same hour and with the same naming (export-daily-audit-log in the cron database,
+-- export-daily-audit-log-<database> for any other; see install.sql for why). Installed in the
+-- cron database it upserts the job; anywhere else it says in a NOTICE the statement to run there.
+DO $$
+DECLARE
+    cron_db TEXT := current_setting('cron.database_name', true);
+    job_name TEXT := 'export-daily-audit-log';
+    job_command TEXT := 'SELECT audit.export_log(current_date - 1)';
+BEGIN
+    IF cron_db IS NULL OR NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_cron') THEN
+        RAISE WARNING 'pg_cron is not loaded on this server: the nightly export of audit.log is not scheduled'
+            USING HINT = 'see the warning of install.sql; once pg_cron is loaded, run sql/audit_log.sql again';
+    ELSIF current_database() <> cron_db THEN
+        job_name := job_name || '-' || current_database();
+        RAISE NOTICE 'pg_cron keeps its jobs in database "%", not here: to schedule the nightly export of this database''s audit.log, run in "%": %',
+            cron_db, cron_db,
+            format('SELECT cron.schedule_in_database(%L, %L, %L, %L);',
+                   job_name, '0 3 * * *', job_command, current_database());
+    ELSE
+        CREATE EXTENSION IF NOT EXISTS pg_cron;
+        PERFORM cron.schedule(job_name, '0 3 * * *', job_command);
+    END IF;
+END
+$$;
+
+COMMIT;

@@ -133,7 +133,7 @@ pub async fn run(keep: bool) -> Result<(), Error> {
         .await
         .map_err(|e| Error::Internal(format!("cluster clean-up task failed: {e}")))?;
     writeln!(out, "6. Cleaned up: the cluster and the files are gone.")?;
-    if !report.diff.agrees() {
+    if !report.agrees() {
         return Err(Error::Internal(
             "the demo's export and stream differ".into(),
         ));

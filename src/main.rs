@@ -85,7 +85,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             std::io::stdout().write_all(report.render(format).as_bytes())?;
             // A difference is a failure of the day's check, exit 1 like any other failure that is
             // not the input's fault (docs/operations.md, "Exit codes").
-            Ok(if report.diff.agrees() {
+            Ok(if report.agrees() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -110,8 +110,8 @@ pub enum VerifyError {
     NoTable { database: String, why: String },
     #[error(
         "function {function} does not exist in database {database}: the install predates it; run \
-         `audit-tail setup` or sql/install.sql again (as the owner of users_audit), which adds it \
-         and grants it to audit_tail"
+         `audit-tail setup` or sql/install.sql again (as the owner of users_audit; for audit.log, \
+         sql/install.sql then sql/audit_log.sql), which adds it and grants it to audit_tail"
     )]
     NoExportFunction { function: String, database: String },
     #[error("could not read the nightly export from the database: {0}")]
@@ -124,12 +124,51 @@ pub enum VerifyError {
     Gaps(#[from] crate::gaps::GapError),
 }
 
-/// Compares the day's stream files in `out_dir` with the nightly export.
+/// verify's result: one report per table compared, the reference table (users_audit) first.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub reports: Vec<Report>,
+}
+
+impl Verification {
+    /// Whether every table's copies agree.
+    pub fn agrees(&self) -> bool {
+        self.reports.iter().all(|r| r.diff.agrees())
+    }
+
+    /// One table: its report as before. Several: each report under its table's name (text), or
+    /// `{"date", "agree", "tables": [...]}` (JSON).
+    pub fn render(&self, format: ReportFormat) -> String {
+        match self.reports.as_slice() {
+            [one] => one.render(format),
+            many => match format {
+                ReportFormat::Text => many.iter().map(|r| r.render_named(format)).collect(),
+                ReportFormat::Json => {
+                    let tables: Vec<serde_json::Value> = many
+                        .iter()
+                        .map(|r| serde_json::from_str(&r.render(format)).unwrap_or_default())
+                        .collect();
+                    let date = many.first().map(|r| r.date.to_string());
+                    let mut text = serde_json::json!({
+                        "date": date, "agree": self.agrees(), "tables": tables,
+                    })
+                    .to_string();
+                    text.push('\n');
+                    text
+                }
+            },
+        }
+    }
+}
+
+/// Compares the day's stream files in `out_dir` with the nightly export: with `--nightly FILE`
+/// that file against users_audit's stream files; from the database, users_audit and, when the
+/// database has it, audit.log (sql/audit_log.sql), each table against its own stream files.
 pub async fn verify(
     date: NaiveDate,
     nightly: &Nightly,
     out_dir: &Path,
-) -> Result<Report, VerifyError> {
+) -> Result<Verification, VerifyError> {
     let state = Checkpoint::load(out_dir)?;
     // Files written with --safe-csv guard formula-like values; the export's get the same guard,
     // so that only real differences remain.
@@ -151,7 +190,7 @@ pub async fn verify(
             let quiet = files
                 .is_empty()
                 .then(|| quiet::covered(state.as_ref(), date));
-            compare_day(
+            let report = compare_day(
                 date,
                 out_dir,
                 state.as_ref(),
@@ -159,41 +198,71 @@ pub async fn verify(
                 (side, name),
                 files,
                 quiet,
-            )
+            )?;
+            Ok(Verification {
+                reports: vec![report],
+            })
         }
         Nightly::Database(params) => {
             let client = sql::connect_params(params).await?;
-            let table = TableDesc::from_catalog(&client, &params.dbname).await?;
-            let files = stream_files(out_dir, &table, date)?;
-            let quiet = files
-                .is_empty()
-                .then(|| quiet::covered(state.as_ref(), date));
-            if let Some(Err(why)) = &quiet {
-                return Err(no_stream(out_dir, &table, date, why));
+            let mut tables = vec![TableDesc::from_catalog(&client, &params.dbname).await?];
+            tables.extend(TableDesc::log_from_catalog(&client, &params.dbname).await?);
+            let mut reports = Vec::with_capacity(tables.len());
+            for table in &tables {
+                let db = (&client, params.dbname.as_str());
+                reports.push(verify_table(db, table, date, out_dir, state.as_ref(), cells).await?);
             }
-            let temp = export_from_database(&client, &table, date).await?;
-            let name = format!("the export of {date} from database {}", params.dbname);
-            let buckets = bucket_count(temp.path(), &files, BUCKET_BYTES);
-            let check = |header: &[String]| check_export(header, &table.columns);
-            let side = Side::read(
-                temp.path(),
-                &name,
-                &check,
-                table.key_column(),
-                buckets,
-                cells,
-            )?;
-            compare_day(
-                date,
-                out_dir,
-                state.as_ref(),
-                &table,
-                (side, name),
-                files,
-                quiet,
-            )
+            Ok(Verification { reports })
         }
     }
+}
+
+/// One table of the database: its export of `date` against its stream files.
+async fn verify_table(
+    (client, database): (&tokio_postgres::Client, &str),
+    table: &TableDesc,
+    date: NaiveDate,
+    out_dir: &Path,
+    state: Option<&Checkpoint>,
+    cells: Cells,
+) -> Result<Report, VerifyError> {
+    let files = stream_files(out_dir, table, date)?;
+    let mut quiet = files.is_empty().then(|| quiet::covered(state, date));
+    let reference = table.name == table::REFERENCE_TABLE;
+    if let (Some(Err(why)), true) = (&quiet, reference) {
+        return Err(no_stream(out_dir, table, date, why));
+    }
+    let temp = export_from_database(client, table, date).await?;
+    let name = if reference {
+        format!("the export of {date} from database {database}")
+    } else {
+        format!(
+            "the export of {date} of {}.{} from database {database}",
+            table.schema, table.name
+        )
+    };
+    let buckets = bucket_count(temp.path(), &files, BUCKET_BYTES);
+    let check = |header: &[String]| check_export(header, &table.columns);
+    let side = Side::read(
+        temp.path(),
+        &name,
+        &check,
+        table.key_column(),
+        buckets,
+        cells,
+    )?;
+    // The log of a database that tracks nothing (or nothing that changed) has no rows and no
+    // file on most days: with an empty export that is agreement, however long the stream ran.
+    if let Some(Err(why)) = &quiet {
+        if side.rows > 0 {
+            return Err(no_stream(out_dir, table, date, why));
+        }
+        quiet = Some(Ok(format!(
+            "{}.{} has no rows of {date} and the stream wrote no file of it",
+            table.schema, table.name
+        )));
+    }
+    compare_day(date, out_dir, state, table, (side, name), files, quiet)
 }
 
 /// The second half of `verify`: the stream's side against the nightly side, already read.
@@ -258,6 +327,7 @@ fn compare_day(
     diff.neighbours_unknown = unknown;
     Ok(Report {
         date,
+        table: format!("{}.{}", table.schema, table.name),
         key: table.key_column().to_string(),
         nightly: nightly_name,
         stream: stream_name,

@@ -107,6 +107,8 @@ pub struct PartialFile {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub date: NaiveDate,
+    /// The table compared, `schema.name`.
+    pub table: String,
     /// The name of the table's key column, which the ids are values of.
     pub key: String,
     pub nightly: String,
@@ -143,12 +145,20 @@ fn value(v: &Option<String>) -> String {
 impl Report {
     pub fn render(&self, format: ReportFormat) -> String {
         match format {
-            ReportFormat::Text => self.text(),
+            ReportFormat::Text => self.text(false),
             ReportFormat::Json => self.json(),
         }
     }
 
-    fn text(&self) -> String {
+    /// As `render`, the text's first line naming the table: for a verify of several tables.
+    pub fn render_named(&self, format: ReportFormat) -> String {
+        match format {
+            ReportFormat::Text => self.text(true),
+            ReportFormat::Json => self.json(),
+        }
+    }
+
+    fn text(&self, named: bool) -> String {
         let d = &self.diff;
         let mut t = String::new();
         let verdict = if d.agrees() && self.covered.is_some() && d.matching == 0 {
@@ -164,7 +174,11 @@ impl Report {
         } else {
             "the nightly export and the live stream DIFFER".to_string()
         };
-        let _ = writeln!(t, "verify {}: {verdict}", self.date);
+        if named {
+            let _ = writeln!(t, "verify {}, table {}: {verdict}", self.date, self.table);
+        } else {
+            let _ = writeln!(t, "verify {}: {verdict}", self.date);
+        }
         let _ = writeln!(
             t,
             "  nightly export: {} rows  ({})",
@@ -348,6 +362,7 @@ impl Report {
             .collect();
         let value = json!({
             "date": self.date.to_string(),
+            "table": self.table,
             "agree": d.agrees(),
             "nightly": {"source": self.nightly, "rows": d.nightly_rows},
             "stream": {"source": self.stream, "rows": d.stream_rows, "covered": self.covered.is_some()},

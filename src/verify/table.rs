@@ -15,6 +15,10 @@ pub const REFERENCE_TABLE: &str = "users_audit";
 pub const REFERENCE_KEY: &str = "id";
 pub const DAY_COLUMN: &str = "changed_at";
 
+/// The generic log of sql/audit_log.sql, and its read-only export function.
+pub const LOG_SCHEMA: &str = "audit";
+pub const LOG_TABLE: &str = "log";
+
 /// An audited table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableDesc {
@@ -110,6 +114,42 @@ impl TableDesc {
             });
         }
         Ok(desc)
+    }
+
+    /// The generic log, audit.log, when the database has it (sql/audit_log.sql installed): its
+    /// columns now, key id, export audit.log_rows(date).
+    pub async fn log_from_catalog(
+        client: &Client,
+        database: &str,
+    ) -> Result<Option<TableDesc>, VerifyError> {
+        let sql_err = |e| SqlError::new("could not describe audit.log from the catalog", e);
+        let row = client
+            .query_opt(
+                "SELECT array(SELECT attname::text FROM pg_attribute \
+                   WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped ORDER BY attnum), \
+                   to_regprocedure(format('%I.%I(date)', $1::text, $2::text || '_rows')) IS NOT NULL \
+                 FROM pg_class c \
+                 WHERE c.oid = to_regclass(format('%I.%I', $1::text, $2::text))",
+                &[&LOG_SCHEMA, &LOG_TABLE],
+            )
+            .await
+            .map_err(sql_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if !row.get::<_, bool>(1) {
+            return Err(VerifyError::NoExportFunction {
+                function: format!("{LOG_SCHEMA}.{LOG_TABLE}_rows(date)"),
+                database: database.to_string(),
+            });
+        }
+        Ok(Some(TableDesc {
+            schema: LOG_SCHEMA.to_string(),
+            name: LOG_TABLE.to_string(),
+            key: vec![REFERENCE_KEY.to_string()],
+            columns: row.get(0),
+            export: Some(format!("{LOG_SCHEMA}.{LOG_TABLE}_rows")),
+        }))
     }
 
     /// For `--nightly FILE` without a database: the columns are the file's header, the rest are
