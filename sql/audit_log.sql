@@ -39,9 +39,10 @@ CREATE SCHEMA IF NOT EXISTS audit;
 CREATE TABLE IF NOT EXISTS audit.log (
     id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     changed_at       TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
-    op               TEXT NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
-    schema_name      TEXT NOT NULL,
-    table_name       TEXT NOT NULL,
+    op               TEXT NOT NULL
+                     CONSTRAINT log_op_check CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'PAUSE', 'RESUME')),
+    schema_name      TEXT,  -- NULL only on PAUSE and RESUME rows, which name no table
+    table_name       TEXT,
     key              JSONB,
     old_key          JSONB,
     new_row          JSONB,
@@ -57,6 +58,26 @@ CREATE TABLE IF NOT EXISTS audit.log (
     application_name TEXT,
     client_addr      INET
 );
+
+-- A log installed before PAUSE and RESUME existed: widen its op check and let those rows name no
+-- table. Each step runs only when needed (a re-install takes no lock for them), and the wider
+-- check is added NOT VALID: every row already there passed the narrower one, so no scan of the
+-- log is needed, while every new row is checked.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conrelid = 'audit.log'::regclass
+                   AND conname = 'log_op_check' AND pg_get_constraintdef(oid) LIKE '%PAUSE%RESUME%') THEN
+        ALTER TABLE audit.log DROP CONSTRAINT IF EXISTS log_op_check;
+        ALTER TABLE audit.log ADD CONSTRAINT log_op_check
+            CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'PAUSE', 'RESUME')) NOT VALID;
+    END IF;
+    IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'audit.log'::regclass
+               AND attname IN ('schema_name', 'table_name') AND attnotnull) THEN
+        ALTER TABLE audit.log ALTER COLUMN schema_name DROP NOT NULL,
+                              ALTER COLUMN table_name DROP NOT NULL;
+    END IF;
+END
+$$;
 
 -- "The rows of day D" is changed_at >= D AND changed_at < D + 1, as for users_audit.
 CREATE INDEX IF NOT EXISTS log_changed_at_idx ON audit.log (changed_at);
@@ -95,6 +116,26 @@ AS $$
                  END AS img) AS s
 $$;
 
+-- The changed_at of the log rows of this transaction: its start (CURRENT_TIMESTAMP) as a timestamp
+-- in the TimeZone of the transaction's first log row. Converting in the zone of each row instead
+-- would put the rows of one transaction into two days' files when the session changes TimeZone
+-- midway (SET LOCAL TimeZone): the midnight rule is one transaction, one day. The zone is kept
+-- in a transaction-local setting; setting it by hand gives no more than SET TimeZone does.
+CREATE OR REPLACE FUNCTION audit.changed_at() RETURNS TIMESTAMP
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    zone TEXT := nullif(current_setting('audit.txn_timezone', true), '');
+BEGIN
+    IF zone IS NULL THEN
+        zone := current_setting('TimeZone');
+        PERFORM set_config('audit.txn_timezone', zone, true);
+    END IF;
+    RETURN CURRENT_TIMESTAMP AT TIME ZONE zone;
+END
+$$;
+
 -- The one trigger function of every tracked table. Its arguments, baked in by track():
 --   TG_ARGV[0] mode: 'all', 'only' or 'ignore'
 --   TG_ARGV[1] the columns of that mode (text[] literal; for 'only' the key columns included)
@@ -125,7 +166,16 @@ DECLARE
     new_img JSONB;
     old_img JSONB;
     ctx TEXT := nullif(current_setting('audit.context', true), '');
+    pause_token TEXT := nullif(current_setting('audit.pause_token', true), '');
 BEGIN
+    -- Paused by audit.pause() in this transaction? The setting alone proves nothing (anyone can
+    -- SET LOCAL it): only a token that audit.pause() recorded for this very transaction counts.
+    -- Without the setting, the usual case, this costs one lookup of a setting.
+    IF pause_token IS NOT NULL AND EXISTS (
+        SELECT FROM audit.pauses p
+        WHERE p.txid = txid_current() AND p.token::text = pause_token AND p.resumed_at IS NULL) THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'TRUNCATE' THEN
         NULL;
     ELSIF TG_OP = 'INSERT' THEN
@@ -158,10 +208,10 @@ BEGIN
         old_img := audit.row_image((SELECT jsonb_object_agg(c, old_j -> c) FROM unnest(changed) AS c),
                                    'all', NULL, redact);
     END IF;
-    INSERT INTO audit.log (op, schema_name, table_name, key, old_key, new_row, old_values,
+    INSERT INTO audit.log (changed_at, op, schema_name, table_name, key, old_key, new_row, old_values,
                            changed_columns, actor, reason, request_id, migration, context,
                            application_name, client_addr)
-    VALUES (TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, row_key, prev_key, new_img, old_img, changed,
+    VALUES (audit.changed_at(), TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, row_key, prev_key, new_img, old_img, changed,
             coalesce(nullif(current_setting('audit.actor', true), ''), session_user::text),
             nullif(current_setting('audit.reason', true), ''),
             nullif(current_setting('audit.request_id', true), ''),
@@ -170,6 +220,111 @@ BEGIN
             nullif(current_setting('application_name', true), ''),
             inet_client_addr());
     RETURN NULL;
+END
+$$;
+
+-- Switching auditing off for a migration or a bulk load: only members of the role audit_admin
+-- (the installer creates it, without members; GRANT audit_admin TO a role to designate it), and
+-- only for the rest of the current transaction (or until audit.resume()). Each pause and resume
+-- is itself a log row (op PAUSE / RESUME, no table), so the gap in the log is explained there.
+--
+-- audit.pause() records a random token for this transaction in audit.pauses, which only the
+-- installer can write, and sets it transaction-locally in audit.pause_token; log_change() skips
+-- a row only when both agree. An application that sets audit.pause_token itself knows no
+-- recorded token, so its rows are logged as usual.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'audit_admin') THEN
+        CREATE ROLE audit_admin NOLOGIN;
+    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;  -- created meanwhile by an install in another database of the cluster
+END
+$$;
+
+CREATE TABLE IF NOT EXISTS audit.pauses (
+    txid       BIGINT PRIMARY KEY,
+    token      UUID NOT NULL,
+    paused_by  TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    paused_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    resumed_at TIMESTAMPTZ
+);
+
+-- The PAUSE or RESUME row of the log, with the same who / why / from where as any other row.
+CREATE OR REPLACE FUNCTION audit.log_switch(op TEXT, why TEXT) RETURNS VOID
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO audit.log (changed_at, op, actor, reason, request_id, migration, context,
+                           application_name, client_addr)
+    VALUES (audit.changed_at(), op,
+            coalesce(nullif(current_setting('audit.actor', true), ''), session_user::text),
+            why,
+            nullif(current_setting('audit.request_id', true), ''),
+            nullif(current_setting('audit.migration', true), ''),
+            nullif(current_setting('audit.context', true), '')::jsonb,
+            nullif(current_setting('application_name', true), ''),
+            inet_client_addr())
+$$;
+
+CREATE OR REPLACE FUNCTION audit.pause(reason TEXT) RETURNS VOID
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    token UUID := gen_random_uuid();
+    xid BIGINT := txid_current();
+BEGIN
+    -- session_user: current_user is this function's owner here.
+    IF NOT pg_has_role(session_user, 'audit_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'audit-tail: % may not pause auditing', session_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'only members of the role audit_admin can: GRANT audit_admin TO the role that runs migrations';
+    END IF;
+    reason := nullif(btrim(reason), '');
+    IF reason IS NULL THEN
+        RAISE EXCEPTION 'audit.pause: give a reason (it is written to the log)';
+    END IF;
+    IF EXISTS (SELECT FROM audit.pauses p WHERE p.txid = xid AND p.resumed_at IS NULL) THEN
+        RAISE NOTICE 'audit-tail: auditing is paused already in this transaction';
+        RETURN;
+    END IF;
+    INSERT INTO audit.pauses AS p (txid, token, paused_by, reason)
+    VALUES (xid, token, session_user, reason)
+    ON CONFLICT ON CONSTRAINT pauses_pkey DO UPDATE
+        SET token = EXCLUDED.token, paused_by = EXCLUDED.paused_by, reason = EXCLUDED.reason,
+            paused_at = now(), resumed_at = NULL;
+    PERFORM audit.log_switch('PAUSE', reason);
+    PERFORM set_config('audit.pause_token', token::text, true);
+END
+$$;
+
+-- Ends a pause of this transaction. Returns whether auditing was paused.
+CREATE OR REPLACE FUNCTION audit.resume() RETURNS BOOLEAN
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    why TEXT;
+BEGIN
+    IF NOT pg_has_role(session_user, 'audit_admin', 'MEMBER') THEN
+        RAISE EXCEPTION 'audit-tail: % may not resume auditing', session_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'only members of the role audit_admin can pause and resume auditing';
+    END IF;
+    UPDATE audit.pauses p SET resumed_at = clock_timestamp()
+    WHERE p.txid = txid_current() AND p.resumed_at IS NULL
+    RETURNING p.reason INTO why;
+    PERFORM set_config('audit.pause_token', '', true);
+    IF why IS NULL THEN
+        RAISE NOTICE 'audit-tail: auditing was not paused in this transaction';
+        RETURN false;
+    END IF;
+    PERFORM audit.log_switch('RESUME', why);
+    RETURN true;
 END
 $$;
 
@@ -310,8 +465,10 @@ BEGIN
         audited := (SELECT array_agg(c ORDER BY n) FROM unnest(all_cols) WITH ORDINALITY AS a(c, n)
                     WHERE CASE mode WHEN 'only' THEN c = ANY (mode_cols) ELSE NOT c = ANY (mode_cols) END);
         update_of := ' OF ' || (SELECT string_agg(quote_ident(c), ', ') FROM unnest(audited) AS c);
-        -- ::record, or ROW(..) *<> ROW(..) would compare column by column (no int *<> int).
-        changed_when := format('ROW(%s)::record *<> ROW(%s)::record',
+        -- record_image_ne() is the function of *<>. Not `ROW(..)::record *<> ROW(..)::record`:
+        -- PostgreSQL stores that without the casts, so pg_dump printed `ROW(..) *<> ROW(..)`,
+        -- which compares column by column (no int *<> int) and failed in pg_restore.
+        changed_when := format('record_image_ne(ROW(%s), ROW(%s))',
                                (SELECT string_agg('OLD.' || quote_ident(c), ', ') FROM unnest(audited) AS c),
                                (SELECT string_agg('NEW.' || quote_ident(c), ', ') FROM unnest(audited) AS c));
     END IF;
@@ -352,6 +509,21 @@ BEGIN
 END
 $$;
 
+-- Triggers created before record_image_ne() (their WHEN cannot be restored from a pg_dump): made
+-- again with the same options, keeping when and by whom the table was tracked.
+DO $$
+DECLARE
+    t RECORD;
+BEGIN
+    FOR t IN SELECT tt.* FROM audit.tracked_tables tt JOIN pg_trigger g ON g.tgrelid = tt.tbl
+             WHERE g.tgname = 'audit_log_update' AND pg_get_triggerdef(g.oid) LIKE '%ROW(old.%*<>%' LOOP
+        PERFORM audit.track(t.tbl, t.only_cols, t.ignore_cols, t.redact_cols, t.when_expr);
+        UPDATE audit.tracked_tables SET tracked_at = t.tracked_at, tracked_by = t.tracked_by
+        WHERE tbl = t.tbl;
+    END LOOP;
+END
+$$;
+
 -- What is tracked, with its options, by name.
 CREATE OR REPLACE VIEW audit.tracked AS
 SELECT format('%I.%I', n.nspname, c.relname) AS "table",
@@ -375,7 +547,7 @@ DECLARE
     t TEXT;
     grantee_name TEXT;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['audit.log', 'audit.tracked_tables'] LOOP
+    FOREACH t IN ARRAY ARRAY['audit.log', 'audit.tracked_tables', 'audit.pauses'] LOOP
         EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', t);
         FOR grantee_name IN
             SELECT DISTINCT a.grantee::regrole::text
@@ -390,6 +562,12 @@ END
 $$;
 REVOKE ALL ON audit.tracked FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.log_change() FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.log_switch(TEXT, TEXT) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.changed_at() FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.pause(TEXT) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.resume() FROM PUBLIC;
+GRANT USAGE ON SCHEMA audit TO audit_admin;
+GRANT EXECUTE ON FUNCTION audit.pause(TEXT), audit.resume() TO audit_admin;
 REVOKE ALL ON FUNCTION audit.track(REGCLASS, TEXT[], TEXT[], TEXT[], TEXT) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.untrack(REGCLASS) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.drop_triggers(REGCLASS) FROM PUBLIC;
