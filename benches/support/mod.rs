@@ -233,3 +233,30 @@ pub fn single_row_update_script(dir: &std::path::Path, users: u64) -> std::path:
     .unwrap();
     script
 }
+
+/// Runs the SQL file `path` through psql in database `bench`, stopping at its first error.
+pub fn psql_file(cluster: &audit_tail::cluster::Cluster, path: &std::path::Path) {
+    let out = cluster
+        .client_command("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "bench", "-f"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The median of some numbers.
+pub fn median_f64(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
