@@ -6,7 +6,8 @@
 //! 3. applies sql/demo_data.sql, whose six audit rows appear live on stdout;
 //! 4. runs the export the nightly job runs and prints the CSV file the server wrote;
 //! 5. verifies the export against the live stream (crate::verify);
-//! 6. removes everything, or with `--keep` leaves it running until Ctrl-C.
+//! 6. tracks another table (sql/audit_log.sql) and shows its changes arriving live;
+//! 7. removes everything, or with `--keep` leaves it running until Ctrl-C.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -114,6 +115,8 @@ pub async fn run(keep: bool) -> Result<(), Error> {
     out.write_all(report.render(ReportFormat::Text).as_bytes())?;
     out.flush()?;
 
+    track_a_table(&client, &mut out, out_dir.path(), date).await?;
+
     if keep {
         writeln!(
             out,
@@ -132,7 +135,7 @@ pub async fn run(keep: bool) -> Result<(), Error> {
     tokio::task::spawn_blocking(move || drop(cluster))
         .await
         .map_err(|e| Error::Internal(format!("cluster clean-up task failed: {e}")))?;
-    writeln!(out, "6. Cleaned up: the cluster and the files are gone.")?;
+    writeln!(out, "7. Cleaned up: the cluster and the files are gone.")?;
     if !report.agrees() {
         return Err(Error::Internal(
             "the demo's export and stream differ".into(),
@@ -163,6 +166,36 @@ async fn wait_for_slot(client: &tokio_postgres::Client) -> Result<(), Error> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Step 6: one command audits any table (sql/audit_log.sql, installed by `setup` and here), with
+/// who and why from the transaction, a redacted column, and the rows arriving live.
+async fn track_a_table(
+    client: &tokio_postgres::Client,
+    out: &mut std::io::Stdout,
+    out_dir: &std::path::Path,
+    date: chrono::NaiveDate,
+) -> Result<(), Error> {
+    writeln!(
+        out,
+        "6. Any table: audit-tail track public.orders --redact card  (SQL: SELECT audit.track(...));\n   \
+         its changes arrive live too, with who and why from SET LOCAL audit.actor / audit.reason:"
+    )?;
+    out.flush()?;
+    client
+        .batch_execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, status text, total numeric, card text); \
+             SELECT audit.track('public.orders', redact => ARRAY['card']); \
+             BEGIN; SET LOCAL audit.actor = 'shop@example.com'; SET LOCAL audit.reason = 'checkout'; \
+             INSERT INTO orders VALUES (1, 'new', 42.00, '4111 1111 1111 1111'); COMMIT; \
+             BEGIN; SET LOCAL audit.actor = 'support@example.com'; \
+             SET LOCAL audit.reason = 'refund, ticket 88'; \
+             UPDATE orders SET status = 'refunded', total = 0 WHERE id = 1; COMMIT;",
+        )
+        .await
+        .map_err(|e| SqlError::new("the tracked-table step failed", e))?;
+    let log_file = out_dir.join(crate::layout::file_name("audit", "log", date, 1));
+    wait_for_lines(&log_file, 3).await
 }
 
 async fn wait_for_lines(path: &std::path::Path, lines: usize) -> Result<(), Error> {

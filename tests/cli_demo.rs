@@ -44,6 +44,21 @@ fn demo_prints_the_six_reference_rows_and_their_csv() {
     // The live lines come before the export: the stream printed them as they were committed.
     let live = stdout.find("user 3 role: \"manager\" → \"user\"").unwrap();
     assert!(live < stdout.find("id,user_id").unwrap(), "{stdout}");
+    // One command audits any table: its rows arrive live, with who and why, the card redacted.
+    for expected in [
+        "public.orders INSERT {\"id\": 1} by shop@example.com (reason: \"checkout\")",
+        "public.orders UPDATE {\"id\": 1} by support@example.com: status, total (reason: \"refund, ticket 88\")",
+        "7. Cleaned up",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("4111"),
+        "the redacted card reached stdout:\n{stdout}"
+    );
     // Logs go to stderr, never into the data on stdout.
     assert!(!stdout.contains("INFO"), "{stdout}");
 }
