@@ -9,40 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use audit_tail::cluster::{Cluster, ClusterOptions};
-use common::{Consumer, TestDb, assert_files_equal_table, catch_up, stream_command};
-
-/// A small deterministic generator. Its seed comes from AUDIT_TAIL_TEST_SEED when set, else from
-/// the clock; it is printed and named in the failure message, so a failing run can be replayed
-/// with `AUDIT_TAIL_TEST_SEED=<seed> cargo test --test stream_faults <test>`.
-struct Rng {
-    state: u64,
-    seed: u64,
-}
-
-impl Rng {
-    fn from_env_or_clock(test: &str) -> Rng {
-        let seed = match std::env::var("AUDIT_TAIL_TEST_SEED") {
-            Ok(text) => text
-                .parse()
-                .unwrap_or_else(|_| panic!("AUDIT_TAIL_TEST_SEED={text:?} is not a u64")),
-            Err(_) => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64,
-        };
-        eprintln!("{test}: seed {seed} (replay with AUDIT_TAIL_TEST_SEED={seed})");
-        Rng {
-            state: seed | 1,
-            seed,
-        }
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 7;
-        self.state ^= self.state << 17;
-        self.state % n
-    }
-}
+use common::{Consumer, Rng, TestDb, assert_files_equal_table, catch_up, stream_command};
 
 /// Single-row and bulk updates of `users` until `stop`, reconnecting across server restarts.
 fn spawn_writer(db: &TestDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {

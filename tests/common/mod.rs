@@ -43,6 +43,39 @@ pub fn ensure_pg_cron(cluster: &Cluster) {
         .expect("create the pg_cron extension in postgres");
 }
 
+/// A small deterministic generator. Its seed comes from AUDIT_TAIL_TEST_SEED when set, else from
+/// the clock; it is printed and named in the failure message, so a failing run can be replayed
+/// with `AUDIT_TAIL_TEST_SEED=<seed> cargo test --test stream_faults <test>`.
+pub struct Rng {
+    state: u64,
+    pub seed: u64,
+}
+
+impl Rng {
+    pub fn from_env_or_clock(test: &str) -> Rng {
+        let seed = match std::env::var("AUDIT_TAIL_TEST_SEED") {
+            Ok(text) => text
+                .parse()
+                .unwrap_or_else(|_| panic!("AUDIT_TAIL_TEST_SEED={text:?} is not a u64")),
+            Err(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64,
+        };
+        eprintln!("{test}: seed {seed} (replay with AUDIT_TAIL_TEST_SEED={seed})");
+        Rng {
+            state: seed | 1,
+            seed,
+        }
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state % n
+    }
+}
+
 /// The repository's own files, such as sql/install.sql.
 pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -336,10 +369,16 @@ pub fn verify(db: &TestDb, out: &Path, extra: &[&str]) -> (Option<i32>, String, 
 /// same header and the same records as COPY, no more, no fewer, none twice. Returns the number
 /// of rows compared.
 pub async fn assert_files_equal_table(db: &TestDb, out_dir: &Path) -> usize {
+    assert_files_equal(db, out_dir, "public", "users_audit").await
+}
+
+/// The same check for any streamed table with a `changed_at` column (audit.log, say).
+pub async fn assert_files_equal(db: &TestDb, out_dir: &Path, schema: &str, table: &str) -> usize {
     let client = db.client().await;
+    let qualified = format!("\"{schema}\".\"{table}\"");
     let days: Vec<String> = client
         .query(
-            "SELECT DISTINCT to_char(changed_at, 'YYYYMMDD') FROM users_audit ORDER BY 1",
+            &format!("SELECT DISTINCT to_char(changed_at, 'YYYYMMDD') FROM {qualified} ORDER BY 1"),
             &[],
         )
         .await
@@ -350,25 +389,29 @@ pub async fn assert_files_equal_table(db: &TestDb, out_dir: &Path) -> usize {
     let mut files: Vec<PathBuf> = audit_tail::layout::list(out_dir)
         .unwrap()
         .into_iter()
-        .filter(|f| f.schema == "public" && f.table == "users_audit")
+        .filter(|f| f.schema == schema && f.table == table)
         .map(|f| out_dir.join(f.name()))
         .collect();
     files.sort();
-    let expected_files: Vec<PathBuf> = days.iter().map(|d| stream_file(out_dir, d, 1)).collect();
+    let file_of = |day: &str| {
+        let day = chrono::NaiveDate::parse_from_str(day, "%Y%m%d").unwrap();
+        out_dir.join(audit_tail::layout::file_name(schema, table, day, 1))
+    };
+    let expected_files: Vec<PathBuf> = days.iter().map(|d| file_of(d)).collect();
     assert_eq!(
         files, expected_files,
-        "one stream file per day of users_audit"
+        "one stream file per day of {qualified}"
     );
     let mut total = 0;
     for day in &days {
         let reference = copy_out(
             &client,
             &format!(
-                "SELECT * FROM users_audit WHERE to_char(changed_at, 'YYYYMMDD') = '{day}' ORDER BY id"
+                "SELECT * FROM {qualified} WHERE to_char(changed_at, 'YYYYMMDD') = '{day}' ORDER BY id"
             ),
         )
         .await;
-        let stream = std::fs::read(stream_file(out_dir, day, 1)).unwrap();
+        let stream = std::fs::read(file_of(day)).unwrap();
         let mut want = csv_records(&reference);
         let mut got = csv_records(&stream);
         assert_eq!(got.first(), want.first(), "header of {day}");
