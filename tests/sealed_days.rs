@@ -108,6 +108,11 @@ async fn a_past_day_is_sealed_and_can_be_archived() {
                 == "1"
         },
     );
+    // And streaming: the slot confirmed what the server had written by now. (Twice, in loaded
+    // full-suite runs, rows committed right after the new slot became active never reached the
+    // stream, while the stream went on confirming later positions; not reproduced alone. This
+    // barrier keeps the test about sealing; the open question is in the session's closing note.)
+    common::wait::caught_up(&db, &db.name);
     // One transaction: the day is sealed as soon as it commits.
     db.psql(&format!(
         "BEGIN; {} {} COMMIT;",
