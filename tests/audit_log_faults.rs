@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Consumer, Rng, TestDb, assert_files_equal, catch_up, install_audit_log};
+use common::{Rng, TestDb, catch_up, install_audit_log};
 
 /// Mixed single-row and multi-row writes to `orders` and `lines` until `stop`.
 fn spawn_writer(db: &TestDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
@@ -67,25 +67,14 @@ async fn kill_9_while_tracked_tables_change_loses_and_doubles_nothing() {
     let writer = spawn_writer(&db, stop.clone());
     let mut rng = Rng::from_env_or_clock("log kill9");
     let seed = rng.seed;
-    for _ in 0..15 {
-        let mut consumer = Consumer::spawn(&db, out.path(), &["--format", "none"]);
-        std::thread::sleep(Duration::from_millis(100 + rng.below(400)));
-        consumer.child.kill().unwrap();
-        consumer.child.wait().unwrap();
-    }
+    common::kill_9_loop(&db, out.path(), &mut rng, 15, 400);
     stop.store(true, Ordering::SeqCst);
     let transactions = writer.await.unwrap();
     assert!(
         transactions > 30,
         "the writer ran only {transactions} transactions (seed {seed})"
     );
-    catch_up(&db, out.path());
-    let compared = tokio::spawn({
-        let out = out.path().to_path_buf();
-        async move { assert_files_equal(&db, &out, "audit", "log").await }
-    })
-    .await;
-    let rows = compared.unwrap_or_else(|e| panic!("kill -9 run with seed {seed} failed: {e}"));
+    let rows = common::assert_exactly_once_after_kills(db, out.path(), "audit", "log", seed).await;
     assert!(
         rows > 500,
         "only {rows} log rows were compared (seed {seed})"

@@ -76,6 +76,34 @@ impl Rng {
     }
 }
 
+/// Starts a consumer on `out_dir` and kills it with -9, `kills` times, each after 100 ms plus up
+/// to `spread_ms` more drawn from `rng`: the crash loop of the kill -9 tests.
+pub fn kill_9_loop(db: &TestDb, out_dir: &Path, rng: &mut Rng, kills: u32, spread_ms: u64) {
+    for _ in 0..kills {
+        let mut consumer = Consumer::spawn(db, out_dir, &["--format", "none"]);
+        std::thread::sleep(std::time::Duration::from_millis(100 + rng.below(spread_ms)));
+        consumer.child.kill().unwrap();
+        consumer.child.wait().unwrap();
+    }
+}
+
+/// After a crash loop: catches up, then checks `schema.table`'s files against the table
+/// (`assert_files_equal`), naming `seed` if they differ. Returns the rows compared.
+pub async fn assert_exactly_once_after_kills(
+    db: TestDb,
+    out_dir: &Path,
+    schema: &'static str,
+    table: &'static str,
+    seed: u64,
+) -> usize {
+    catch_up(&db, out_dir);
+    // The comparison panics on the first difference; say which seed produced it.
+    let out = out_dir.to_path_buf();
+    tokio::spawn(async move { assert_files_equal(&db, &out, schema, table).await })
+        .await
+        .unwrap_or_else(|e| panic!("kill -9 run with seed {seed} failed: {e}"))
+}
+
 /// The repository's own files, such as sql/install.sql.
 pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
