@@ -365,3 +365,79 @@ fn every_row_committed_after_a_new_slot_is_created_is_streamed_once() {
         "the writer's rows were hardly checked"
     );
 }
+
+/// By design, and said so: a row committed while `stream` is still creating its slot (the
+/// creation waits for a transaction that was running when it began) is not streamed. The
+/// creating backend holds the slot meanwhile (active, but no walsender); the consumer logs that
+/// it waits, then the consistent point, which is after that row, and streams only from there; the
+/// next row is streamed; verify names the row as only in the nightly export.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_committed_while_the_slot_is_created_is_named_by_verify() {
+    let db = TestDb::new("slot_start_by_design");
+    db.install();
+    let slot = db.name.clone();
+    let out = tempfile::tempdir().unwrap();
+    // A transaction with an xid, open across the slot's creation.
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; SELECT txid_current()")
+        .await
+        .unwrap();
+    let stream = tokio::task::block_in_place(|| {
+        let stream = Stream::spawn(&db, &slot, out.path());
+        stream.wait_for_line("creating the replication slot: waiting for the transactions");
+        common::wait::until("the slot to exist", Duration::from_secs(30), || {
+            common::wait::slot_active(&db, &slot)
+        });
+        stream
+    });
+    // Active, but held by the creating backend: nothing streams it yet.
+    assert!(!common::wait::walsender_holds(&db, &slot));
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT confirmed_flush_lsn IS NULL FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ))
+        .trim(),
+        "t"
+    );
+    assert!(!stream.log().contains("streaming"), "{}", stream.log());
+    let before = db.psql(
+        "INSERT INTO users_audit (user_id, changed_by, field_changed, old_value, new_value) \
+         VALUES (1, 'early', 'name', 'a', 'before the slot') RETURNING id",
+    );
+    let committed = lsn(&db.psql("SELECT pg_current_wal_insert_lsn()"));
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    let (created, from) = tokio::task::block_in_place(|| {
+        let created = field(&stream.wait_for_line("created the replication slot"), "lsn");
+        let from = field(&stream.wait_for_line("streaming:"), "from");
+        (created.unwrap(), from.unwrap())
+    });
+    assert!(created > committed, "{created} {committed}");
+    assert_eq!(from, created, "{}", stream.log());
+    db.psql(
+        "INSERT INTO users_audit (user_id, changed_by, field_changed, old_value, new_value) \
+         VALUES (1, 'late', 'name', 'a', 'after the slot')",
+    );
+    tokio::task::block_in_place(|| {
+        caught_up(&db, &slot);
+    });
+    drop(stream);
+    let files = audit_tail::layout::list(out.path()).unwrap();
+    let text: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(out.path().join(f.name())).unwrap())
+        .collect();
+    assert!(text.contains("after the slot"), "{text}");
+    assert!(!text.contains("before the slot"), "{text}");
+
+    let today = db.psql("SELECT current_date").trim().to_string();
+    let (code, stdout, stderr) = common::verify(&db, out.path(), &["--date", &today]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "only in the nightly export: 1 (ids {})",
+            before.trim()
+        )),
+        "{stdout}"
+    );
+}
