@@ -178,10 +178,29 @@ pub fn check_identity(
 /// The slot as pre-flight found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotFound {
-    /// It was missing and is created now: the stream starts at its creation.
-    Created,
+    /// It was missing and is created now, consistent `at` this position: transactions that
+    /// commit after it are streamed; those committed before it (also while the creation waited
+    /// for the transactions running when it began) are not, by PostgreSQL's design.
+    Created { at: Lsn },
     /// It exists, with this confirmed_flush_lsn (None before it ever became consistent).
     Existing { confirmed: Option<Lsn> },
+}
+
+impl SlotFound {
+    /// Where the server starts sending when asked for `requested`: transactions committing
+    /// after the larger of it and the slot's confirmed position (None when unknown: a slot that
+    /// never became consistent).
+    pub fn streams_from(self, requested: Lsn) -> Option<Lsn> {
+        match self {
+            SlotFound::Created { at } => Some(requested.max(at)),
+            SlotFound::Existing {
+                confirmed: Some(confirmed),
+            } => Some(requested.max(confirmed)),
+            SlotFound::Existing { confirmed: None } => {
+                (requested != Lsn::ZERO).then_some(requested)
+            }
+        }
+    }
 }
 
 /// How the out-dir goes on from the slot.
@@ -287,16 +306,31 @@ pub async fn preflight(
                 lsn: durable,
             });
         }
-        let lsn: String = client
+        // The server makes the slot consistent before it returns: it waits until every
+        // transaction running now has ended, so a long transaction elsewhere holds this up.
+        tracing::info!(
+            slot,
+            "creating the replication slot: waiting for the transactions running on the server \
+             to end; rows committed before the slot is created are not streamed (they are in the \
+             nightly export)"
+        );
+        // As a number: pg_lsn has no binary mapping in tokio-postgres, and this cannot fail.
+        let at: i64 = client
             .query_one(
-                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                "SELECT (lsn - '0/0'::pg_lsn)::int8 \
+                 FROM pg_create_logical_replication_slot($1, 'pgoutput')",
                 &[&slot],
             )
             .await
             .map_err(sql("could not create the replication slot"))?
             .get(0);
-        tracing::info!(slot, %lsn, "created replication slot; the stream starts here");
-        return Ok(SlotFound::Created);
+        let at = Lsn(at as u64);
+        tracing::info!(
+            slot, lsn = %at,
+            "created the replication slot: transactions committing after {at} are streamed, \
+             rows committed before are in the nightly export only"
+        );
+        return Ok(SlotFound::Created { at });
     };
     let (slot_type, plugin, slot_db): (String, String, String) =
         (row.get(0), row.get(1), row.get(2));
@@ -357,7 +391,7 @@ mod tests {
             resume(found, Lsn(checkpoint), files, accept, "s", "/d")
         };
         assert_eq!(
-            go(SlotFound::Created, 0, false, false).unwrap(),
+            go(SlotFound::Created { at: Lsn(5) }, 0, false, false).unwrap(),
             Resume::Continue
         );
         // Behind (a server crash moves the slot back) or level: nothing is skipped.
@@ -388,6 +422,21 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn the_stream_starts_at_the_later_of_the_request_and_the_slot() {
+        let created = SlotFound::Created { at: Lsn(30) };
+        assert_eq!(created.streams_from(Lsn::ZERO), Some(Lsn(30)));
+        assert_eq!(created.streams_from(Lsn(40)), Some(Lsn(40)));
+        let existing = SlotFound::Existing {
+            confirmed: Some(Lsn(30)),
+        };
+        assert_eq!(existing.streams_from(Lsn(20)), Some(Lsn(30)));
+        assert_eq!(existing.streams_from(Lsn(40)), Some(Lsn(40)));
+        let never = SlotFound::Existing { confirmed: None };
+        assert_eq!(never.streams_from(Lsn::ZERO), None);
+        assert_eq!(never.streams_from(Lsn(40)), Some(Lsn(40)));
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl Session<'_, '_> {
     async fn connect(&mut self) -> Result<(WalConnection, Lsn), StreamError> {
         let cfg = self.config;
         let client = sql::connect_params(&cfg.conn).await?;
-        self.claim_out_dir(&client).await?;
+        let found = self.claim_out_dir(&client).await?;
         drop(client);
 
         let mut conn = WalConnection::connect(&cfg.conn).await?;
@@ -109,7 +109,15 @@ impl Session<'_, '_> {
         ))
         .await?;
         self.streaming = true;
-        tracing::info!(slot = %cfg.slot, %start, server = %cfg.conn, "streaming");
+        // The server sends what commits after the larger of `start` and the slot's position:
+        // say which, so a reader of the log knows from where the files are complete.
+        match found.streams_from(start) {
+            Some(from) => tracing::info!(
+                slot = %cfg.slot, %start, %from, server = %cfg.conn,
+                "streaming: every transaction committing after {from} goes to the files"
+            ),
+            None => tracing::info!(slot = %cfg.slot, %start, server = %cfg.conn, "streaming"),
+        }
         Ok((conn, start))
     }
 
@@ -231,8 +239,11 @@ impl Session<'_, '_> {
     /// Pre-flight, and the out-dir's claim on the slot: refuses an out-dir of another server,
     /// database or slot, and a slot ahead of the checkpoint unless `--accept-gap` (then the gap
     /// is recorded before the checkpoint moves to the slot's position); records the identity of
-    /// an out-dir that has none yet.
-    async fn claim_out_dir(&mut self, client: &tokio_postgres::Client) -> Result<(), StreamError> {
+    /// an out-dir that has none yet. Returns the slot as pre-flight found it.
+    async fn claim_out_dir(
+        &mut self,
+        client: &tokio_postgres::Client,
+    ) -> Result<slot::SlotFound, StreamError> {
         let cfg = self.config;
         let out_dir = cfg.out_dir.display().to_string();
         let identity = slot::identify(client, &cfg.slot).await?;
@@ -290,7 +301,7 @@ impl Session<'_, '_> {
         if !self.progress.primary_mut().is_durable() {
             self.progress.primary_mut().make_durable()?;
         }
-        Ok(())
+        Ok(found)
     }
 
     /// The gap from the checkpoint at `from` to the slot's `to`, dated on the server's clock.

@@ -27,12 +27,26 @@ pub fn slot_active(db: &TestDb, slot: &str) -> bool {
         == "1"
 }
 
-/// Waits until a consumer streams from `slot`.
+/// Whether a walsender holds `slot`: a consumer ran START_REPLICATION on it. Not merely
+/// `active`: while `pg_create_logical_replication_slot` builds a new slot, the creating backend
+/// holds it (active, confirmed_flush_lsn NULL), and rows committed then are before the slot's
+/// consistent point, so they are not streamed (tests/slot_start.rs).
+pub fn walsender_holds(db: &TestDb, slot: &str) -> bool {
+    db.psql(&format!(
+        "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r \
+         ON r.pid = s.active_pid WHERE s.slot_name = '{slot}'"
+    ))
+    .trim()
+        == "1"
+}
+
+/// Waits until a consumer streams from `slot`: every transaction committing from now on is
+/// sent to it.
 pub fn streaming(db: &TestDb, slot: &str) {
     until(
-        &format!("slot {slot} to become active"),
+        &format!("a walsender to stream slot {slot}"),
         Duration::from_secs(30),
-        || slot_active(db, slot),
+        || walsender_holds(db, slot),
     );
 }
 
