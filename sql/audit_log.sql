@@ -254,22 +254,20 @@ $$;
 
 SELECT audit.log_partitions();
 
--- audit.retain(keep): detaches and drops the partition of every day that ended more than keep
--- ago, but only a day that audit.log_exports shows exported, by an export that ran after the day
--- had ended and wrote as many rows as the partition holds now. Any other day is kept: never
--- exported (the job did not run, or failed), exported while the day was still running (a manual
--- export_log(current_date)), or rows added or removed since. A NOTICE says, for each old day, why
--- it was dropped or kept. DEFAULT is never dropped. Returns how many days were dropped. The
--- nightly job calls it with audit.log_settings.retention when that is set.
-CREATE OR REPLACE FUNCTION audit.retain(keep INTERVAL) RETURNS INTEGER
+-- What retention with keep would do to each day that ended more than keep ago (DEFAULT is never
+-- dropped): droppable only when audit.log_exports shows the day exported, by an export that ran
+-- after the day had ended and wrote as many rows as the partition holds now. Any other day is
+-- kept: never exported (the job did not run, or failed), exported while the day was still
+-- running (a manual export_log(current_date)), or rows added or removed since. why says which.
+CREATE OR REPLACE FUNCTION audit.retention_plan(keep INTERVAL)
+RETURNS TABLE (day DATE, partition REGCLASS, rows BIGINT, path TEXT, droppable BOOLEAN, why TEXT)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     p RECORD;
     e RECORD;
-    n BIGINT;
-    dropped INTEGER := 0;
 BEGIN
     IF keep IS NULL OR keep < INTERVAL '1 day' THEN
         RAISE EXCEPTION 'audit.retain: keep must be at least one day, not %', coalesce(keep::text, 'NULL')
@@ -277,31 +275,90 @@ BEGIN
     END IF;
     FOR p IN SELECT d.day, d.partition FROM audit.log_days() d
              WHERE (d.day + 1)::timestamp <= localtimestamp - keep ORDER BY d.day LOOP
+        day := p.day;
+        partition := p.partition;
+        EXECUTE format('SELECT count(*) FROM %s', p.partition) INTO rows;
         SELECT x.* INTO e FROM audit.log_exports x WHERE x.day = p.day;
-        IF NOT FOUND THEN
-            RAISE NOTICE 'audit-tail: kept % (%): it was never exported', p.day, p.partition
-                USING HINT = format('export it first: SELECT audit.export_log(%L)', p.day);
-            CONTINUE;
+        path := e.path;
+        droppable := false;
+        IF e IS NULL THEN
+            why := 'it was never exported';
+        ELSIF (e.exported_at AT TIME ZONE current_setting('TimeZone')) < (p.day + 1)::timestamp THEN
+            why := format('its export (%s) ran before the day ended', e.path);
+        ELSIF rows <> e.rows THEN
+            why := format('it holds %s rows, its export %s wrote %s', rows, e.path, e.rows);
+        ELSE
+            droppable := true;
+            why := format('exported to %s at %s', e.path, e.exported_at);
         END IF;
-        IF (e.exported_at AT TIME ZONE current_setting('TimeZone')) < (p.day + 1)::timestamp THEN
-            RAISE NOTICE 'audit-tail: kept % (%): its export (%) ran before the day ended', p.day, p.partition, e.path
-                USING HINT = format('export it again: SELECT audit.export_log(%L)', p.day);
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- audit.retain(keep): detaches and drops the partition of every day that retention_plan(keep)
+-- finds droppable, and keeps the others. A NOTICE says, for each old day, why it was dropped or
+-- kept. Returns how many days were dropped. The nightly job calls it with
+-- audit.log_settings.retention when that is set.
+CREATE OR REPLACE FUNCTION audit.retain(keep INTERVAL) RETURNS INTEGER
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p RECORD;
+    n BIGINT;
+    dropped INTEGER := 0;
+BEGIN
+    FOR p IN SELECT * FROM audit.retention_plan(keep) LOOP
+        IF NOT p.droppable THEN
+            RAISE NOTICE 'audit-tail: kept % (%): %', p.day, p.partition, p.why
+                USING HINT = format('export it %s: SELECT audit.export_log(%L)',
+                                    CASE WHEN p.path IS NULL THEN 'first' ELSE 'again' END, p.day);
             CONTINUE;
         END IF;
         -- No row may arrive between the count and the drop.
         EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', p.partition);
         EXECUTE format('SELECT count(*) FROM %s', p.partition) INTO n;
-        IF n <> e.rows THEN
-            RAISE NOTICE 'audit-tail: kept % (%): it holds % rows, its export % wrote %', p.day, p.partition, n, e.path, e.rows
-                USING HINT = format('export it again: SELECT audit.export_log(%L)', p.day);
+        IF n <> p.rows THEN
+            RAISE NOTICE 'audit-tail: kept % (%): rows arrived while retention ran', p.day, p.partition;
             CONTINUE;
         END IF;
-        RAISE NOTICE 'audit-tail: dropped % (%, % rows): exported to % at %', p.day, p.partition, n, e.path, e.exported_at;
+        RAISE NOTICE 'audit-tail: dropped % (%, % rows): %', p.day, p.partition, n, p.why;
         EXECUTE format('ALTER TABLE audit.log DETACH PARTITION %s', p.partition);
         EXECUTE format('DROP TABLE %s', p.partition);
         dropped := dropped + 1;
     END LOOP;
     RETURN dropped;
+END
+$$;
+
+-- The log's storage as `audit-tail status` shows it (jsonb): the settings, the days that have a
+-- partition, the days due (today + days_ahead without one), the rows in DEFAULT and their days,
+-- and what retention, when set, would do now. SECURITY DEFINER so that the consumer's role,
+-- which may read only audit.log, can run it; it changes nothing.
+CREATE OR REPLACE FUNCTION audit.log_storage() RETURNS JSONB
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s RECORD;
+BEGIN
+    SELECT * INTO STRICT s FROM audit.log_settings;
+    RETURN jsonb_build_object(
+        'days_ahead', s.days_ahead,
+        'retention', s.retention::text,
+        'partitions', (SELECT coalesce(jsonb_agg(d.day::text ORDER BY d.day), '[]') FROM audit.log_days() d),
+        'due', (SELECT coalesce(jsonb_agg(n.day::text ORDER BY n.day), '[]')
+                FROM (SELECT current_date + i AS day FROM generate_series(0, s.days_ahead) AS i) n
+                WHERE n.day NOT IN (SELECT d.day FROM audit.log_days() d)),
+        'default_rows', (SELECT count(*) FROM audit.log_default),
+        'default_days', (SELECT coalesce(jsonb_agg(x.day::text ORDER BY x.day), '[]')
+                         FROM (SELECT DISTINCT changed_at::date AS day FROM audit.log_default) x),
+        'retention_plan', CASE WHEN s.retention IS NULL THEN NULL ELSE
+            (SELECT coalesce(jsonb_agg(jsonb_build_object('day', r.day::text, 'rows', r.rows,
+                                                          'drop', r.droppable, 'why', r.why) ORDER BY r.day), '[]')
+             FROM audit.retention_plan(s.retention) r) END);
 END
 $$;
 
@@ -801,6 +858,8 @@ REVOKE ALL ON FUNCTION audit.resume() FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.create_log_partition(DATE) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.log_partitions() FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.retain(INTERVAL) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.retention_plan(INTERVAL) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.log_storage() FROM PUBLIC;
 GRANT USAGE ON SCHEMA audit TO audit_admin;
 GRANT EXECUTE ON FUNCTION audit.pause(TEXT), audit.resume() TO audit_admin;
 REVOKE ALL ON FUNCTION audit.track(REGCLASS, TEXT[], TEXT[], TEXT[], TEXT) FROM PUBLIC;
@@ -917,6 +976,7 @@ BEGIN
         GRANT SELECT ON audit.log TO audit_tail;
         GRANT EXECUTE ON FUNCTION audit.log_rows(DATE) TO audit_tail;
         GRANT SELECT ON audit.tracked TO audit_tail;
+        GRANT EXECUTE ON FUNCTION audit.log_storage() TO audit_tail;
     END IF;
 END
 $$;

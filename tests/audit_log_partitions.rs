@@ -620,3 +620,88 @@ async fn the_jobs_command_writes_users_audit_as_before_and_the_log() {
         "six reference rows"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_lists_partitions_due_days_default_rows_and_what_retention_would_drop() {
+    let db = TestDb::new("part_status");
+    install_audit_log(&db);
+    let out = tempfile::tempdir().unwrap();
+    let conninfo = db.cluster.conninfo(&db.name);
+    let status = |format: &str| {
+        let (code, stdout, stderr) = common::run_audit_tail(&[
+            "status",
+            "--dsn",
+            &conninfo,
+            "--out-dir",
+            out.path().to_str().unwrap(),
+            "--format",
+            format,
+        ]);
+        assert_eq!(code, Some(0), "{stderr}");
+        (stdout, stderr)
+    };
+    let client = db.client().await;
+    let today = scalar(&client, "SELECT current_date::text").await;
+    let last = scalar(&client, "SELECT (current_date + 7)::text").await;
+    let (text, _) = status("text");
+    assert!(
+        text.contains(&format!(
+            "log partitions: 8 days ({today} .. {last}), 7 days ahead; due: none\n  retention: not set"
+        )),
+        "{text}"
+    );
+
+    // A due day, rows in DEFAULT, two old days of which one was exported, and retention set.
+    let due = scalar(&client, "SELECT (current_date + 3)::text").await;
+    client
+        .batch_execute(&format!(
+            "DROP TABLE audit.log_{}; \
+             INSERT INTO audit.log (changed_at, op, actor) VALUES \
+                 ('2020-01-01 10:00', 'PAUSE', 'a'), ('2020-01-02 10:00', 'PAUSE', 'b'); \
+             SELECT audit.create_log_partition('2020-01-01'), audit.create_log_partition('2020-01-02'); \
+             SELECT audit.export_log('2020-01-01'); \
+             INSERT INTO audit.log (changed_at, op, actor) VALUES ('2031-02-03 10:00', 'PAUSE', 'c'); \
+             UPDATE audit.log_settings SET retention = '30 days';",
+            due.replace('-', "")
+        ))
+        .await
+        .unwrap();
+    let (text, stderr) = status("text");
+    assert!(
+        text.contains(&format!(
+            "log partitions: 9 days (2020-01-01 .. {last}), 7 days ahead; due: {due} (run SELECT audit.log_partitions()"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  WARNING: audit.log_default holds 1 rows (of 2031-02-03): days without a partition; \
+             run SELECT audit.log_partitions()"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  retention 30 days: would drop 2020-01-01; would keep 2020-01-02 (it was never exported)"
+        ),
+        "{text}"
+    );
+    assert!(stderr.contains("audit.log_default holds rows"), "{stderr}");
+    let (json, _) = status("json");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let storage = &json["log_storage"];
+    assert_eq!(storage["due"], serde_json::json!([due]));
+    assert_eq!(storage["default_rows"], 1);
+    assert_eq!(storage["retention_plan"][0]["drop"], true);
+    assert_eq!(storage["retention_plan"][1]["drop"], false);
+    // status changed nothing, and the consumer's role may ask too.
+    assert_eq!(partition_days(&client).await.len(), 9);
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT has_function_privilege('audit_tail', 'audit.log_storage()', 'EXECUTE')::text"
+        )
+        .await,
+        "true"
+    );
+}
