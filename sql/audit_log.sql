@@ -170,8 +170,15 @@ BEGIN
     IF day IS NULL THEN
         RAISE EXCEPTION 'audit.create_log_partition: day must not be NULL';
     END IF;
+    -- The install and the job may run at once: one creates, the other then finds it.
+    PERFORM pg_advisory_xact_lock(hashtext('audit-tail: audit.log partitions'));
     IF EXISTS (SELECT FROM audit.log_days() d WHERE d.day = create_log_partition.day) THEN
         RETURN false;
+    END IF;
+    IF to_regclass(format('audit.%I', name)) IS NOT NULL THEN
+        RAISE EXCEPTION 'audit-tail: cannot create the partition of % of audit.log: a table audit.% exists and is not that partition', day, name
+            USING HINT = format('a partition detached by hand? attach it again (ALTER TABLE audit.log ATTACH PARTITION audit.%I FOR VALUES FROM (%L) TO (%L)), or rename or drop it',
+                                name, day::timestamp, (day + 1)::timestamp);
     END IF;
     EXECUTE format('CREATE TABLE audit.%I (LIKE audit.log INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
     EXECUTE format('ALTER TABLE audit.%I ADD CONSTRAINT %I CHECK (changed_at >= %L AND changed_at < %L)',
@@ -222,18 +229,28 @@ DO $$
 DECLARE
     moved BIGINT;
     last_id BIGINT;
+    cols TEXT;
     g RECORD;
 BEGIN
     IF to_regclass('audit.log_unpartitioned') IS NULL THEN
         RETURN;
     END IF;
+    -- Columns the old log has that the new one does not (yet): added, in their order, so that
+    -- nothing is lost and the CSV's column order stays.
+    FOR g IN SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type
+             FROM pg_attribute a
+             WHERE a.attrelid = 'audit.log_unpartitioned'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+               AND NOT EXISTS (SELECT FROM pg_attribute b WHERE b.attrelid = 'audit.log'::regclass
+                               AND b.attname = a.attname AND NOT b.attisdropped)
+             ORDER BY a.attnum LOOP
+        EXECUTE format('ALTER TABLE audit.log ADD COLUMN %I %s', g.attname, g.type);
+    END LOOP;
     PERFORM audit.create_log_partition(d)
     FROM (SELECT DISTINCT changed_at::date AS d FROM audit.log_unpartitioned) AS days;
-    INSERT INTO audit.log OVERRIDING SYSTEM VALUE
-    SELECT id, changed_at, op, schema_name, table_name, key, old_key, new_row, old_values,
-           changed_columns, statement_at, txid, actor, reason, request_id, migration, context,
-           application_name, client_addr
-    FROM audit.log_unpartitioned ORDER BY id;
+    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols
+    FROM pg_attribute WHERE attrelid = 'audit.log_unpartitioned'::regclass AND attnum > 0 AND NOT attisdropped;
+    EXECUTE format('INSERT INTO audit.log (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM audit.log_unpartitioned ORDER BY id',
+                   cols, cols);
     GET DIAGNOSTICS moved = ROW_COUNT;
     SELECT greatest(max(id), (SELECT last_value FROM audit.log_unpartitioned_id_seq)) INTO last_id
     FROM audit.log_unpartitioned;

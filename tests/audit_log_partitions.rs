@@ -94,6 +94,20 @@ async fn the_log_is_partitioned_by_day_with_days_ahead_and_a_default() {
         before, after,
         "a re-install keeps every table and partition"
     );
+    // A table in the way of a day's partition (one detached by hand, say) is named, not clobbered.
+    let err = client
+        .batch_execute(
+            "CREATE TABLE audit.log_20300101 (x int); SELECT audit.create_log_partition('2030-01-01')",
+        )
+        .await
+        .unwrap_err();
+    let err = err.as_db_error().unwrap();
+    assert!(
+        err.message()
+            .contains("a table audit.log_20300101 exists and is not that partition"),
+        "{err:?}"
+    );
+    assert!(err.hint().unwrap().contains("ATTACH PARTITION"), "{err:?}");
     // Partitioned-ness of the log does not make audit.track accept a partitioned user table.
     let err = client
         .batch_execute(
@@ -192,7 +206,8 @@ async fn a_reinstall_moves_an_unpartitioned_log_keeping_rows_and_ids() {
                  old_values JSONB, changed_columns TEXT[], \
                  statement_at TIMESTAMPTZ NOT NULL DEFAULT statement_timestamp(), \
                  txid BIGINT NOT NULL DEFAULT txid_current(), actor TEXT NOT NULL, reason TEXT, \
-                 request_id TEXT, migration TEXT, context JSONB, application_name TEXT, client_addr INET); \
+                 request_id TEXT, migration TEXT, context JSONB, application_name TEXT, client_addr INET, \
+                 note TEXT DEFAULT 'kept'); \
              CREATE INDEX log_changed_at_idx ON audit.log (changed_at); \
              CREATE INDEX log_table_idx ON audit.log (schema_name, table_name, changed_at); \
              ALTER PUBLICATION users_audit_pub ADD TABLE audit.log; \
