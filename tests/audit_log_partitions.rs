@@ -420,6 +420,16 @@ async fn retention_drops_only_old_days_exported_in_full_after_they_ended() {
         "2020-01-01:1 2020-01-02:1 2020-01-04:1",
         "export_log records the day and the rows it wrote"
     );
+    // A failed export of 2020-01-03 (its directory is gone) records nothing.
+    let err = client
+        .batch_execute(
+            "BEGIN; UPDATE audit_settings SET export_dir = export_dir || '/gone'; \
+             SELECT audit.export_log('2020-01-03'); COMMIT;",
+        )
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("gone"), "{err:?}");
+    client.batch_execute("ROLLBACK").await.unwrap();
     for bad in ["NULL", "'1 hour'"] {
         let err = client
             .batch_execute(&format!("SELECT audit.retain({bad})"))
