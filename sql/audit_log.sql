@@ -229,6 +229,7 @@ DO $$
 DECLARE
     moved BIGINT;
     last_id BIGINT;
+    seq TEXT;
     cols TEXT;
     g RECORD;
 BEGIN
@@ -252,8 +253,11 @@ BEGIN
     EXECUTE format('INSERT INTO audit.log (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM audit.log_unpartitioned ORDER BY id',
                    cols, cols);
     GET DIAGNOSTICS moved = ROW_COUNT;
-    SELECT greatest(max(id), (SELECT last_value FROM audit.log_unpartitioned_id_seq)) INTO last_id
-    FROM audit.log_unpartitioned;
+    SELECT max(id) INTO last_id FROM audit.log_unpartitioned;
+    seq := pg_get_serial_sequence('audit.log_unpartitioned', 'id');
+    IF seq IS NOT NULL THEN
+        EXECUTE format('SELECT greatest(%s::bigint, last_value) FROM %s', coalesce(last_id, 0), seq) INTO last_id;
+    END IF;
     IF last_id IS NOT NULL THEN
         PERFORM setval(pg_get_serial_sequence('audit.log', 'id'), last_id);
     END IF;

@@ -435,9 +435,10 @@ $$;
 -- The nightly export, scheduled with pg_cron at 03:00. At 03:00 the day has barely begun, so the
 -- job exports the previous, complete day: current_date - 1. It is the one job of the database:
 -- when sql/audit_log.sql is installed, it also runs audit.nightly_log (the log's partitions,
--- export and retention) after users_audit's export, in the same statement. pg_cron 1.4 (Debian bookworm) reads
--- schedules in GMT (cron.timezone exists only from 1.5), while current_date and changed_at follow
--- the server's TimeZone: on a server whose TimeZone is not UTC, 03:00 GMT is another local hour.
+-- export and retention) after users_audit's export, in the same statement. pg_cron 1.4 (Debian
+-- bookworm) reads schedules in GMT (cron.timezone exists only from 1.5), while current_date and
+-- changed_at follow the server's TimeZone: on a server whose TimeZone is not UTC, 03:00 GMT is
+-- another local hour.
 --
 -- pg_cron keeps its jobs in one database, cron.database_name (default postgres), and version 1.4
 -- keeps the database of a job that already has a name: so each database has its own job name,
