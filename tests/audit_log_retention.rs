@@ -5,6 +5,8 @@
 mod common;
 
 use common::{TestDb, install_audit_log};
+use std::time::Duration;
+
 use tokio_postgres::Client;
 
 /// The days of the log's partitions (YYYY-MM-DD), in order.
@@ -253,7 +255,7 @@ async fn one_nightly_job_exports_both_and_replaces_the_logs_own_job() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_jobs_command_writes_users_audit_as_before_and_the_log() {
+async fn the_one_job_run_by_pg_cron_writes_users_audit_as_before_and_the_log() {
     let db = TestDb::new("part_jobcmd");
     let dir = install_audit_log(&db);
     let client = db.client().await;
@@ -278,14 +280,41 @@ async fn the_jobs_command_writes_users_audit_as_before_and_the_log() {
         "SELECT * FROM audit.log WHERE changed_at >= current_date AND changed_at < current_date + 1 ORDER BY id",
     )
     .await;
-    // The job's statement, for today instead of yesterday.
-    let (_, paths) = psql_with_notices(
-        &db,
-        &db.name,
-        "SELECT public.export_audit_data(current_date) || ' ' || audit.nightly_log(current_date)",
-    );
-    let (users, log) = paths.trim().split_once(' ').unwrap();
-    assert!(users.starts_with(&dir.display().to_string()));
+    // The job's statement, for today instead of yesterday, run by pg_cron in this database.
+    let command = "SELECT public.export_audit_data(current_date), audit.nightly_log(current_date)";
+    common::ensure_pg_cron(&db.cluster);
+    let jobid = db
+        .cluster
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT cron.schedule_in_database('audit-tail-test-{0}', '* * * * *', '{command}', '{0}')",
+                db.name
+            ),
+        )
+        .unwrap();
+    let jobid = jobid.trim().to_string();
+    let mut status = String::new();
+    common::wait::until("a run of the job", Duration::from_secs(70), || {
+        status = db
+            .cluster
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT status || ' ' || coalesce(return_message, '') FROM cron.job_run_details \
+                     WHERE jobid = {jobid} AND status IN ('succeeded', 'failed') ORDER BY runid LIMIT 1"
+                ),
+            )
+            .unwrap();
+        !status.trim().is_empty()
+    });
+    db.cluster
+        .psql("postgres", &format!("SELECT cron.unschedule({jobid})"))
+        .unwrap();
+    assert!(status.starts_with("succeeded"), "{status}");
+    let today = scalar(&client, "SELECT to_char(current_date, 'YYYYMMDD')").await;
+    let users = dir.join(format!("users_audit_export_{today}.csv"));
+    let log = dir.join(format!("audit_log_export_{today}.csv"));
     assert_eq!(
         std::fs::read(users).unwrap(),
         users_copy,
@@ -296,6 +325,15 @@ async fn the_jobs_command_writes_users_audit_as_before_and_the_log() {
         users_copy.iter().filter(|b| **b == b'\n').count(),
         7,
         "six reference rows"
+    );
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*)::text FROM audit.log_exports WHERE day = current_date"
+        )
+        .await,
+        "1",
+        "the day is recorded as exported"
     );
 }
 
