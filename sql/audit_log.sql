@@ -31,13 +31,48 @@ $$;
 
 CREATE SCHEMA IF NOT EXISTS audit;
 
--- One row per changed row of a tracked table. Not partitioned yet (docs/audit-log.md): one table,
--- so the publication needs no publish_via_partition_root.
+-- A log installed before the log was partitioned (a plain table): set aside under the name
+-- audit.log_unpartitioned, with its indexes and identity sequence, so that the partitioned log
+-- can take the names; its rows, with their ids, are moved into the new log below (the NOTICE
+-- says how many). audit.log_rows returns audit.log's row type: dropped here, made again below.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_class WHERE oid = to_regclass('audit.log') AND relkind = 'r') THEN
+        IF to_regclass('audit.log_unpartitioned') IS NOT NULL THEN
+            RAISE EXCEPTION 'audit-tail: both audit.log (not partitioned) and audit.log_unpartitioned exist'
+                USING DETAIL = 'an earlier move of the log into partitions stopped halfway. Nothing was changed.',
+                      HINT = 'compare the two tables; drop audit.log_unpartitioned if its rows are all in audit.log, then run the script again';
+        END IF;
+        DROP FUNCTION IF EXISTS audit.log_rows(DATE);
+        IF EXISTS (SELECT FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+                   WHERE p.pubname = 'users_audit_pub' AND r.prrelid = 'audit.log'::regclass) THEN
+            ALTER PUBLICATION users_audit_pub DROP TABLE audit.log;
+        END IF;
+        ALTER TABLE audit.log RENAME TO log_unpartitioned;
+        ALTER SEQUENCE IF EXISTS audit.log_id_seq RENAME TO log_unpartitioned_id_seq;
+        ALTER INDEX IF EXISTS audit.log_pkey RENAME TO log_unpartitioned_pkey;
+        ALTER INDEX IF EXISTS audit.log_changed_at_idx RENAME TO log_unpartitioned_changed_at_idx;
+        ALTER INDEX IF EXISTS audit.log_table_idx RENAME TO log_unpartitioned_table_idx;
+    END IF;
+END
+$$;
+
+-- One row per changed row of a tracked table, partitioned by day on changed_at: the partition
+-- audit.log_YYYYMMDD holds the rows of that day, which are the day's nightly export file and the
+-- day's stream file. audit.log_default catches a row of a day that has no partition yet, so that
+-- a write never fails (audit.log_partitions() moves such rows into their day's partition once it
+-- is created; `audit-tail status` warns while DEFAULT holds rows). The publication publishes
+-- through the root (publish_via_partition_root), so the stream sees one table, audit.log.
+--
+-- The primary key is (id, changed_at): PostgreSQL requires a partitioned table's unique keys to
+-- include the partition key. id alone stays unique because it is GENERATED ALWAYS by one identity
+-- sequence, which only the log's owner can override (OVERRIDING SYSTEM VALUE); the key does not
+-- check it by itself: two rows of different days with one id would not be refused.
 --
 -- changed_at is the transaction's time as a timestamp in the session's TimeZone, exactly like
 -- users_audit.changed_at: the stream's file of a row is the date of this column, for both tables.
 CREATE TABLE IF NOT EXISTS audit.log (
-    id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id               BIGINT GENERATED ALWAYS AS IDENTITY,
     changed_at       TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
     op               TEXT NOT NULL
                      CONSTRAINT log_op_check CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'PAUSE', 'RESUME')),
@@ -56,8 +91,11 @@ CREATE TABLE IF NOT EXISTS audit.log (
     migration        TEXT,
     context          JSONB,
     application_name TEXT,
-    client_addr      INET
-);
+    client_addr      INET,
+    CONSTRAINT log_pkey PRIMARY KEY (id, changed_at)
+) PARTITION BY RANGE (changed_at);
+
+CREATE TABLE IF NOT EXISTS audit.log_default PARTITION OF audit.log DEFAULT;
 
 -- A log installed before PAUSE and RESUME existed: widen its op check and let those rows name no
 -- table. Each step runs only when needed (a re-install takes no lock for them), and the wider
@@ -82,6 +120,268 @@ $$;
 -- "The rows of day D" is changed_at >= D AND changed_at < D + 1, as for users_audit.
 CREATE INDEX IF NOT EXISTS log_changed_at_idx ON audit.log (changed_at);
 CREATE INDEX IF NOT EXISTS log_table_idx ON audit.log (schema_name, table_name, changed_at);
+
+-- How the log's storage is kept: days_ahead, how many days after today have their partition
+-- made by the install and by the nightly job; retention, how long the nightly job keeps a day
+-- (NULL: for ever) when it calls audit.retain. One row.
+CREATE TABLE IF NOT EXISTS audit.log_settings (
+    one        BOOLEAN PRIMARY KEY DEFAULT true CONSTRAINT log_settings_one_row CHECK (one),
+    days_ahead INTEGER NOT NULL DEFAULT 7 CONSTRAINT log_settings_days_ahead CHECK (days_ahead BETWEEN 0 AND 366),
+    retention  INTERVAL CONSTRAINT log_settings_retention CHECK (retention >= INTERVAL '1 day')
+);
+INSERT INTO audit.log_settings DEFAULT VALUES ON CONFLICT DO NOTHING;
+
+-- The days whose nightly export was written: audit.export_log records the day, the file and how
+-- many rows it wrote, once COPY has written all of them (a failed export records nothing).
+-- Retention drops only a day recorded here, exported after the day ended, with as many rows as
+-- its partition holds now.
+CREATE TABLE IF NOT EXISTS audit.log_exports (
+    day         DATE PRIMARY KEY,
+    path        TEXT NOT NULL,
+    rows        BIGINT NOT NULL,
+    exported_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
+
+-- The partitions of the log: one row per day partition (day, its table, its rows are not
+-- counted here), in order of day. DEFAULT is not listed.
+CREATE OR REPLACE FUNCTION audit.log_days() RETURNS TABLE (day DATE, partition REGCLASS)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \(''([0-9-]+)')::date, c.oid::regclass
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'audit.log'::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
+    ORDER BY 1
+$$;
+
+-- Creates the partition of day (audit.log_YYYYMMDD) unless it exists; returns whether it did.
+-- Rows of that day that landed in DEFAULT meanwhile are moved into it, with their ids (they were
+-- streamed when they were written; the move is not published again). The partition is made as
+-- a table of its own, filled, then attached: attaching checks that DEFAULT holds no row of the
+-- day, which is then true.
+CREATE OR REPLACE FUNCTION audit.create_log_partition(day DATE) RETURNS BOOLEAN
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    name TEXT := 'log_' || to_char(day, 'YYYYMMDD');
+    moved BIGINT;
+BEGIN
+    IF day IS NULL THEN
+        RAISE EXCEPTION 'audit.create_log_partition: day must not be NULL';
+    END IF;
+    -- The install and the job may run at once: one creates, the other then finds it.
+    PERFORM pg_advisory_xact_lock(hashtext('audit-tail: audit.log partitions'));
+    IF EXISTS (SELECT FROM audit.log_days() d WHERE d.day = create_log_partition.day) THEN
+        RETURN false;
+    END IF;
+    IF to_regclass(format('audit.%I', name)) IS NOT NULL THEN
+        RAISE EXCEPTION 'audit-tail: cannot create the partition of % of audit.log: a table audit.% exists and is not that partition', day, name
+            USING HINT = format('a partition detached by hand? attach it again (ALTER TABLE audit.log ATTACH PARTITION audit.%I FOR VALUES FROM (%L) TO (%L)), or rename or drop it',
+                                name, day::timestamp, (day + 1)::timestamp);
+    END IF;
+    EXECUTE format('CREATE TABLE audit.%I (LIKE audit.log INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+    EXECUTE format('ALTER TABLE audit.%I ADD CONSTRAINT %I CHECK (changed_at >= %L AND changed_at < %L)',
+                   name, name || '_day', day::timestamp, (day + 1)::timestamp);
+    EXECUTE format('WITH m AS (DELETE FROM audit.log_default WHERE changed_at >= %L AND changed_at < %L RETURNING *) '
+                   'INSERT INTO audit.%I SELECT * FROM m', day::timestamp, (day + 1)::timestamp, name);
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    -- Named after the log's index, which ATTACH adopts it for: log_changed_at_idx_YYYYMMDD.
+    EXECUTE format('CREATE INDEX %I ON audit.%I (changed_at)',
+                   'log_changed_at_idx_' || to_char(day, 'YYYYMMDD'), name);
+    EXECUTE format('ALTER TABLE audit.log ATTACH PARTITION audit.%I FOR VALUES FROM (%L) TO (%L)',
+                   name, day::timestamp, (day + 1)::timestamp);
+    -- The check only spared ATTACH a scan: the partition's bound says the same.
+    EXECUTE format('ALTER TABLE audit.%I DROP CONSTRAINT %I', name, name || '_day');
+    EXECUTE format('REVOKE ALL ON audit.%I FROM PUBLIC', name);
+    IF moved > 0 THEN
+        RAISE NOTICE 'audit-tail: moved % rows of % from audit.log_default into its new partition audit.%', moved, day, name;
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- The partitions of today and the next days_ahead days (audit.log_settings), and of every day
+-- that has rows in DEFAULT, created where missing: run by the install and by the nightly job.
+-- Returns how many were created.
+CREATE OR REPLACE FUNCTION audit.log_partitions() RETURNS INTEGER
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d DATE;
+    made INTEGER := 0;
+BEGIN
+    FOR d IN SELECT current_date + n FROM generate_series(0, (SELECT days_ahead FROM audit.log_settings)) AS n
+             UNION SELECT DISTINCT changed_at::date FROM audit.log_default ORDER BY 1 LOOP
+        IF audit.create_log_partition(d) THEN
+            made := made + 1;
+        END IF;
+    END LOOP;
+    RETURN made;
+END
+$$;
+
+-- The rows of a log that was not partitioned (set aside above) move into the partitioned log:
+-- each day they cover gets its partition, every row keeps its id, the identity continues after
+-- the highest id, and the SELECT grants given on the old table are given on the new one.
+DO $$
+DECLARE
+    moved BIGINT;
+    last_id BIGINT;
+    seq TEXT;
+    cols TEXT;
+    g RECORD;
+BEGIN
+    IF to_regclass('audit.log_unpartitioned') IS NULL THEN
+        RETURN;
+    END IF;
+    -- Columns the old log has that the new one does not (yet): added, in their order, so that
+    -- nothing is lost and the CSV's column order stays.
+    FOR g IN SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type
+             FROM pg_attribute a
+             WHERE a.attrelid = 'audit.log_unpartitioned'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+               AND NOT EXISTS (SELECT FROM pg_attribute b WHERE b.attrelid = 'audit.log'::regclass
+                               AND b.attname = a.attname AND NOT b.attisdropped)
+             ORDER BY a.attnum LOOP
+        EXECUTE format('ALTER TABLE audit.log ADD COLUMN %I %s', g.attname, g.type);
+    END LOOP;
+    PERFORM audit.create_log_partition(d)
+    FROM (SELECT DISTINCT changed_at::date AS d FROM audit.log_unpartitioned) AS days;
+    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols
+    FROM pg_attribute WHERE attrelid = 'audit.log_unpartitioned'::regclass AND attnum > 0 AND NOT attisdropped;
+    EXECUTE format('INSERT INTO audit.log (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM audit.log_unpartitioned ORDER BY id',
+                   cols, cols);
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    SELECT max(id) INTO last_id FROM audit.log_unpartitioned;
+    seq := pg_get_serial_sequence('audit.log_unpartitioned', 'id');
+    IF seq IS NOT NULL THEN
+        EXECUTE format('SELECT greatest(%s::bigint, last_value) FROM %s', coalesce(last_id, 0), seq) INTO last_id;
+    END IF;
+    IF last_id IS NOT NULL THEN
+        PERFORM setval(pg_get_serial_sequence('audit.log', 'id'), last_id);
+    END IF;
+    FOR g IN SELECT DISTINCT a.grantee::regrole::text AS grantee
+             FROM pg_class c, aclexplode(c.relacl) a
+             WHERE c.oid = 'audit.log_unpartitioned'::regclass AND a.grantee <> 0
+               AND a.grantee <> c.relowner AND a.privilege_type = 'SELECT' LOOP
+        EXECUTE format('GRANT SELECT ON audit.log TO %s', g.grantee);
+    END LOOP;
+    DROP TABLE audit.log_unpartitioned;
+    RAISE NOTICE 'audit-tail: audit.log is now partitioned by day: its % rows were moved into it with their ids', moved
+        USING DETAIL = 'one partition per day, audit.log_YYYYMMDD, and audit.log_default for a day that has none';
+END
+$$;
+
+SELECT audit.log_partitions();
+
+-- What retention with keep would do to each day that ended more than keep ago (DEFAULT is never
+-- dropped): droppable only when audit.log_exports shows the day exported, by an export that ran
+-- after the day had ended and wrote as many rows as the partition holds now. Any other day is
+-- kept: never exported (the job did not run, or failed), exported while the day was still
+-- running (a manual export_log(current_date)), or rows added or removed since. why says which.
+CREATE OR REPLACE FUNCTION audit.retention_plan(keep INTERVAL)
+RETURNS TABLE (day DATE, partition REGCLASS, rows BIGINT, path TEXT, droppable BOOLEAN, why TEXT)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    p RECORD;
+    e RECORD;
+BEGIN
+    IF keep IS NULL OR keep < INTERVAL '1 day' THEN
+        RAISE EXCEPTION 'audit.retain: keep must be at least one day, not %', coalesce(keep::text, 'NULL')
+            USING HINT = 'for example audit.retain(''90 days'')';
+    END IF;
+    FOR p IN SELECT d.day, d.partition FROM audit.log_days() d
+             WHERE (d.day + 1)::timestamp <= localtimestamp - keep ORDER BY d.day LOOP
+        day := p.day;
+        partition := p.partition;
+        EXECUTE format('SELECT count(*) FROM %s', p.partition) INTO rows;
+        SELECT x.* INTO e FROM audit.log_exports x WHERE x.day = p.day;
+        path := e.path;
+        droppable := false;
+        IF e IS NULL THEN
+            why := 'it was never exported';
+        ELSIF (e.exported_at AT TIME ZONE current_setting('TimeZone')) < (p.day + 1)::timestamp THEN
+            why := format('its export (%s) ran before the day ended', e.path);
+        ELSIF rows <> e.rows THEN
+            why := format('it holds %s rows, its export %s wrote %s', rows, e.path, e.rows);
+        ELSE
+            droppable := true;
+            why := format('exported to %s at %s', e.path, e.exported_at);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- audit.retain(keep): detaches and drops the partition of every day that retention_plan(keep)
+-- finds droppable, and keeps the others. A NOTICE says, for each old day, why it was dropped or
+-- kept. Returns how many days were dropped. The nightly job calls it with
+-- audit.log_settings.retention when that is set.
+CREATE OR REPLACE FUNCTION audit.retain(keep INTERVAL) RETURNS INTEGER
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p RECORD;
+    n BIGINT;
+    dropped INTEGER := 0;
+BEGIN
+    FOR p IN SELECT * FROM audit.retention_plan(keep) LOOP
+        IF NOT p.droppable THEN
+            RAISE NOTICE 'audit-tail: kept % (%): %', p.day, p.partition, p.why
+                USING HINT = format('export it %s: SELECT audit.export_log(%L)',
+                                    CASE WHEN p.path IS NULL THEN 'first' ELSE 'again' END, p.day);
+            CONTINUE;
+        END IF;
+        -- No row may arrive between the count and the drop.
+        EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', p.partition);
+        EXECUTE format('SELECT count(*) FROM %s', p.partition) INTO n;
+        IF n <> p.rows THEN
+            RAISE NOTICE 'audit-tail: kept % (%): rows arrived while retention ran', p.day, p.partition;
+            CONTINUE;
+        END IF;
+        RAISE NOTICE 'audit-tail: dropped % (%, % rows): %', p.day, p.partition, n, p.why;
+        EXECUTE format('ALTER TABLE audit.log DETACH PARTITION %s', p.partition);
+        EXECUTE format('DROP TABLE %s', p.partition);
+        dropped := dropped + 1;
+    END LOOP;
+    RETURN dropped;
+END
+$$;
+
+-- The log's storage as `audit-tail status` shows it (jsonb): the settings, the days that have a
+-- partition, the days due (today + days_ahead without one), the rows in DEFAULT and their days,
+-- and what retention, when set, would do now. SECURITY DEFINER so that the consumer's role,
+-- which may read only audit.log, can run it; it changes nothing.
+CREATE OR REPLACE FUNCTION audit.log_storage() RETURNS JSONB
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s RECORD;
+BEGIN
+    SELECT * INTO STRICT s FROM audit.log_settings;
+    RETURN jsonb_build_object(
+        'days_ahead', s.days_ahead,
+        'retention', s.retention::text,
+        'partitions', (SELECT coalesce(jsonb_agg(d.day::text ORDER BY d.day), '[]') FROM audit.log_days() d),
+        'due', (SELECT coalesce(jsonb_agg(n.day::text ORDER BY n.day), '[]')
+                FROM (SELECT current_date + i AS day FROM generate_series(0, s.days_ahead) AS i) n
+                WHERE n.day NOT IN (SELECT d.day FROM audit.log_days() d)),
+        'default_rows', (SELECT count(*) FROM audit.log_default),
+        'default_days', (SELECT coalesce(jsonb_agg(x.day::text ORDER BY x.day), '[]')
+                         FROM (SELECT DISTINCT changed_at::date AS day FROM audit.log_default) x),
+        'retention_plan', CASE WHEN s.retention IS NULL THEN NULL ELSE
+            (SELECT coalesce(jsonb_agg(jsonb_build_object('day', r.day::text, 'rows', r.rows,
+                                                          'drop', r.droppable, 'why', r.why) ORDER BY r.day), '[]')
+             FROM audit.retention_plan(s.retention) r) END);
+END
+$$;
 
 -- What is tracked, with the options track() was given: the source of audit.tracked and of a
 -- re-track. The trigger itself does not read it: its options are its arguments (TG_ARGV).
@@ -405,6 +705,10 @@ BEGIN
     "when" := nullif(btrim("when"), '');
     SELECT c.relkind, n.nspname, c.relname INTO STRICT rel
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    -- First: audit.log is itself partitioned, and a partition is a plain table.
+    IF rel.nspname = 'audit' THEN
+        RAISE EXCEPTION 'audit-tail cannot track %: the tables of schema audit are the log itself', tbl;
+    END IF;
     -- A partitioned table's row triggers fire with the partition's name (TG_TABLE_NAME): not yet.
     IF rel.relkind = 'p' THEN
         RAISE EXCEPTION 'audit-tail cannot track %: it is a partitioned table, which audit-tail does not track yet', tbl
@@ -412,9 +716,6 @@ BEGIN
     ELSIF rel.relkind <> 'r' THEN
         RAISE EXCEPTION 'audit-tail cannot track %: it is not a table', tbl
             USING HINT = 'track the table that holds the rows';
-    END IF;
-    IF rel.nspname = 'audit' THEN
-        RAISE EXCEPTION 'audit-tail cannot track %: the tables of schema audit are the log itself', tbl;
     END IF;
     SELECT array_agg(attname::text ORDER BY attnum) INTO all_cols
     FROM pg_attribute WHERE attrelid = tbl AND attnum > 0 AND NOT attisdropped;
@@ -552,7 +853,11 @@ DECLARE
     t TEXT;
     grantee_name TEXT;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['audit.log', 'audit.tracked_tables', 'audit.pauses'] LOOP
+    -- Every partition too: a partition is a table of its own, which a role could be granted.
+    FOR t IN SELECT unnest(ARRAY['audit.log', 'audit.tracked_tables', 'audit.pauses',
+                                 'audit.log_settings', 'audit.log_exports'])
+             UNION ALL SELECT inhrelid::regclass::text FROM pg_inherits
+             WHERE inhparent = 'audit.log'::regclass LOOP
         EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', t);
         FOR grantee_name IN
             SELECT DISTINCT a.grantee::regrole::text
@@ -571,6 +876,11 @@ REVOKE ALL ON FUNCTION audit.log_switch(TEXT, TEXT) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.changed_at() FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.pause(TEXT) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.resume() FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.create_log_partition(DATE) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.log_partitions() FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.retain(INTERVAL) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.retention_plan(INTERVAL) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.log_storage() FROM PUBLIC;
 GRANT USAGE ON SCHEMA audit TO audit_admin;
 GRANT EXECUTE ON FUNCTION audit.pause(TEXT), audit.resume() TO audit_admin;
 REVOKE ALL ON FUNCTION audit.track(REGCLASS, TEXT[], TEXT[], TEXT[], TEXT) FROM PUBLIC;
@@ -578,9 +888,13 @@ REVOKE ALL ON FUNCTION audit.untrack(REGCLASS) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.drop_triggers(REGCLASS) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.create_trigger(REGCLASS, TEXT, TEXT, TEXT, TEXT, TEXT) FROM PUBLIC;
 
--- The live stream: inserts only, like users_audit.
+-- The live stream: inserts only, like users_audit, published as the root: the stream sees one
+-- table, audit.log, whichever partition a row is in.
 DO $$
 BEGIN
+    IF NOT (SELECT pubviaroot FROM pg_publication WHERE pubname = 'users_audit_pub') THEN
+        ALTER PUBLICATION users_audit_pub SET (publish_via_partition_root = true);
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
                    WHERE p.pubname = 'users_audit_pub' AND r.prrelid = 'audit.log'::regclass) THEN
         ALTER PUBLICATION users_audit_pub ADD TABLE audit.log;
@@ -643,6 +957,7 @@ SET extra_float_digits = 3
 AS $body$
 DECLARE
     path TEXT;
+    n BIGINT;
 BEGIN
     IF day IS NULL THEN
         RAISE EXCEPTION 'audit.export_log: day must not be NULL'
@@ -658,6 +973,11 @@ BEGIN
     EXECUTE format(
         'COPY (SELECT * FROM audit.log_rows(%%L::date) ORDER BY id) TO %%L WITH (FORMAT csv, HEADER, ENCODING %%L)',
         day, path, 'UTF8');
+    GET DIAGNOSTICS n = ROW_COUNT;
+    -- Recorded once every row is written: what retention (audit.retain) trusts.
+    INSERT INTO audit.log_exports AS e (day, path, rows) VALUES (day, path, n)
+    ON CONFLICT ON CONSTRAINT log_exports_pkey DO UPDATE
+        SET path = EXCLUDED.path, rows = EXCLUDED.rows, exported_at = EXCLUDED.exported_at;
     RETURN path;
 END
 $body$
@@ -677,32 +997,74 @@ BEGIN
         GRANT SELECT ON audit.log TO audit_tail;
         GRANT EXECUTE ON FUNCTION audit.log_rows(DATE) TO audit_tail;
         GRANT SELECT ON audit.tracked TO audit_tail;
+        GRANT EXECUTE ON FUNCTION audit.log_storage() TO audit_tail;
     END IF;
 END
 $$;
 
--- The nightly export of the previous day of the log: its own pg_cron job beside install.sql's,
--- at the same hour and with the same naming (export-daily-audit-log in the cron database,
--- export-daily-audit-log-<database> for any other; see install.sql for why). Installed in the
--- cron database it upserts the job; anywhere else it says in a NOTICE the statement to run there.
+-- audit.nightly_log(day): the log's part of the one nightly job (install.sql): the partitions
+-- of the days ahead (and of days left in DEFAULT), the export of day, then retention when
+-- audit.log_settings.retention is set. Returns the export's path.
+CREATE OR REPLACE FUNCTION audit.nightly_log(day DATE) RETURNS TEXT
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    path TEXT;
+    keep INTERVAL := (SELECT retention FROM audit.log_settings);
+BEGIN
+    PERFORM audit.log_partitions();
+    path := audit.export_log(day);
+    IF keep IS NOT NULL THEN
+        PERFORM audit.retain(keep);
+    END IF;
+    RETURN path;
+END
+$$;
+REVOKE ALL ON FUNCTION audit.nightly_log(DATE) FROM PUBLIC;
+
+-- One nightly job per database exports both tables: install.sql's job (export-daily-audit-data
+-- in the cron database, export-daily-audit-data-<database> elsewhere; see install.sql for why),
+-- whose command install.sql extends, once this file has been run, with audit.nightly_log:
+--     SELECT <schema>.export_audit_data(current_date - 1), audit.nightly_log(current_date - 1)
+-- One statement, one transaction: if the log's part fails, the run is marked failed in
+-- cron.job_run_details and the day is not recorded as exported (users_audit's file is written
+-- first, byte-identical as before). The log's own job of an earlier install
+-- (export-daily-audit-log[-<database>]) is removed. Installed in the cron database it upserts the
+-- job, keeping its schedule; anywhere else it says in a NOTICE the statement to run there.
 DO $$
 DECLARE
     cron_db TEXT := current_setting('cron.database_name', true);
-    job_name TEXT := 'export-daily-audit-log';
-    job_command TEXT := 'SELECT audit.export_log(current_date - 1)';
+    job_name TEXT := 'export-daily-audit-data';
+    old_job TEXT := 'export-daily-audit-log';
+    job_command TEXT := format('SELECT %I.export_audit_data(current_date - 1), audit.nightly_log(current_date - 1)',
+                               current_schema());
+    old RECORD;
 BEGIN
     IF cron_db IS NULL OR NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_cron') THEN
         RAISE WARNING 'pg_cron is not loaded on this server: the nightly export of audit.log is not scheduled'
-            USING HINT = 'see the warning of install.sql; once pg_cron is loaded, run sql/audit_log.sql again';
+            USING HINT = 'see the warning of install.sql; once pg_cron is loaded, run sql/install.sql and sql/audit_log.sql again';
     ELSIF current_database() <> cron_db THEN
         job_name := job_name || '-' || current_database();
-        RAISE NOTICE 'pg_cron keeps its jobs in database "%", not here: to schedule the nightly export of this database''s audit.log, run in "%": %',
+        old_job := old_job || '-' || current_database();
+        RAISE NOTICE 'pg_cron keeps its jobs in database "%", not here: to schedule the one nightly job of this database, which exports users_audit and audit.log, run in "%": %',
             cron_db, cron_db,
             format('SELECT cron.schedule_in_database(%L, %L, %L, %L);',
-                   job_name, '0 3 * * *', job_command, current_database());
+                   job_name, '0 3 * * *', job_command, current_database())
+            USING HINT = format('an earlier install scheduled the log''s own job %s: remove it there with SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %L',
+                                old_job, old_job);
     ELSE
         CREATE EXTENSION IF NOT EXISTS pg_cron;
-        PERFORM cron.schedule(job_name, '0 3 * * *', job_command);
+        FOR old IN SELECT jobid, jobname, command FROM cron.job
+                   WHERE jobname = old_job AND database = current_database() LOOP
+            PERFORM cron.unschedule(old.jobid);
+            RAISE NOTICE 'audit-tail: unscheduled pg_cron job % (%): the one nightly job % exports audit.log now',
+                old.jobname, old.command, job_name;
+        END LOOP;
+        PERFORM cron.schedule(job_name,
+                              coalesce((SELECT schedule FROM cron.job WHERE jobname = job_name
+                                        AND username = current_user), '0 3 * * *'),
+                              job_command);
     END IF;
 END
 $$;

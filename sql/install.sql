@@ -433,9 +433,12 @@ END
 $$;
 
 -- The nightly export, scheduled with pg_cron at 03:00. At 03:00 the day has barely begun, so the
--- job exports the previous, complete day: current_date - 1. pg_cron 1.4 (Debian bookworm) reads
--- schedules in GMT (cron.timezone exists only from 1.5), while current_date and changed_at follow
--- the server's TimeZone: on a server whose TimeZone is not UTC, 03:00 GMT is another local hour.
+-- job exports the previous, complete day: current_date - 1. It is the one job of the database:
+-- when sql/audit_log.sql is installed, it also runs audit.nightly_log (the log's partitions,
+-- export and retention) after users_audit's export, in the same statement. pg_cron 1.4 (Debian
+-- bookworm) reads schedules in GMT (cron.timezone exists only from 1.5), while current_date and
+-- changed_at follow the server's TimeZone: on a server whose TimeZone is not UTC, 03:00 GMT is
+-- another local hour.
 --
 -- pg_cron keeps its jobs in one database, cron.database_name (default postgres), and version 1.4
 -- keeps the database of a job that already has a name: so each database has its own job name,
@@ -453,6 +456,10 @@ DECLARE
     job_command TEXT := format('SELECT %I.export_audit_data(current_date - 1)', current_schema());
     old RECORD;
 BEGIN
+    -- Once sql/audit_log.sql is installed, the same job exports the log too (see there).
+    IF to_regprocedure('audit.nightly_log(date)') IS NOT NULL THEN
+        job_command := job_command || ', audit.nightly_log(current_date - 1)';
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_cron') THEN
         RAISE WARNING 'pg_cron is not installed on this server: the nightly export is not scheduled'
             USING HINT = 'install it (Debian: apt-get install postgresql-15-cron), set shared_preload_libraries = ''pg_cron'', restart the server and run this script again';

@@ -156,7 +156,8 @@ async fn the_nightly_job_of_the_log_is_explained_outside_the_cron_database() {
         .unwrap_or_else(|| panic!("no NOTICE with the statement in: {stderr}"));
     common::ensure_pg_cron(&db.cluster);
     db.cluster.psql("postgres", &statement).unwrap();
-    let job_name = format!("export-daily-audit-log-{}", db.name);
+    // The one job of the database, install.sql's, now exports the log too.
+    let job_name = format!("export-daily-audit-data-{}", db.name);
     let job = db
         .cluster
         .psql(
@@ -172,7 +173,7 @@ async fn the_nightly_job_of_the_log_is_explained_outside_the_cron_database() {
     assert_eq!(
         job.trim(),
         format!(
-            "0 3 * * *|SELECT audit.export_log(current_date - 1)|{}",
+            "0 3 * * *|SELECT public.export_audit_data(current_date - 1), audit.nightly_log(current_date - 1)|{}",
             db.name
         )
     );

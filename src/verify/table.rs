@@ -18,6 +18,8 @@ pub const DAY_COLUMN: &str = "changed_at";
 /// The generic log of sql/audit_log.sql, and its read-only export function.
 pub const LOG_SCHEMA: &str = "audit";
 pub const LOG_TABLE: &str = "log";
+/// Columns only audit.log has: a nightly file with all of them is the log's export.
+const LOG_ONLY_COLUMNS: [&str; 3] = ["op", "new_row", "changed_columns"];
 
 /// An audited table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +170,41 @@ impl TableDesc {
             columns: header,
             export: None,
         }
+    }
+
+    /// For `--nightly FILE`: the table whose export the file is, told by its header. A header
+    /// with the log's own columns (op, new_row, changed_columns: audit.export_log's file,
+    /// `audit_log_export_YYYYMMDD.csv`) is audit.log, key id; any other is users_audit
+    /// (`from_header`). The columns are filled in once the file is read.
+    pub fn of_nightly_file(
+        path: &Path,
+        name: &str,
+        out_dir: &Path,
+    ) -> Result<TableDesc, VerifyError> {
+        let file = std::fs::File::open(path).map_err(|source| VerifyError::Read {
+            file: name.to_string(),
+            source,
+        })?;
+        let header = super::csv_read::Reader::new(std::io::BufReader::new(file))
+            .next_record()
+            .map_err(|source| VerifyError::Csv {
+                file: name.to_string(),
+                source,
+            })?;
+        let columns: Vec<String> = header.as_ref().map(super::names).unwrap_or_default();
+        if LOG_ONLY_COLUMNS
+            .iter()
+            .all(|c| columns.iter().any(|h| h == c))
+        {
+            return Ok(TableDesc {
+                schema: LOG_SCHEMA.to_string(),
+                name: LOG_TABLE.to_string(),
+                key: vec![REFERENCE_KEY.to_string()],
+                columns: Vec::new(),
+                export: None,
+            });
+        }
+        Ok(TableDesc::from_header(Vec::new(), out_dir))
     }
 
     /// The key column's name.

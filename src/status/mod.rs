@@ -1,6 +1,6 @@
 //! Operator commands beside the flow: `status` (the slot, the WAL it keeps, the checkpoint of an
 //! out-dir with its sealed and open days, the last runs of the nightly export, the tables the
-//! generic log tracks) and `drop-slot`
+//! generic log tracks and its partitions: log.rs) and `drop-slot`
 //! (an abandoned slot keeps WAL forever, so removing it is one command).
 
 use std::fmt::Write as _;
@@ -15,6 +15,8 @@ use crate::checkpoint::Checkpoint;
 use crate::sink::seal;
 use crate::sql::{self, SqlError};
 use crate::wire::ConnParams;
+
+mod log;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -91,51 +93,9 @@ pub async fn status(params: &ConnParams, slot: &str, out_dir: &Path) -> Result<V
         "slot": slot_json,
         "checkpoint": checkpoint,
         "export_job": export_job(&client, params).await,
-        "tracked": tracked(&client).await,
+        "tracked": log::tracked(&client).await,
+        "log_storage": log::storage(&client).await,
     }))
-}
-
-/// The tables audit.log tracks (the view audit.tracked of sql/audit_log.sql), or that the log is
-/// not installed in this database.
-async fn tracked(client: &Client) -> Value {
-    let installed = client
-        .query_one("SELECT to_regclass('audit.tracked') IS NOT NULL", &[])
-        .await;
-    match installed {
-        Err(e) => return json!({"error": sql::describe(&e)}),
-        Ok(row) if !row.get::<_, bool>(0) => {
-            return json!({"installed": false,
-                "note": "the generic log is not installed in this database (audit-tail setup, or \
-                         sql/audit_log.sql after sql/install.sql, installs it)"});
-        }
-        Ok(_) => {}
-    }
-    let rows = client
-        .query(
-            "SELECT \"table\", \"key\", \"only\", \"ignore\", redact, \"when\" \
-             FROM audit.tracked ORDER BY schema_name, table_name",
-            &[],
-        )
-        .await;
-    match rows {
-        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => json!({
-            "installed": true, "visible": false,
-            "note": format!("audit.tracked is not readable by this role ({}): run sql/audit_log.sql \
-                             again, which grants it to audit_tail, or run status as its owner",
-                            sql::describe(&e)),
-        }),
-        Err(e) => json!({"installed": true, "error": sql::describe(&e)}),
-        Ok(rows) => json!({
-            "installed": true, "visible": true,
-            "tables": rows.iter().map(|r| json!({
-                "table": r.get::<_, String>(0), "key": r.get::<_, Vec<String>>(1),
-                "only": r.get::<_, Option<Vec<String>>>(2),
-                "ignore": r.get::<_, Option<Vec<String>>>(3),
-                "redact": r.get::<_, Option<Vec<String>>>(4),
-                "when": r.get::<_, Option<String>>(5),
-            })).collect::<Vec<_>>(),
-        }),
-    }
 }
 
 /// The out-dir's days: sealed ones from their manifests (with how many of their files are still
@@ -322,48 +282,9 @@ pub fn render_text(v: &Value) -> String {
     } else {
         let _ = writeln!(t, "export job:  {}", s(&j["note"]));
     }
-    render_tracked(&mut t, &v["tracked"]);
+    log::render_tracked(&mut t, &v["tracked"]);
+    log::render_storage(&mut t, &v["log_storage"]);
     t
-}
-
-/// `tracked:     public.orders (key id; ignore updated_at), shop.invoices (key id)`, or why not.
-fn render_tracked(t: &mut String, v: &Value) {
-    let list = |v: &Value| {
-        v.as_array().map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-    };
-    let line = match (&v["error"], &v["tables"]) {
-        (Value::String(e), _) => e.clone(),
-        (_, Value::Array(tables)) if tables.is_empty() => {
-            "none (audit-tail track SCHEMA.TABLE starts one)".to_string()
-        }
-        (_, Value::Array(tables)) => tables
-            .iter()
-            .map(|table| {
-                let mut parts = vec![format!("key {}", list(&table["key"]).unwrap_or_default())];
-                for option in ["only", "ignore", "redact"] {
-                    if let Some(cols) = list(&table[option]) {
-                        parts.push(format!("{option} {cols}"));
-                    }
-                }
-                if let Some(when) = table["when"].as_str() {
-                    parts.push(format!("when {when}"));
-                }
-                format!(
-                    "{} ({})",
-                    table["table"].as_str().unwrap_or("-"),
-                    parts.join("; ")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-        _ => v["note"].as_str().unwrap_or("-").to_string(),
-    };
-    let _ = writeln!(t, "tracked:     {line}");
 }
 
 /// `sealed days: 31 (2025-09-01 .. 2025-10-01), 28 of them archived` and `open days: ...`.
