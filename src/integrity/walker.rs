@@ -350,6 +350,11 @@ fn check_files(
         let path = out_dir.join(name);
         match first_mismatch(&path, &file_claims)? {
             Some((good, bad)) => {
+                let rest: Vec<Claim> = file_claims
+                    .iter()
+                    .filter(|c| c.len >= bad.len)
+                    .cloned()
+                    .collect();
                 let expected_len = if last.complete {
                     last.len
                 } else {
@@ -360,7 +365,7 @@ fn check_files(
                         .unwrap_or(last.len)
                         .max(last.len)
                 };
-                let (line, what) = diagnose(&path, good.as_ref(), &bad, disk_len, expected_len)?;
+                let (line, what) = diagnose(&path, good.as_ref(), &rest, disk_len, expected_len)?;
                 report.broken(name, Some(line), what);
             }
             None if disk_len > last.len => {
@@ -452,18 +457,20 @@ fn prefix_state(path: &Path, len: u64) -> Result<PrefixHasher, IntegrityError> {
     Ok(h)
 }
 
-/// Says how the stretch between the last claim that held (`good`, or the file's start) and `bad`
-/// was changed, and from which line. `expected_len` is the length the file should have now.
+/// Says how the stretch between the last claim that held (`good`, or the file's start) and the
+/// first that did not (`rest[0]`; the later ones follow it) was changed, and from which line.
+/// `expected_len` is the length the file should have now.
 fn diagnose(
     path: &Path,
     good: Option<&Claim>,
-    bad: &Claim,
+    rest: &[Claim],
     disk_len: u64,
     expected_len: u64,
 ) -> Result<(u64, String), IntegrityError> {
-    let (good_len, good_records, good_rowsum) = match good {
-        Some(g) => (g.len, g.rows + 1, g.rowsum),
-        None => (0, 0, 0),
+    let bad = &rest[0];
+    let (good_len, good_records) = match good {
+        Some(g) => (g.len, g.rows + 1),
+        None => (0, 0),
     };
     let start = prefix_state(path, good_len)?;
     let line = start.lines + 1;
@@ -473,16 +480,12 @@ fn diagnose(
     };
     let want_records = bad.rows + 1 - good_records;
     let want_bytes = bad.len - good_len;
-    let want_sum = bad.rowsum.wrapping_sub(good_rowsum);
     let delta = disk_len as i128 - expected_len as i128;
     // The stretch as it is now: the same bytes shifted by what was added or taken away.
     let end = (bad.len as i128 + delta).clamp(good_len as i128, disk_len as i128) as u64;
     let mut now = start.clone();
     now.extend_from(path, end)?;
-    let (records, sum) = (
-        now.records - start.records,
-        now.rowsum.wrapping_sub(start.rowsum),
-    );
+    let records = now.records - start.records;
     let last_line = now.lines.max(line);
     let lines = if last_line > line {
         format!("lines {line}-{last_line}")
@@ -494,10 +497,14 @@ fn diagnose(
             "truncated: the file ends at byte {disk_len}, inside a row, but digest {} covers {} bytes ({} rows)",
             bad.seq, bad.len, bad.rows
         )
-    } else if delta == 0 && records == want_records && sum == want_sum {
+    } else if let Some((end_line, seq)) = reordered_until(path, &start, rest, delta)? {
+        let lines = if end_line > line {
+            format!("lines {line}-{end_line}")
+        } else {
+            format!("line {line}")
+        };
         format!(
-            "rows reordered in {lines} ({since}; digest {} holds the same rows in another order)",
-            bad.seq
+            "rows reordered in {lines} ({since}; digest {seq} holds the same rows in another order)"
         )
     } else if delta == 0 {
         format!(
@@ -536,4 +543,28 @@ fn diagnose(
 /// Whether the bytes read so far end at a record's end.
 fn ends_a_record(h: &PrefixHasher) -> bool {
     h.len == 0 || h.last_was_record_end()
+}
+
+/// When the file is as long as it should be: the first claim over whose stretch (from `start`,
+/// where the file still matched) the file holds as many records with the same row sum, so the
+/// same rows in another order; with the line that stretch ends on and the claim's digest.
+fn reordered_until(
+    path: &Path,
+    start: &PrefixHasher,
+    rest: &[Claim],
+    delta: i128,
+) -> Result<Option<(u64, u64)>, IntegrityError> {
+    if delta != 0 {
+        return Ok(None);
+    }
+    let mut now = start.clone();
+    for claim in rest {
+        if !now.extend_from(path, claim.len)? {
+            return Ok(None);
+        }
+        if now.records == claim.rows + 1 && now.rowsum == claim.rowsum {
+            return Ok(Some((now.lines, claim.seq)));
+        }
+    }
+    Ok(None)
 }

@@ -118,21 +118,24 @@ impl DigestWriter {
         &self.key_id
     }
 
-    /// After the durable point that stored `durable`: writes a digest if one is due.
+    /// After the durable point that stored `durable` and sealed the files `sealed`: writes a
+    /// digest if one is due.
     pub fn after_durable(
         &mut self,
         out_dir: &Path,
         out_dir_handle: &File,
         durable: &Checkpoint,
+        sealed: &[String],
     ) -> Result<(), IntegrityError> {
         let mut files = Vec::new();
         let mut manifests = BTreeMap::new();
         let mut urgent = false;
         // Files that left the checkpoint were sealed: complete, with their day's manifest.
-        let gone: Vec<String> = self
+        let gone: BTreeSet<String> = self
             .known
             .iter()
             .filter(|n| !durable.files.contains_key(*n))
+            .chain(sealed)
             .cloned()
             .collect();
         for name in gone {

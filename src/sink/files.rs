@@ -339,11 +339,11 @@ impl StreamFiles {
         self.open
             .retain_mut(|open| std::mem::take(&mut open.touched) || open.in_txn);
         self.last = None;
-        self.seal_days()?;
+        let sealed = self.seal_days()?;
         // Part of the durable point, after the checkpoint and before the acknowledgement: a digest
         // covers only what the stored checkpoint names.
         if let Some(signer) = &mut self.signer {
-            signer.after_durable(&self.dir, &self.dir_handle, &self.durable)?;
+            signer.after_durable(&self.dir, &self.dir_handle, &self.durable, &sealed)?;
         }
         Ok(self.durable.lsn)
     }
@@ -351,10 +351,10 @@ impl StreamFiles {
     /// Seals every day the covered stretch has passed by `seal::grace()`: its manifest is written
     /// and fsynced, then the checkpoint drops its files. Runs right after a durable point, so the
     /// files' recorded lengths are on disk; a day that the transaction in progress wrote to waits
-    /// for the next one.
-    fn seal_days(&mut self) -> Result<(), SinkError> {
+    /// for the next one. Returns the names of the files sealed.
+    fn seal_days(&mut self) -> Result<Vec<String>, SinkError> {
         let Some(covered) = self.durable.covered.clone() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let busy: Vec<&str> = self
             .open
@@ -374,7 +374,7 @@ impl StreamFiles {
                 && !busy.iter().any(|b| crate::layout::day_of(b) == Some(*day))
         });
         if days.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         for (day, names) in &days {
             let mut manifest = seal::load(&self.dir, *day)?
@@ -406,7 +406,7 @@ impl StreamFiles {
         self.routes.retain(|_, r| !sealed.contains(&&r.file));
         self.committed.store(&self.dir, &self.dir_handle)?;
         self.durable = self.committed.clone();
-        Ok(())
+        Ok(sealed.into_iter().cloned().collect())
     }
 
     /// Forgets everything after the durable checkpoint: closes the files and cuts them back to
