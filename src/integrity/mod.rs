@@ -25,6 +25,9 @@ pub mod report;
 pub mod walker;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use std::io;
 use std::path::PathBuf;
 

@@ -60,6 +60,9 @@ pub struct DigestWriter {
     covered: HashMap<String, (u64, bool)>,
     /// The files of the last checkpoint seen.
     known: BTreeSet<String>,
+    /// Sealed days whose manifest, as it is now, no digest names yet (a crash between the seal
+    /// and its digest): the next digest covers them.
+    unchained: Vec<chrono::NaiveDate>,
     publishers: Vec<Box<dyn DigestPublisher>>,
 }
 
@@ -95,7 +98,9 @@ impl DigestWriter {
                 key: signed.digest.key,
             }
         });
+        let unchained = unchained_days(out_dir)?;
         Ok(DigestWriter {
+            unchained,
             key,
             key_id,
             interval,
@@ -138,7 +143,18 @@ impl DigestWriter {
             .chain(sealed)
             .cloned()
             .collect();
-        for name in gone {
+        let mut gone: Vec<(String, Option<chrono::NaiveDate>)> =
+            gone.into_iter().map(|name| (name, None)).collect();
+        for day in std::mem::take(&mut self.unchained) {
+            if let Ok(Some(m)) = seal::load(out_dir, day) {
+                for name in m.files.keys() {
+                    if out_dir.join(name).is_file() && !gone.iter().any(|(n, _)| n == name) {
+                        gone.push((name.clone(), Some(day)));
+                    }
+                }
+            }
+        }
+        for (name, _) in gone {
             self.known.remove(&name);
             let Some(day) = layout::day_of(&name) else {
                 continue;
@@ -278,4 +294,34 @@ fn superseded(name: &str, durable: &Checkpoint) -> bool {
                 && other.day == file.day
                 && other.part > file.part
         })
+}
+
+/// The sealed days of `out_dir` whose manifest, as it is now, no digest names.
+fn unchained_days(out_dir: &Path) -> Result<Vec<chrono::NaiveDate>, IntegrityError> {
+    let manifests = seal::list(out_dir).map_err(|e| IntegrityError::Io {
+        action: "read the manifests in",
+        path: out_dir.join(seal::DAYS_DIR),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    if manifests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut chained = BTreeSet::new();
+    let (digests, _) = chain::list(out_dir)?;
+    for (_, path) in &digests {
+        // A damaged digest is verify's to report; the stream chains on regardless.
+        if let Ok(signed) = chain::read(path) {
+            chained.extend(signed.digest.manifests);
+        }
+    }
+    let mut days = Vec::new();
+    for m in manifests {
+        let path = seal::path(out_dir, m.day);
+        let bytes = std::fs::read(&path).map_err(io_err("read", &path))?;
+        let name = format!("{}.manifest", m.day.format("%Y%m%d"));
+        if !chained.contains(&(name, Sha256::digest(&bytes).into())) {
+            days.push(m.day);
+        }
+    }
+    Ok(days)
 }
