@@ -15,9 +15,10 @@
 //! - `chain`: the digests directory: names, listing, the newest digest.
 //! - `hasher`: SHA-256, records and the row sum of a file's prefix, grown as the file grows.
 //! - `writer`: when a digest is due and writing it (the stream's side).
-//! - `walker`, `report`: `verify --integrity`.
+//! - `walker`, `diagnose`, `report`: `verify --integrity`.
 
 pub mod chain;
+mod diagnose;
 pub mod digest;
 pub mod hasher;
 pub mod keys;
