@@ -74,24 +74,7 @@ async fn kill_9_with_signing_on_leaves_an_intact_chain() {
     let out = tempfile::tempdir().unwrap();
     catch_up_signed(&db, out.path(), &key);
     let stop = Arc::new(AtomicBool::new(false));
-    let config = db.cluster.config(&db.name);
-    let writer = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let client = audit_tail::sql::connect(&config).await.unwrap();
-            let mut n = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                let sql = if n.is_multiple_of(10) {
-                    format!("UPDATE users SET role = 'bulk-{n}' WHERE id <= 300")
-                } else {
-                    format!("UPDATE users SET name = 'n-{n}' WHERE id = {}", 1 + n % 500)
-                };
-                client.batch_execute(&sql).await.unwrap();
-                n += 1;
-            }
-            n
-        })
-    };
+    let writer = spawn_writer(&db, stop.clone());
     let mut rng = Rng::from_env_or_clock("integrity_kill9");
     let seed = rng.seed;
     common::kill_9_loop_with(&db, out.path(), &mut rng, 25, 500, &signing(&key));
@@ -115,6 +98,78 @@ async fn kill_9_with_signing_on_leaves_an_intact_chain() {
         common::assert_exactly_once_after_kills(db, out.path(), "public", "users_audit", seed)
             .await;
     assert!(rows > 300, "only {rows} rows (seed {seed})");
+}
+
+/// A writer of single-row and bulk updates of `users` until `stop`, reconnecting across server
+/// restarts; returns the transactions it ran.
+fn spawn_writer(db: &TestDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    let config = db.cluster.config(&db.name);
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let Ok(client) = audit_tail::sql::connect(&config).await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            while !stop.load(Ordering::SeqCst) {
+                let sql = if n.is_multiple_of(10) {
+                    format!("UPDATE users SET role = 'bulk-{n}' WHERE id <= 300")
+                } else {
+                    format!("UPDATE users SET name = 'n-{n}' WHERE id = {}", 1 + n % 500)
+                };
+                if client.batch_execute(&sql).await.is_err() {
+                    break;
+                }
+                n += 1;
+            }
+        }
+        n
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_crashes_and_restarts_with_signing_on_leave_an_intact_chain() {
+    // Its own cluster: the crashes must not hit other tests.
+    let cluster = Arc::new(audit_tail::cluster::Cluster::start().unwrap());
+    let db = TestDb::on(cluster.clone(), "integrity_server_crash");
+    db.install();
+    db.psql(
+        "INSERT INTO users (name, role) SELECT 'u' || g, 'user' FROM generate_series(1, 500) g",
+    );
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(keys.path(), "signing.key");
+    let out = tempfile::tempdir().unwrap();
+    catch_up_signed(&db, out.path(), &key);
+    let mut args = vec!["--format", "none"];
+    args.extend(signing(&key));
+    let mut consumer = Consumer::spawn(&db, out.path(), &args);
+    wait::streaming(&db, &db.name);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(&db, stop.clone());
+    for round in 0..2 {
+        std::thread::sleep(Duration::from_millis(1500));
+        if round == 0 {
+            cluster.crash().unwrap();
+        } else {
+            cluster.stop().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.restart().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    assert!(
+        consumer.child.try_wait().unwrap().is_none(),
+        "the consumer must survive server restarts"
+    );
+    consumer.child.kill().unwrap();
+    consumer.child.wait().unwrap();
+    catch_up_signed(&db, out.path(), &key);
+    let (code, report) = verify_integrity(out.path(), &[&public]);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(!report.contains("not yet covered"), "{report}");
+    common::assert_files_equal_table(&db, out.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
