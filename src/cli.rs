@@ -108,7 +108,7 @@ pub enum Command {
         #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, requires = "integrity")]
         until: Option<chrono::NaiveDate>,
         /// The nightly export file; without it the same export is read from the database.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "integrity")]
         nightly: Option<PathBuf>,
         /// The stream's out-dir.
         #[arg(long, default_value = "./audit-stream")]
@@ -116,7 +116,7 @@ pub enum Command {
         #[command(flatten)]
         dsn: DsnArg,
         /// Report for people (text) or programs (json).
-        #[arg(long, value_enum, default_value_t = ReportArg::Text)]
+        #[arg(long, value_enum, default_value_t = ReportArg::Text, conflicts_with = "integrity")]
         format: ReportArg,
     },
     /// The slot, the WAL it keeps, the checkpoint in out-dir and the last runs of the nightly

@@ -414,6 +414,12 @@ async fn every_kind_of_tampering_is_named_with_its_file_and_line() {
     assert_eq!(code, Some(2), "{report}");
     let (code, _) = verify_integrity(&out.join("nowhere"), &[&public], &[]);
     assert_eq!(code, Some(2));
+    let (code, report) = verify_integrity(out, &[&public], &["--format", "json"]);
+    assert_eq!(
+        code,
+        Some(2),
+        "--format is the export comparison's: {report}"
+    );
     let (code, _, err) = run_audit_tail(&[
         "keygen",
         "--out",
