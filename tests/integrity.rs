@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use audit_tail::integrity::chain;
@@ -455,5 +455,4 @@ fn a_bad_signing_key_is_refused_before_streaming() {
         assert_eq!(code, Some(2), "{err}");
         assert!(err.contains(says), "{err}");
     }
-    let _: PathBuf = keys.path().to_path_buf();
 }
