@@ -11,6 +11,13 @@
 //!
 //! For profiling, BENCH_WRAP runs audit-tail under a tool (see `wrapped`), and BENCH_RUST_LOG
 //! sets its RUST_LOG.
+//!
+//! BENCH_SIGNING=1 puts `audit-tail stream --signing-key` where pg_recvlogical was, so the same
+//! run compares the stream with and without signed digests (docs/security.md);
+//! BENCH_DIGEST_INTERVAL sets its --digest-interval (default 3600; 0 is the worst case, a digest
+//! at every durable point).
+//!
+//!     BENCH_SIGNING=1 BENCH_DIGEST_INTERVAL=0 cargo bench --bench drain
 
 mod support;
 
@@ -109,12 +116,51 @@ fn main() {
         2 * users
     );
 
+    let signing = env_or("BENCH_SIGNING", 0) == 1;
+    let key = dir.path().join("signing.key");
+    if signing {
+        let status = Command::new(env!("CARGO_BIN_EXE_audit-tail"))
+            .args(["keygen", "--out"])
+            .arg(&key)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let interval = env_or("BENCH_DIGEST_INTERVAL", 3600).to_string();
+    let audit_tail = |slot: &str, signed: bool| {
+        let mut cmd = wrapped(env!("CARGO_BIN_EXE_audit-tail"));
+        cmd.args([
+            "stream", "--format", "none", "--slot", slot, "--until", &endpos, "--dsn",
+        ])
+        .arg(cluster.conninfo("bench"))
+        .arg("--out-dir")
+        .arg(dir.path().join(slot))
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "audit_tail=warn".into()),
+        );
+        if signed {
+            cmd.arg("--signing-key")
+                .arg(&key)
+                .args(["--digest-interval", &interval]);
+        }
+        cmd
+    };
     let mut ours = Vec::new();
     let mut peer = Vec::new();
     for (i, slot) in slots.iter().enumerate() {
         // ABBA ABBA ...: pg_recvlogical first in the first and last of each four.
         let peer_turn = matches!(i % 4, 0 | 3);
-        if peer_turn {
+        if peer_turn && signing {
+            peer.push(drain(audit_tail(slot, true)));
+            let written = count_rows(&dir.path().join(slot));
+            assert_eq!(written, rows, "audit-tail wrote {written} of {rows} rows");
+            let digests = std::fs::read_dir(dir.path().join(slot).join("audit-tail.digests"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            println!("signed drain of {slot}: {digests} digests");
+        } else if peer_turn {
             let mut cmd = cluster.client_command("pg_recvlogical");
             cmd.args([
                 "-d",
@@ -135,26 +181,28 @@ fn main() {
             .arg(dir.path().join(format!("{slot}.bin")));
             peer.push(drain(cmd));
         } else {
-            let mut cmd = wrapped(env!("CARGO_BIN_EXE_audit-tail"));
-            cmd.args([
-                "stream", "--format", "none", "--slot", slot, "--until", &endpos, "--dsn",
-            ])
-            .arg(cluster.conninfo("bench"))
-            .arg("--out-dir")
-            .arg(dir.path().join(slot))
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "audit_tail=warn".into()),
-            );
-            ours.push(drain(cmd));
+            ours.push(drain(audit_tail(slot, false)));
             let written = count_rows(&dir.path().join(slot));
             assert_eq!(written, rows, "audit-tail wrote {written} of {rows} rows");
         }
     }
+    let peer_name = if signing {
+        "audit-tail stream --signing-key"
+    } else {
+        "pg_recvlogical"
+    };
     report("audit-tail stream", &ours, rows);
-    report("pg_recvlogical", &peer, rows);
+    report(peer_name, &peer, rows);
     let wall = |runs: &[Run]| median(runs.iter().map(|r| r.cost.wall).collect()).as_secs_f64();
     let rss = |runs: &[Run]| runs.iter().map(|r| r.cost.peak_rss_kib).max().unwrap() as f64;
+    if signing {
+        println!(
+            "ratio signed / unsigned: wall time {:.3}x, peak RSS {:.2}x (scale {scale}, --digest-interval {interval})",
+            wall(&peer) / wall(&ours),
+            rss(&peer) / rss(&ours)
+        );
+        return;
+    }
     println!(
         "ratio audit-tail / pg_recvlogical: wall time {:.2}x, peak RSS {:.2}x (scale {scale})",
         wall(&ours) / wall(&peer),

@@ -67,6 +67,15 @@ pub enum Command {
         /// audit-tail.gaps, where verify reports it. Those rows are only in the nightly export.
         #[arg(long)]
         accept_gap: bool,
+        /// Sign and chain digests of the files with this key (from `audit-tail keygen`), in
+        /// out-dir/audit-tail.digests/; `verify --integrity` checks them (docs/security.md).
+        #[arg(long, value_name = "PATH")]
+        signing_key: Option<PathBuf>,
+        /// With --signing-key: seconds between digests while rows arrive (a file that becomes
+        /// complete gets one at once); 0 writes one at every durable point.
+        #[arg(long, default_value_t = 3600, value_name = "SECS", requires = "signing_key",
+              value_parser = clap::value_parser!(u64).range(0..=86400))]
+        digest_interval: u64,
     },
     /// Apply sql/install.sql, then sql/audit_log.sql (both embedded in this binary), to the database.
     Setup {
@@ -81,10 +90,25 @@ pub enum Command {
     /// they agree, 1 when they differ, 2 when an input is missing or malformed.
     Verify {
         /// The day to verify.
-        #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date)]
-        date: chrono::NaiveDate,
+        #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date,
+              required_unless_present = "integrity", conflicts_with = "integrity")]
+        date: Option<chrono::NaiveDate>,
+        /// Instead of comparing with the export: walk the signed digests of the out-dir and check
+        /// every stream file against them (exit 0 intact, 1 broken, 2 bad input).
+        #[arg(long, requires = "public_key")]
+        integrity: bool,
+        /// With --integrity: a public key (PATH.pub from keygen); give one per key the stream
+        /// used, old and new across a rotation.
+        #[arg(long, value_name = "PUB", requires = "integrity")]
+        public_key: Vec<PathBuf>,
+        /// With --integrity: check only files of this day and later.
+        #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, requires = "integrity")]
+        since: Option<chrono::NaiveDate>,
+        /// With --integrity: check only files of this day and earlier.
+        #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date, requires = "integrity")]
+        until: Option<chrono::NaiveDate>,
         /// The nightly export file; without it the same export is read from the database.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "integrity")]
         nightly: Option<PathBuf>,
         /// The stream's out-dir.
         #[arg(long, default_value = "./audit-stream")]
@@ -92,7 +116,7 @@ pub enum Command {
         #[command(flatten)]
         dsn: DsnArg,
         /// Report for people (text) or programs (json).
-        #[arg(long, value_enum, default_value_t = ReportArg::Text)]
+        #[arg(long, value_enum, default_value_t = ReportArg::Text, conflicts_with = "integrity")]
         format: ReportArg,
     },
     /// The slot, the WAL it keeps, the checkpoint in out-dir and the last runs of the nightly
@@ -160,6 +184,13 @@ pub enum Command {
         /// For people (text) or programs (json).
         #[arg(long, value_enum, default_value_t = ReportArg::Text)]
         format: ReportArg,
+    },
+    /// Make an Ed25519 key pair for `stream --signing-key`: PATH (mode 0600) and PATH.pub.
+    /// Refuses to overwrite.
+    Keygen {
+        /// Where the secret key goes; the public key goes to PATH.pub.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
     },
     /// The whole story on a throwaway local PostgreSQL: stream, the reference scenario live, the
     /// nightly export, verify; then remove everything. Needs only an installed PostgreSQL server.

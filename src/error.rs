@@ -210,6 +210,7 @@ impl Classify for SinkError {
             SinkError::Refuse(_) => Kind::Data,
             SinkError::Checkpoint(e) => checkpoint(e),
             SinkError::Manifest(e) => manifest(e),
+            SinkError::Integrity(e) => integrity(e),
         }
     }
 }
@@ -235,6 +236,21 @@ fn gaps(error: &crate::gaps::GapError) -> Kind {
     match error {
         GapError::Io { .. } => Kind::Io,
         GapError::Corrupt { .. } => Kind::Data,
+    }
+}
+
+/// Key files and digests: a bad key given on the command line is input to correct; a damaged
+/// digest is data; the rest is local I/O.
+fn integrity(error: &crate::integrity::IntegrityError) -> Kind {
+    use crate::integrity::IntegrityError;
+    match error {
+        IntegrityError::Io { .. } => Kind::Io,
+        IntegrityError::KeyExists { .. }
+        | IntegrityError::BadKey { .. }
+        | IntegrityError::KeyMode { .. }
+        | IntegrityError::NoOutDir(_)
+        | IntegrityError::Range { .. } => Kind::Usage,
+        IntegrityError::CorruptDigest { .. } => Kind::Data,
     }
 }
 
@@ -328,6 +344,7 @@ impl Classify for crate::Error {
             Error::Params(e) => e.kind(),
             Error::Verify(e) => e.kind(),
             Error::Status(e) => e.kind(),
+            Error::Integrity(e) => integrity(e),
             Error::Io { .. } | Error::Output(_) => Kind::Io,
             Error::Internal(_) => Kind::Internal,
         }

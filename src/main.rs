@@ -65,13 +65,50 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             println!("dropped replication slot \"{slot}\"");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keygen { out } => {
+            let id = audit_tail::integrity::keygen(&out)?;
+            println!(
+                "wrote {} (secret, mode 0600) and {} (public); key id {id}",
+                out.display(),
+                audit_tail::integrity::keys::public_path(&out).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            integrity: true,
+            public_key,
+            since,
+            until,
+            out_dir,
+            ..
+        } => {
+            let keys = public_key
+                .iter()
+                .map(|p| audit_tail::integrity::load_public_key(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let scope = audit_tail::integrity::Scope { since, until };
+            let report = audit_tail::integrity::walk(&out_dir, &keys, scope)?;
+            use std::io::Write;
+            std::io::stdout().write_all(report.render().as_bytes())?;
+            Ok(if report.intact() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Verify {
             date,
             nightly,
             out_dir,
             dsn,
             format,
+            ..
         } => {
+            let Some(date) = date else {
+                return Err(Error::Internal(
+                    "verify without --date nor --integrity".into(),
+                ));
+            };
             let nightly = match nightly {
                 Some(file) => Nightly::File(file),
                 None => Nightly::Database(Box::new(ConnParams::resolve(dsn.dsn.as_deref(), &env)?)),
@@ -148,6 +185,8 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             status_interval,
             safe_csv,
             accept_gap,
+            signing_key,
+            digest_interval,
         } => {
             let config = StreamConfig {
                 conn: ConnParams::resolve(dsn.dsn.as_deref(), &env)?,
@@ -159,6 +198,8 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 status_interval: std::time::Duration::from_secs(status_interval),
                 cells: if safe_csv { Cells::Safe } else { Cells::Exact },
                 accept_gap,
+                signing_key,
+                digest_interval: std::time::Duration::from_secs(digest_interval),
             };
             let shutdown = shutdown_on_signal();
             audit_tail::stream::run(config, shutdown, std::io::stdout()).await?;

@@ -62,6 +62,8 @@ pub enum SinkError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error("could not write a signed digest: {0}")]
+    Integrity(#[from] crate::integrity::IntegrityError),
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SinkError {
@@ -126,6 +128,8 @@ pub struct StreamFiles {
     committed: Checkpoint,
     durable: Checkpoint,
     cells: Cells,
+    /// Signs and chains digests of the files at durable points (`--signing-key`).
+    signer: Option<crate::integrity::DigestWriter>,
 }
 
 impl StreamFiles {
@@ -171,6 +175,7 @@ impl StreamFiles {
             last: None,
             committed: checkpoint.clone(),
             durable: checkpoint,
+            signer: None,
         };
         // Prove the directory writable now rather than at the first row.
         files.durable.store(&files.dir, &files.dir_handle)?;
@@ -191,6 +196,12 @@ impl StreamFiles {
     /// `make_durable`.
     pub fn set_identity(&mut self, identity: Identity) {
         self.committed.identity = Some(identity);
+    }
+
+    /// Writes signed digests of the files from now on, each right after a durable point
+    /// (src/integrity/writer.rs).
+    pub fn set_signer(&mut self, signer: crate::integrity::DigestWriter) {
+        self.signer = Some(signer);
     }
 
     /// Whether everything committed is durable.
@@ -328,17 +339,22 @@ impl StreamFiles {
         self.open
             .retain_mut(|open| std::mem::take(&mut open.touched) || open.in_txn);
         self.last = None;
-        self.seal_days()?;
+        let sealed = self.seal_days()?;
+        // Part of the durable point, after the checkpoint and before the acknowledgement: a digest
+        // covers only what the stored checkpoint names.
+        if let Some(signer) = &mut self.signer {
+            signer.after_durable(&self.dir, &self.dir_handle, &self.durable, &sealed)?;
+        }
         Ok(self.durable.lsn)
     }
 
     /// Seals every day the covered stretch has passed by `seal::grace()`: its manifest is written
     /// and fsynced, then the checkpoint drops its files. Runs right after a durable point, so the
     /// files' recorded lengths are on disk; a day that the transaction in progress wrote to waits
-    /// for the next one.
-    fn seal_days(&mut self) -> Result<(), SinkError> {
+    /// for the next one. Returns the names of the files sealed.
+    fn seal_days(&mut self) -> Result<Vec<String>, SinkError> {
         let Some(covered) = self.durable.covered.clone() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let busy: Vec<&str> = self
             .open
@@ -358,7 +374,7 @@ impl StreamFiles {
                 && !busy.iter().any(|b| crate::layout::day_of(b) == Some(*day))
         });
         if days.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         for (day, names) in &days {
             let mut manifest = seal::load(&self.dir, *day)?
@@ -390,7 +406,7 @@ impl StreamFiles {
         self.routes.retain(|_, r| !sealed.contains(&&r.file));
         self.committed.store(&self.dir, &self.dir_handle)?;
         self.durable = self.committed.clone();
-        Ok(())
+        Ok(sealed.into_iter().cloned().collect())
     }
 
     /// Forgets everything after the durable checkpoint: closes the files and cuts them back to

@@ -65,6 +65,10 @@ pub struct StreamConfig {
     pub cells: Cells,
     /// Go on when the slot is ahead of the checkpoint, recording the gap (`--accept-gap`).
     pub accept_gap: bool,
+    /// Sign and chain digests of the files with this key (`--signing-key`, src/integrity/).
+    pub signing_key: Option<PathBuf>,
+    /// The longest between two digests while rows arrive (`--digest-interval`).
+    pub digest_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +125,22 @@ pub async fn run<W: Write + Send>(
     // Read before opening the files, which stores the checkpoint again: should the slot turn out
     // to be ahead, this is when the out-dir's stream last moved, where a gap begins.
     let stored_before = stored_at(&config.out_dir);
-    let files = StreamFiles::open(&config.out_dir, config.cells)?;
+    let signing_key = match &config.signing_key {
+        Some(path) => Some(crate::integrity::load_signing_key(path).map_err(SinkError::from)?),
+        None => None,
+    };
+    let mut files = StreamFiles::open(&config.out_dir, config.cells)?;
+    if let Some(key) = signing_key {
+        let writer = crate::integrity::DigestWriter::open(
+            &config.out_dir,
+            key,
+            config.digest_interval,
+            files.durable(),
+        )
+        .map_err(SinkError::from)?;
+        tracing::info!(key = writer.key_id(), "signing digests of the files");
+        files.set_signer(writer);
+    }
     let opened_at = files.durable_lsn();
     let mut others: Vec<Box<dyn Sink + Send + '_>> = Vec::new();
     if config.format != Format::None {

@@ -79,8 +79,21 @@ impl Rng {
 /// Starts a consumer on `out_dir` and kills it with -9, `kills` times, each after 100 ms plus up
 /// to `spread_ms` more drawn from `rng`: the crash loop of the kill -9 tests.
 pub fn kill_9_loop(db: &TestDb, out_dir: &Path, rng: &mut Rng, kills: u32, spread_ms: u64) {
+    kill_9_loop_with(db, out_dir, rng, kills, spread_ms, &[]);
+}
+
+/// `kill_9_loop` with `extra` arguments for every consumer (such as `--signing-key`).
+pub fn kill_9_loop_with(
+    db: &TestDb,
+    out_dir: &Path,
+    rng: &mut Rng,
+    kills: u32,
+    spread_ms: u64,
+    extra: &[&str],
+) {
+    let args: Vec<&str> = ["--format", "none"].iter().chain(extra).copied().collect();
     for _ in 0..kills {
-        let mut consumer = Consumer::spawn(db, out_dir, &["--format", "none"]);
+        let mut consumer = Consumer::spawn(db, out_dir, &args);
         std::thread::sleep(std::time::Duration::from_millis(100 + rng.below(spread_ms)));
         consumer.child.kill().unwrap();
         consumer.child.wait().unwrap();

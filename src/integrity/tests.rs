@@ -1,0 +1,127 @@
+//! The writer and the walker together over the file sink, without a server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+
+use super::{DigestWriter, Scope, walk};
+use crate::capture::{Row, Table};
+use crate::lsn::{Lsn, PgTimestamp};
+use crate::sink::copy_csv::Cells;
+use crate::sink::files::StreamFiles;
+
+fn row(table: &Arc<Table>, id: &str, at: &str) -> Row {
+    Row {
+        table: table.clone(),
+        values: [id, at]
+            .iter()
+            .map(|v| Some(Bytes::copy_from_slice(v.as_bytes())))
+            .collect(),
+    }
+}
+
+#[test]
+fn a_day_sealed_before_its_digest_was_written_joins_the_chain_on_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = Arc::new(Table {
+        oid: 1,
+        schema: "public".into(),
+        name: "users_audit".into(),
+        columns: vec!["id".into(), "changed_at".into()],
+        changed_at: Some(1),
+    });
+    // Sealed by a stream that died before its digest (here: one that did not sign).
+    let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
+    files
+        .append(&row(&table, "1", "2025-10-21 10:00:00"), PgTimestamp(0))
+        .unwrap();
+    files.commit(Lsn(100));
+    files.cover(&crate::coverage::Sample {
+        lsn: Lsn(100),
+        at: chrono::DateTime::parse_from_rfc3339("2025-10-22T02:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc),
+        zone: Some("UTC".into()),
+    });
+    files.make_durable().unwrap();
+    assert!(crate::sink::seal::any(dir.path()));
+    drop(files);
+
+    let key = SigningKey::from_bytes(&[3u8; 32]);
+    let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
+    let writer = DigestWriter::open(
+        dir.path(),
+        key.clone(),
+        Duration::from_secs(3600),
+        files.durable(),
+    )
+    .unwrap();
+    files.set_signer(writer);
+    files
+        .append(&row(&table, "2", "2025-10-23 10:00:00"), PgTimestamp(0))
+        .unwrap();
+    files.commit(Lsn(200));
+    files.make_durable().unwrap();
+    let report = walk(dir.path(), &[key.verifying_key()], Scope::default()).unwrap();
+    assert!(report.intact(), "{}", report.render());
+    assert!(report.uncovered.is_empty(), "{}", report.render());
+    assert_eq!(report.files, 2, "{}", report.render());
+    let newest = super::chain::newest(dir.path()).unwrap().unwrap().digest;
+    assert_eq!(newest.manifests[0].0, "20251021.manifest");
+    assert!(
+        newest
+            .files
+            .iter()
+            .any(|f| f.name == "users_audit_stream_20251021.csv" && f.complete)
+    );
+}
+
+#[test]
+fn a_digest_covers_what_the_checkpoint_names_never_a_transaction_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = Arc::new(Table {
+        oid: 1,
+        schema: "public".into(),
+        name: "users_audit".into(),
+        columns: vec!["id".into(), "changed_at".into()],
+        changed_at: Some(1),
+    });
+    let key = SigningKey::from_bytes(&[4u8; 32]);
+    let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
+    let writer =
+        DigestWriter::open(dir.path(), key.clone(), Duration::ZERO, files.durable()).unwrap();
+    files.set_signer(writer);
+    let at = "2025-10-21 10:00:00";
+    files.append(&row(&table, "1", at), PgTimestamp(0)).unwrap();
+    files.commit(Lsn(100));
+    // A durable point in the middle of the next transaction (the flush delay): its row is on
+    // disk, but neither the checkpoint nor the digest may cover it.
+    files.append(&row(&table, "2", at), PgTimestamp(0)).unwrap();
+    files.make_durable().unwrap();
+    let name = "users_audit_stream_20251021.csv";
+    let on_disk = std::fs::metadata(dir.path().join(name)).unwrap().len();
+    let stored = crate::checkpoint::Checkpoint::load(dir.path())
+        .unwrap()
+        .unwrap();
+    let digest = super::chain::newest(dir.path()).unwrap().unwrap().digest;
+    let entry = digest.files.iter().find(|f| f.name == name).unwrap();
+    assert_eq!(entry.len, stored.files[name]);
+    assert_eq!(entry.rows, 1);
+    assert!(
+        entry.len < on_disk,
+        "the second row is written but not committed"
+    );
+    files.commit(Lsn(200));
+    files.make_durable().unwrap();
+    let digest = super::chain::newest(dir.path()).unwrap().unwrap().digest;
+    assert_eq!(digest.seq, 2);
+    assert_eq!(digest.files[0].len, on_disk);
+    let report = walk(dir.path(), &[key.verifying_key()], Scope::default()).unwrap();
+    assert!(
+        report.intact() && report.uncovered.is_empty(),
+        "{}",
+        report.render()
+    );
+}
