@@ -67,6 +67,10 @@ pub enum Command {
         /// audit-tail.gaps, where verify reports it. Those rows are only in the nightly export.
         #[arg(long)]
         accept_gap: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (such as 127.0.0.1:9187; port 0
+        /// picks a free one, logged at start). docs/operations.md lists them with alert rules.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Apply sql/install.sql, then sql/audit_log.sql (both embedded in this binary), to the database.
     Setup {

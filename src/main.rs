@@ -148,7 +148,11 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             status_interval,
             safe_csv,
             accept_gap,
+            metrics,
         } => {
+            if let Some(addr) = metrics {
+                audit_tail::metrics::install(addr)?;
+            }
             let config = StreamConfig {
                 conn: ConnParams::resolve(dsn.dsn.as_deref(), &env)?,
                 slot,

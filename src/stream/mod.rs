@@ -123,6 +123,7 @@ pub async fn run<W: Write + Send>(
     let stored_before = stored_at(&config.out_dir);
     let files = StreamFiles::open(&config.out_dir, config.cells)?;
     let opened_at = files.durable_lsn();
+    crate::metrics::get().inspect(|m| m.files_opened(files.durable()));
     let mut others: Vec<Box<dyn Sink + Send + '_>> = Vec::new();
     if config.format != Format::None {
         others.push(Box::new(Printer::new(config.format, out)));
@@ -150,6 +151,7 @@ pub async fn run<W: Write + Send>(
         };
         let result = session.run(&mut shutdown).await;
         let streamed = session.streaming;
+        crate::metrics::record_end(result.as_ref().err());
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_fatal() => {

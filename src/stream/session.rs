@@ -109,6 +109,7 @@ impl Session<'_, '_> {
         ))
         .await?;
         self.streaming = true;
+        crate::metrics::get().inspect(|m| m.streaming(true));
         // The server sends what commits after the larger of `start` and the slot's position:
         // say which, so a reader of the log knows from where the files are complete.
         match found.streams_from(start) {
@@ -391,6 +392,7 @@ impl Session<'_, '_> {
                         state
                             .latency
                             .committed(commit_time, std::mem::take(&mut state.rows_in_txn));
+                        crate::metrics::get().inspect(|m| m.transaction(commit_time));
                         self.progress.commit(end_lsn)?;
                         state
                             .flush
@@ -442,7 +444,9 @@ impl Session<'_, '_> {
         // fsync blocks this task; a disk slower than wal_sender_timeout would trip it, which the
         // periodic status cannot help.
         self.progress.flush()?;
-        state.latency.durable(PgTimestamp::now());
+        let now = PgTimestamp::now();
+        crate::metrics::get().inspect(|m| m.made_durable(state.latency.pending(), now));
+        state.latency.durable(now);
         state.flush.flushed();
         if state.last_latency_report.elapsed() >= LATENCY_REPORT_INTERVAL {
             report_latency(state);
@@ -463,6 +467,7 @@ impl Session<'_, '_> {
         let mut buf = BytesMut::with_capacity(34);
         messages::standby_status(&mut buf, written, flushed, PgTimestamp::now(), reply);
         conn.send_copy_data(&buf).await?;
+        crate::metrics::get().inspect(|m| m.confirmed(flushed));
         state.live.status_sent(Instant::now());
         tracing::trace!(%written, %flushed, "status update");
         Ok(())
