@@ -276,3 +276,57 @@ fn an_address_in_use_exits_2_before_streaming() {
     );
     assert!(!out.path().join("audit-tail.state").exists());
 }
+
+/// Catching up on a backlog shows, on a stderr that is not a terminal, log lines with how far
+/// behind the stream is, how fast it goes and when it should be done.
+#[test]
+fn a_backlog_shows_progress_lines_on_stderr() {
+    let db = TestDb::new("metrics_backlog");
+    db.install();
+    let out = tempfile::tempdir().unwrap();
+    common::catch_up(&db, out.path());
+    db.psql(
+        "INSERT INTO users (name, role) SELECT 'u' || g, 'user' FROM generate_series(1, 20000) g",
+    );
+    // Many transactions, so that commits keep arriving while the backlog drains.
+    let round = |r: u32| {
+        format!(
+            "BEGIN; UPDATE users SET name = 'n{r}-' || id, email = 'e{r}' WHERE id % 50 = {}; COMMIT;",
+            r % 50
+        )
+    };
+    for batch in 0..6 {
+        let sql: String = (batch * 50..batch * 50 + 50).map(round).collect();
+        db.psql(&sql);
+    }
+    // A backlog is made of commits older than CATCHING_UP when they arrive: no event to wait
+    // for, only the server's clock.
+    std::thread::sleep(audit_tail::metrics::backlog::CATCHING_UP + Duration::from_secs(1));
+    let output = stream_command(
+        &db,
+        out.path(),
+        &[
+            "--until",
+            "now",
+            "--format",
+            "none",
+            "--status-interval",
+            "1",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("catching up on a backlog"))
+        .collect();
+    assert!(!lines.is_empty(), "no progress line:\n{stderr}");
+    eprintln!("{}", lines.join("\n"));
+    for line in lines {
+        for field in ["behind=", "rate=", "/s", "eta=", "position=", "server="] {
+            assert!(line.contains(field), "{field} missing in {line:?}");
+        }
+    }
+}

@@ -28,6 +28,7 @@
 //! checkpoint's file lengths). Every name starts with `audit_tail_`; units are in the names;
 //! docs/operations.md ("Metrics and alerts") lists them with alert rules.
 
+pub mod backlog;
 mod figures;
 mod server;
 

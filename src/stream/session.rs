@@ -25,6 +25,7 @@ use crate::coverage::Sampler;
 use crate::gaps::{self, Gap};
 use crate::latency::Latency;
 use crate::lsn::{Lsn, PgTimestamp};
+use crate::metrics::backlog::Backlog;
 use crate::pgoutput;
 use crate::replication::messages::{self, ServerMessage};
 use crate::replication::slot;
@@ -64,6 +65,8 @@ struct State {
     last_latency_report: Instant,
     /// The server's WAL position and clock, for the checkpoint's `covered` line.
     sampler: Sampler,
+    /// Progress on stderr while catching up on a backlog.
+    backlog: Backlog,
 }
 
 impl Session<'_, '_> {
@@ -140,6 +143,7 @@ impl Session<'_, '_> {
             last_latency_report: now,
             // Sampled from here on: the slot now sends everything that commits later.
             sampler: Sampler::spawn(cfg.conn.clone(), cfg.status_interval),
+            backlog: Backlog::new(cfg.status_interval),
         };
         loop {
             if state.unchecked >= CHECK_EVERY || !conn.has_buffered_message() {
@@ -215,6 +219,7 @@ impl Session<'_, '_> {
             tracing::info!(%target, "reached --until");
             return Ok(Some("stopping"));
         }
+        state.backlog.tick(&state.sampler);
         if state.flush.due(Instant::now(), conn.has_buffered_message()) {
             self.make_durable(conn, state).await?;
         }
@@ -393,6 +398,7 @@ impl Session<'_, '_> {
                             .latency
                             .committed(commit_time, std::mem::take(&mut state.rows_in_txn));
                         crate::metrics::get().inspect(|m| m.transaction(commit_time));
+                        state.backlog.committed(commit_time, end_lsn);
                         self.progress.commit(end_lsn)?;
                         state
                             .flush
