@@ -173,3 +173,55 @@ fn an_address_in_use_is_a_usage_error() {
         "{e}"
     );
 }
+
+/// docs/operations.md lists every metric, and its alert rules parse and name only metrics that
+/// exist.
+#[test]
+fn the_operations_guide_lists_every_metric_and_its_rules_use_real_ones() {
+    let guide = include_str!("../../docs/operations.md");
+    let section = guide
+        .split("## Metrics and alerts")
+        .nth(1)
+        .expect("a \"Metrics and alerts\" section");
+    let m = Metrics::new();
+    m.rows_written("files", "public.t", 1);
+    m.bytes_written("files", "public.t", 1);
+    m.error(Kind::Io);
+    let text = m.render();
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert!(families.len() >= 12, "{families:?}");
+    for family in &families {
+        assert!(
+            section.contains(&format!("`{family}")),
+            "{family} is not in the guide"
+        );
+    }
+    let rules = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|r| r.split("```").next())
+        .expect("the alert rules");
+    let docs = yaml_rust2::YamlLoader::load_from_str(rules).expect("the rules are YAML");
+    let alerts = docs[0]["groups"][0]["rules"].as_vec().expect("rules");
+    assert!(alerts.len() >= 5);
+    let samples: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .collect();
+    for alert in alerts {
+        let expr = alert["expr"].as_str().expect("an expr");
+        for word in expr.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+            if word.starts_with("audit_tail_") {
+                assert!(
+                    samples.contains(&word),
+                    "{word} in {expr:?} is not a metric"
+                );
+            }
+        }
+    }
+}
