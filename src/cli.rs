@@ -67,9 +67,10 @@ pub enum Command {
         /// audit-tail.gaps, where verify reports it. Those rows are only in the nightly export.
         #[arg(long)]
         accept_gap: bool,
-        /// Serve Prometheus metrics at http://ADDR/metrics (such as 127.0.0.1:9187; port 0
-        /// picks a free one, logged at start). docs/operations.md lists them with alert rules.
-        #[arg(long, value_name = "ADDR")]
+        /// Serve Prometheus metrics at http://ADDR/metrics: 127.0.0.1:9187, localhost:9187, or
+        /// :9187 for every interface; port 0 picks a free one, logged at start.
+        /// docs/operations.md lists them with alert rules.
+        #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
         metrics: Option<std::net::SocketAddr>,
     },
     /// Apply sql/install.sql, then sql/audit_log.sql (both embedded in this binary), to the database.
@@ -218,6 +219,26 @@ fn parse_slot(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// An address to listen on: `IP:PORT`, `NAME:PORT` (the first address it resolves to), or
+/// `:PORT` for every interface, as Prometheus exporters take it.
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let full = match s.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => s.to_string(),
+    };
+    let wrong = |e: &dyn std::fmt::Display| {
+        format!("{s:?} is not an address to listen on, like 127.0.0.1:9187 or :9187 ({e})")
+    };
+    if let Ok(addr) = full.parse() {
+        return Ok(addr);
+    }
+    full.to_socket_addrs()
+        .map_err(|e| wrong(&e))?
+        .next()
+        .ok_or_else(|| wrong(&"it resolves to no address"))
+}
+
 fn parse_until(s: &str) -> Result<Until, String> {
     if s == "now" {
         return Ok(Until::Now);
@@ -231,7 +252,22 @@ fn parse_until(s: &str) -> Result<Until, String> {
 mod tests {
     use clap::CommandFactory;
 
-    use super::Cli;
+    use super::{Cli, parse_listen};
+
+    #[test]
+    fn metrics_addresses_are_taken_as_exporters_take_them() {
+        assert_eq!(
+            parse_listen("127.0.0.1:9187").unwrap().to_string(),
+            "127.0.0.1:9187"
+        );
+        assert_eq!(parse_listen(":9187").unwrap().to_string(), "0.0.0.0:9187");
+        assert_eq!(parse_listen("[::1]:0").unwrap().to_string(), "[::1]:0");
+        assert_eq!(parse_listen("localhost:9187").unwrap().port(), 9187);
+        for bad in ["9187", "127.0.0.1", ":http", "127.0.0.1:99999"] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(e.contains("is not an address to listen on"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn every_option_of_every_command_says_what_it_is_for() {
