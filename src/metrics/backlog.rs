@@ -197,6 +197,15 @@ impl Backlog {
     }
 }
 
+impl Drop for Backlog {
+    /// A connection that ends mid-backlog (a reconnect, `--until`) leaves no bar behind.
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// "12.3 MB": decimal units, one decimal.
 pub fn bytes(n: f64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
