@@ -76,6 +76,11 @@ pub enum Command {
         #[arg(long, default_value_t = 3600, value_name = "SECS", requires = "signing_key",
               value_parser = clap::value_parser!(u64).range(0..=86400))]
         digest_interval: u64,
+        /// Serve Prometheus metrics at http://ADDR/metrics: 127.0.0.1:9187, localhost:9187, or
+        /// :9187 for every interface; port 0 picks a free one, logged at start.
+        /// docs/operations.md lists them with alert rules.
+        #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Apply sql/install.sql, then sql/audit_log.sql (both embedded in this binary), to the database.
     Setup {
@@ -245,6 +250,26 @@ fn parse_slot(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// An address to listen on: `IP:PORT`, `NAME:PORT` (the first address it resolves to), or
+/// `:PORT` for every interface, as Prometheus exporters take it.
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let full = match s.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => s.to_string(),
+    };
+    let wrong = |e: &dyn std::fmt::Display| {
+        format!("{s:?} is not an address to listen on, like 127.0.0.1:9187 or :9187 ({e})")
+    };
+    if let Ok(addr) = full.parse() {
+        return Ok(addr);
+    }
+    full.to_socket_addrs()
+        .map_err(|e| wrong(&e))?
+        .next()
+        .ok_or_else(|| wrong(&"it resolves to no address"))
+}
+
 fn parse_until(s: &str) -> Result<Until, String> {
     if s == "now" {
         return Ok(Until::Now);
@@ -258,7 +283,22 @@ fn parse_until(s: &str) -> Result<Until, String> {
 mod tests {
     use clap::CommandFactory;
 
-    use super::Cli;
+    use super::{Cli, parse_listen};
+
+    #[test]
+    fn metrics_addresses_are_taken_as_exporters_take_them() {
+        assert_eq!(
+            parse_listen("127.0.0.1:9187").unwrap().to_string(),
+            "127.0.0.1:9187"
+        );
+        assert_eq!(parse_listen(":9187").unwrap().to_string(), "0.0.0.0:9187");
+        assert_eq!(parse_listen("[::1]:0").unwrap().to_string(), "[::1]:0");
+        assert_eq!(parse_listen("localhost:9187").unwrap().port(), 9187);
+        for bad in ["9187", "127.0.0.1", ":http", "127.0.0.1:99999"] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(e.contains("is not an address to listen on"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn every_option_of_every_command_says_what_it_is_for() {

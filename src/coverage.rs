@@ -123,6 +123,7 @@ async fn sample_forever(
             at: DateTime::from_timestamp_micros(micros).ok_or("a clock out of range")?,
             zone: Some(zone),
         };
+        crate::metrics::get().inspect(|m| m.server_position(sample.lsn));
         if tx.send(Some(sample)).is_err() {
             return Ok(());
         }

@@ -347,6 +347,19 @@ impl Classify for crate::Error {
             Error::Integrity(e) => integrity(e),
             Error::Io { .. } | Error::Output(_) => Kind::Io,
             Error::Internal(_) => Kind::Internal,
+            Error::Metrics(e) => e.kind(),
+        }
+    }
+}
+
+impl Classify for crate::metrics::MetricsError {
+    fn kind(&self) -> Kind {
+        use crate::metrics::MetricsError;
+        match self {
+            // An address in use or not ours to bind: the user picks another.
+            MetricsError::Bind { .. } => Kind::Usage,
+            MetricsError::Thread(_) => Kind::Io,
+            MetricsError::Twice => Kind::Internal,
         }
     }
 }

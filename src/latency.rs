@@ -34,6 +34,11 @@ impl Latency {
         }
     }
 
+    /// The commits waiting for the next fsync: (commit time, rows).
+    pub fn pending(&self) -> &[(PgTimestamp, u64)] {
+        &self.pending
+    }
+
     /// Everything pending became durable at `now`.
     pub fn durable(&mut self, now: PgTimestamp) {
         for (commit_time, rows) in self.pending.drain(..) {

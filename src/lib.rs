@@ -17,6 +17,7 @@ pub mod integrity;
 pub mod latency;
 pub mod layout;
 pub mod lsn;
+pub mod metrics;
 pub mod pgoutput;
 pub mod replication;
 pub mod sink;
@@ -55,6 +56,8 @@ pub enum Error {
     Output(#[from] std::io::Error),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 impl Error {

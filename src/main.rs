@@ -187,7 +187,11 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             accept_gap,
             signing_key,
             digest_interval,
+            metrics,
         } => {
+            if let Some(addr) = metrics {
+                audit_tail::metrics::install(addr)?;
+            }
             let config = StreamConfig {
                 conn: ConnParams::resolve(dsn.dsn.as_deref(), &env)?,
                 slot,

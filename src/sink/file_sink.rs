@@ -18,11 +18,14 @@ impl Sink for StreamFiles {
 
     fn row(&mut self, row: &Row, txn: Txn) -> Result<(), SinkFailure> {
         self.append(row, txn.commit_time)
-            .map_err(SinkFailure::fatal)
+            .map_err(SinkFailure::fatal)?;
+        crate::metrics::get().inspect(|m| m.row("files", &row.table));
+        Ok(())
     }
 
     fn commit(&mut self, _txn: Txn, end_lsn: Lsn) -> Result<(), SinkFailure> {
         StreamFiles::commit(self, end_lsn);
+        crate::metrics::get().inspect(|m| m.commit("files"));
         Ok(())
     }
 
@@ -31,7 +34,9 @@ impl Sink for StreamFiles {
     }
 
     fn flush(&mut self) -> Result<(), SinkFailure> {
-        self.make_durable().map(drop).map_err(SinkFailure::fatal)
+        self.make_durable().map_err(SinkFailure::fatal)?;
+        crate::metrics::get().inspect(|m| m.files_made_durable(self.durable()));
+        Ok(())
     }
 
     fn durable(&self) -> Option<Lsn> {
@@ -39,6 +44,8 @@ impl Sink for StreamFiles {
     }
 
     fn rewind(&mut self) -> Result<(), SinkFailure> {
-        StreamFiles::rewind(self).map_err(SinkFailure::fatal)
+        StreamFiles::rewind(self).map_err(SinkFailure::fatal)?;
+        crate::metrics::get().inspect(|m| m.rewound("files"));
+        Ok(())
     }
 }

@@ -142,6 +142,7 @@ pub async fn run<W: Write + Send>(
         files.set_signer(writer);
     }
     let opened_at = files.durable_lsn();
+    crate::metrics::get().inspect(|m| m.files_opened(files.durable()));
     let mut others: Vec<Box<dyn Sink + Send + '_>> = Vec::new();
     if config.format != Format::None {
         others.push(Box::new(Printer::new(config.format, out)));
@@ -169,6 +170,7 @@ pub async fn run<W: Write + Send>(
         };
         let result = session.run(&mut shutdown).await;
         let streamed = session.streaming;
+        crate::metrics::record_end(result.as_ref().err());
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_fatal() => {

@@ -25,6 +25,7 @@ use crate::coverage::Sampler;
 use crate::gaps::{self, Gap};
 use crate::latency::Latency;
 use crate::lsn::{Lsn, PgTimestamp};
+use crate::metrics::backlog::Backlog;
 use crate::pgoutput;
 use crate::replication::messages::{self, ServerMessage};
 use crate::replication::slot;
@@ -64,6 +65,8 @@ struct State {
     last_latency_report: Instant,
     /// The server's WAL position and clock, for the checkpoint's `covered` line.
     sampler: Sampler,
+    /// Progress on stderr while catching up on a backlog.
+    backlog: Backlog,
 }
 
 impl Session<'_, '_> {
@@ -109,6 +112,7 @@ impl Session<'_, '_> {
         ))
         .await?;
         self.streaming = true;
+        crate::metrics::get().inspect(|m| m.streaming(true));
         // The server sends what commits after the larger of `start` and the slot's position:
         // say which, so a reader of the log knows from where the files are complete.
         match found.streams_from(start) {
@@ -139,6 +143,7 @@ impl Session<'_, '_> {
             last_latency_report: now,
             // Sampled from here on: the slot now sends everything that commits later.
             sampler: Sampler::spawn(cfg.conn.clone(), cfg.status_interval),
+            backlog: Backlog::new(cfg.status_interval),
         };
         loop {
             if state.unchecked >= CHECK_EVERY || !conn.has_buffered_message() {
@@ -214,6 +219,7 @@ impl Session<'_, '_> {
             tracing::info!(%target, "reached --until");
             return Ok(Some("stopping"));
         }
+        state.backlog.tick(&state.sampler);
         if state.flush.due(Instant::now(), conn.has_buffered_message()) {
             self.make_durable(conn, state).await?;
         }
@@ -391,6 +397,8 @@ impl Session<'_, '_> {
                         state
                             .latency
                             .committed(commit_time, std::mem::take(&mut state.rows_in_txn));
+                        crate::metrics::get().inspect(|m| m.transaction(commit_time));
+                        state.backlog.committed(commit_time, end_lsn);
                         self.progress.commit(end_lsn)?;
                         state
                             .flush
@@ -442,7 +450,9 @@ impl Session<'_, '_> {
         // fsync blocks this task; a disk slower than wal_sender_timeout would trip it, which the
         // periodic status cannot help.
         self.progress.flush()?;
-        state.latency.durable(PgTimestamp::now());
+        let now = PgTimestamp::now();
+        crate::metrics::get().inspect(|m| m.made_durable(state.latency.pending(), now));
+        state.latency.durable(now);
         state.flush.flushed();
         if state.last_latency_report.elapsed() >= LATENCY_REPORT_INTERVAL {
             report_latency(state);
@@ -463,6 +473,7 @@ impl Session<'_, '_> {
         let mut buf = BytesMut::with_capacity(34);
         messages::standby_status(&mut buf, written, flushed, PgTimestamp::now(), reply);
         conn.send_copy_data(&buf).await?;
+        crate::metrics::get().inspect(|m| m.confirmed(flushed));
         state.live.status_sent(Instant::now());
         tracing::trace!(%written, %flushed, "status update");
         Ok(())
