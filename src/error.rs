@@ -328,8 +328,24 @@ impl Classify for crate::Error {
             Error::Params(e) => e.kind(),
             Error::Verify(e) => e.kind(),
             Error::Status(e) => e.kind(),
+            Error::History(e) => e.kind(),
             Error::Io { .. } | Error::Output(_) => Kind::Io,
             Error::Internal(_) => Kind::Internal,
+        }
+    }
+}
+
+impl Classify for crate::history::HistoryError {
+    fn kind(&self) -> Kind {
+        use crate::history::HistoryError;
+        match self {
+            HistoryError::BadTime(_)
+            | HistoryError::BadKey(_)
+            | HistoryError::BadTable(_)
+            | HistoryError::UnknownTable { .. }
+            | HistoryError::NoOutDir(_)
+            | HistoryError::Malformed { .. } => Kind::Usage,
+            HistoryError::Io { .. } | HistoryError::Output(_) => Kind::Io,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod durable;
 pub mod error;
 pub mod gaps;
+pub mod history;
 pub mod latency;
 pub mod layout;
 pub mod lsn;
@@ -42,6 +43,8 @@ pub enum Error {
     Verify(#[from] verify::VerifyError),
     #[error(transparent)]
     Status(#[from] status::StatusError),
+    #[error(transparent)]
+    History(history::HistoryError),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -39,6 +39,44 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<ExitCode, Error> {
     let env = |name: &str| std::env::var(name).ok();
     match command {
+        Command::History {
+            table,
+            key,
+            at,
+            field,
+            query,
+        } => {
+            let query = audit_tail::history::HistoryQuery {
+                table,
+                key,
+                at,
+                field,
+                common: query.common()?,
+            };
+            let found = audit_tail::history::history(&query, std::io::stdout().lock())?;
+            Ok(found_code(found))
+        }
+        Command::Log {
+            table,
+            actor,
+            op,
+            field,
+            reason,
+            request_id,
+            query,
+        } => {
+            let filters = audit_tail::history::LogQuery {
+                table,
+                actor,
+                op: op.map(|op| op.as_op().to_string()),
+                field,
+                reason,
+                request_id,
+            };
+            let found =
+                audit_tail::history::log(&filters, &query.common()?, std::io::stdout().lock())?;
+            Ok(found_code(found))
+        }
         Command::Demo { keep } => {
             audit_tail::demo::run(keep).await?;
             Ok(ExitCode::SUCCESS)
@@ -164,6 +202,15 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             audit_tail::stream::run(config, shutdown, std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// 0 when a question found something, 1 when nothing matched.
+fn found_code(found: bool) -> ExitCode {
+    if found {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

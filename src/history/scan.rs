@@ -1,0 +1,327 @@
+//! Reading the stream's files for `history` and `log`: only the days in range, candidate records
+//! found by a byte search (memchr's memmem) before any CSV or JSON is parsed, one record in memory
+//! at a time.
+//!
+//! Beside the flow: reads what the file sink wrote (src/layout.rs names the files). A record is a
+//! line, or several when a quoted value holds a newline: a newline ends the record only when the
+//! quotes before it are balanced, as COPY's CSV quotes every value with a newline or a quote.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use chrono::NaiveDate;
+use memchr::memmem::Finder;
+
+use super::HistoryError;
+use crate::verify::csv_read::{CsvError, Reader};
+
+/// The two trails audit-tail streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trail {
+    /// public.users_audit: one row per changed field of `users`.
+    Users,
+    /// audit.log: one row image per changed row of every tracked table.
+    Log,
+}
+
+impl Trail {
+    pub fn schema_table(self) -> (&'static str, &'static str) {
+        match self {
+            Trail::Users => ("public", "users_audit"),
+            Trail::Log => ("audit", "log"),
+        }
+    }
+
+    /// The columns a file of this trail must have.
+    fn required(self) -> &'static [&'static str] {
+        match self {
+            Trail::Users => &[
+                "user_id",
+                "changed_at",
+                "changed_by",
+                "field_changed",
+                "old_value",
+                "new_value",
+            ],
+            Trail::Log => &[
+                "id",
+                "changed_at",
+                "op",
+                "schema_name",
+                "table_name",
+                "key",
+                "old_key",
+                "new_row",
+                "old_values",
+                "changed_columns",
+                "actor",
+            ],
+        }
+    }
+}
+
+/// One record of a trail, with its file's column names.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub trail: Trail,
+    pub columns: Rc<[String]>,
+    pub fields: Vec<Option<String>>,
+    pub file: Rc<Path>,
+    pub line: usize,
+}
+
+impl Row {
+    /// The value of column `name`; None for NULL and for a column the row does not have.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let i = self.columns.iter().position(|c| c == name)?;
+        self.fields.get(i)?.as_deref()
+    }
+
+    /// The day's wall-clock time of the change.
+    pub fn changed_at(&self) -> Option<chrono::NaiveDateTime> {
+        self.get("changed_at").and_then(super::time::changed_at)
+    }
+
+    pub fn malformed(&self, reason: impl Into<String>) -> HistoryError {
+        HistoryError::Malformed {
+            file: self.file.to_path_buf(),
+            line: self.line,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The files of `trail` in `dir` whose day is within `from..=to`, in day and part order.
+pub fn files(
+    dir: &Path,
+    trail: Trail,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+) -> Result<Vec<(NaiveDate, PathBuf)>, HistoryError> {
+    let (schema, table) = trail.schema_table();
+    if !dir.is_dir() {
+        return Err(HistoryError::NoOutDir(dir.to_path_buf()));
+    }
+    let mut found: Vec<_> = crate::layout::list(dir)
+        .map_err(|source| HistoryError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .into_iter()
+        .filter(|f| f.schema == schema && f.table == table)
+        .filter(|f| from.is_none_or(|d| f.day >= d) && to.is_none_or(|d| f.day <= d))
+        .collect();
+    found.sort_by_key(|f| (f.day, f.part));
+    Ok(found
+        .into_iter()
+        .map(|f| (f.day, dir.join(f.name())))
+        .collect())
+}
+
+/// What a scan looks for in each day's bytes: a record is parsed only when it holds one of the
+/// needles (none: every record).
+pub type Needles = Box<dyn Fn(NaiveDate, &[String]) -> Vec<Vec<u8>>>;
+
+/// The records of a trail's files, in order, that hold one of the needles.
+pub struct RowIter {
+    trail: Trail,
+    files: VecDeque<(NaiveDate, PathBuf)>,
+    needles: Needles,
+    current: Option<FileReader>,
+    /// Bytes of files read so far, for the progress bar.
+    pub bytes_done: u64,
+}
+
+struct FileReader {
+    path: Rc<Path>,
+    input: BufReader<File>,
+    line: usize,
+    columns: Rc<[String]>,
+    finders: Vec<Finder<'static>>,
+    buf: Vec<u8>,
+}
+
+impl RowIter {
+    pub fn new(trail: Trail, files: Vec<(NaiveDate, PathBuf)>, needles: Needles) -> RowIter {
+        RowIter {
+            trail,
+            files: files.into(),
+            needles,
+            current: None,
+            bytes_done: 0,
+        }
+    }
+
+    /// The next matching record, or None after the last file.
+    pub fn next_row(&mut self) -> Result<Option<Row>, HistoryError> {
+        loop {
+            if self.current.is_none() {
+                let Some((day, path)) = self.files.pop_front() else {
+                    return Ok(None);
+                };
+                self.current = Some(FileReader::open(self.trail, day, path, &self.needles)?);
+            }
+            let reader = self.current.as_mut().expect("opened above");
+            match reader.next_candidate()? {
+                Some(row) => {
+                    return Ok(Some(Row {
+                        trail: self.trail,
+                        ..row
+                    }));
+                }
+                None => {
+                    self.bytes_done += reader.input.get_ref().metadata().map_or(0, |m| m.len());
+                    self.current = None;
+                }
+            }
+        }
+    }
+}
+
+impl FileReader {
+    fn open(
+        trail: Trail,
+        day: NaiveDate,
+        path: PathBuf,
+        needles: &Needles,
+    ) -> Result<FileReader, HistoryError> {
+        let file = File::open(&path).map_err(|source| HistoryError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut reader = FileReader {
+            path: path.into(),
+            input: BufReader::with_capacity(256 * 1024, file),
+            line: 1,
+            columns: Rc::from(Vec::new()),
+            finders: Vec::new(),
+            buf: Vec::new(),
+        };
+        let header = match reader.next_raw()? {
+            Some(_) => reader.parse()?,
+            None => {
+                return Err(
+                    reader.malformed(1, "the file is empty: a stream file starts with its header")
+                );
+            }
+        };
+        let columns: Vec<String> = header.into_iter().map(Option::unwrap_or_default).collect();
+        if let Some(missing) = trail
+            .required()
+            .iter()
+            .find(|c| !columns.iter().any(|h| h == *c))
+        {
+            let (schema, table) = trail.schema_table();
+            return Err(reader.malformed(
+                1,
+                &format!("the header has no column {missing}: this is not a stream file of {schema}.{table}"),
+            ));
+        }
+        reader.finders = needles(day, &columns)
+            .into_iter()
+            .map(|n| Finder::new(&n).into_owned())
+            .collect();
+        reader.columns = columns.into();
+        Ok(reader)
+    }
+
+    fn malformed(&self, line: usize, reason: &str) -> HistoryError {
+        HistoryError::Malformed {
+            file: self.path.to_path_buf(),
+            line,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Reads the next record's bytes into `buf`; its first line, or None at the end.
+    fn next_raw(&mut self) -> Result<Option<usize>, HistoryError> {
+        self.buf.clear();
+        let start = self.line;
+        loop {
+            let n = self
+                .input
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|source| HistoryError::Io {
+                    path: self.path.to_path_buf(),
+                    source,
+                })?;
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(self.malformed(
+                    start,
+                    "the file ends in the middle of a record (a partial last line or an unclosed quote)",
+                ));
+            }
+            if self.buf.ends_with(b"\n") {
+                self.line += 1;
+                if quotes(&self.buf).is_multiple_of(2) {
+                    return Ok(Some(start));
+                }
+            }
+        }
+    }
+
+    /// The fields of the record in `buf`.
+    fn parse(&self) -> Result<Vec<Option<String>>, HistoryError> {
+        let line = self.line - self.buf.iter().filter(|&&b| b == b'\n').count();
+        let record = match Reader::new(&self.buf[..]).next_record() {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(self.malformed(line, "an empty record")),
+            Err(CsvError::Malformed { reason, .. }) => return Err(self.malformed(line, &reason)),
+            Err(CsvError::Io(source)) => {
+                return Err(HistoryError::Io {
+                    path: self.path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        record
+            .fields
+            .into_iter()
+            .map(|f| {
+                f.map(String::from_utf8)
+                    .transpose()
+                    .map_err(|_| self.malformed(line, "a value is not UTF-8"))
+            })
+            .collect()
+    }
+
+    /// The next record holding a needle, parsed.
+    fn next_candidate(&mut self) -> Result<Option<Row>, HistoryError> {
+        while let Some(line) = self.next_raw()? {
+            if !self.finders.is_empty() && !self.finders.iter().any(|f| f.find(&self.buf).is_some())
+            {
+                continue;
+            }
+            let fields = self.parse()?;
+            if fields.len() != self.columns.len() {
+                return Err(self.malformed(
+                    line,
+                    &format!(
+                        "{} fields where the header has {} columns",
+                        fields.len(),
+                        self.columns.len()
+                    ),
+                ));
+            }
+            return Ok(Some(Row {
+                trail: Trail::Log,
+                columns: self.columns.clone(),
+                fields,
+                file: self.path.clone(),
+                line,
+            }));
+        }
+        Ok(None)
+    }
+}
+
+/// The number of `"` in `bytes`, in a form the compiler vectorizes.
+fn quotes(bytes: &[u8]) -> usize {
+    bytes.iter().map(|&b| usize::from(b == b'"')).sum()
+}
