@@ -228,6 +228,15 @@ pub struct QueryArgs {
     /// The stream's out-dir, whose files are read.
     #[arg(long, default_value = "./audit-stream")]
     pub out_dir: PathBuf,
+    /// Ask the database instead of the files: audit.log and users_audit, through their indexes
+    /// (libpq URL or key=value string; AUDIT_TAIL_DSN is not used here, the files are the
+    /// default source).
+    #[arg(long, value_name = "CONNINFO")]
+    pub dsn: Option<String>,
+    /// Read both the files and the database (--dsn, else the PG* variables) and flag every row on
+    /// which they disagree; exit 1 when any does.
+    #[arg(long)]
+    pub both: bool,
     /// The zone of the trail's changed_at (the server's TimeZone): times given with a zone, and
     /// relative ones, are converted to it. `local` or an IANA name such as UTC.
     #[arg(long, default_value = "local", value_name = "ZONE")]

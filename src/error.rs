@@ -346,6 +346,7 @@ impl Classify for crate::history::HistoryError {
             | HistoryError::NoOutDir(_)
             | HistoryError::Malformed { .. } => Kind::Usage,
             HistoryError::Io { .. } | HistoryError::Output(_) => Kind::Io,
+            HistoryError::Sql(e) => e.kind(),
         }
     }
 }

@@ -44,16 +44,18 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             key,
             at,
             field,
-            query,
+            query: query_args,
         } => {
             let query = audit_tail::history::HistoryQuery {
                 table,
                 key,
                 at,
                 field,
-                common: query.common()?,
+                common: query_args.common()?,
             };
-            let found = audit_tail::history::history(&query, std::io::stdout().lock())?;
+            let source = history_source(&query_args, &env).await?;
+            let found =
+                audit_tail::history::history(&query, &source, std::io::stdout().lock()).await?;
             Ok(found_code(found))
         }
         Command::Log {
@@ -73,8 +75,14 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 reason,
                 request_id,
             };
-            let found =
-                audit_tail::history::log(&filters, &query.common()?, std::io::stdout().lock())?;
+            let source = history_source(&query, &env).await?;
+            let found = audit_tail::history::log(
+                &filters,
+                &query.common()?,
+                &source,
+                std::io::stdout().lock(),
+            )
+            .await?;
             Ok(found_code(found))
         }
         Command::Demo { keep } => {
@@ -203,6 +211,24 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Where `history` and `log` read: the files, unless --dsn or --both.
+async fn history_source(
+    query: &audit_tail::cli::QueryArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<audit_tail::history::Source, Error> {
+    use audit_tail::history::Source;
+    if query.dsn.is_none() && !query.both {
+        return Ok(Source::Files);
+    }
+    let params = ConnParams::resolve(query.dsn.as_deref(), env)?;
+    let client = sql::connect_params(&params).await?;
+    Ok(if query.both {
+        Source::Both(client)
+    } else {
+        Source::Database(client)
+    })
 }
 
 /// 0 when a question found something, 1 when nothing matched.

@@ -122,18 +122,24 @@ async fn history_at_every_snapshot_equals_the_table() {
     }
     catch_up(&db, out.path());
     let seed = rng.seed;
+    let conninfo = db.cluster.conninfo(&db.name);
     let mut present = 0;
     for (at, rows) in &snapshots {
         for key in 0..KEYS {
-            let (code, got, stderr) =
-                history_at(out.path(), "public.items", &key.to_string(), at, &[]);
             let want = rows.get(&key).cloned().unwrap_or(Value::Null);
-            assert_eq!(got, want, "seed {seed}: items {key} at {at}: {stderr}");
-            assert_eq!(
-                code,
-                Some(if want.is_null() { 1 } else { 0 }),
-                "seed {seed}: {stderr}"
-            );
+            for (source, extra) in [("files", vec![]), ("database", vec!["--dsn", &conninfo])] {
+                let (code, got, stderr) =
+                    history_at(out.path(), "public.items", &key.to_string(), at, &extra);
+                assert_eq!(
+                    got, want,
+                    "seed {seed}: items {key} at {at} from the {source}: {stderr}"
+                );
+                assert_eq!(
+                    code,
+                    Some(if want.is_null() { 1 } else { 0 }),
+                    "seed {seed}: {stderr}"
+                );
+            }
             present += usize::from(!want.is_null());
         }
     }
@@ -189,4 +195,74 @@ async fn users_at_a_moment_as_far_as_the_trail_tells() {
     assert_eq!(got, serde_json::json!({"name": "Annie"}));
     let (code, got, _) = history_at(out, "users", "4", &after, &[]);
     assert_eq!((code, got), (Some(1), Value::Null));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_copies_flag_the_row_a_superuser_edited() {
+    let db = TestDb::new("hist_both");
+    install_audit_log(&db);
+    let out = tempfile::tempdir().unwrap();
+    catch_up(&db, out.path());
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE acct (id int PRIMARY KEY, owner text); \
+             SELECT audit.track('public.acct'); \
+             INSERT INTO acct VALUES (1, 'ann'), (2, 'bob'); \
+             BEGIN; SET LOCAL audit.actor = 'mallory'; \
+             UPDATE acct SET owner = 'mallory' WHERE id = 1; COMMIT;",
+        )
+        .await
+        .unwrap();
+    catch_up(&db, out.path());
+    let conninfo = db.cluster.conninfo(&db.name);
+    let out = out.path().to_str().unwrap();
+    let both = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--out-dir", out, "--dsn", &conninfo, "--both"]);
+        run_audit_tail(&all)
+    };
+    let (code, stdout, stderr) = both(&["history", "acct", "1"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(!stdout.contains("DIFFERS"), "{stdout}");
+    // The superuser covers the tracks: the update is now someone else's.
+    let edited: String = client
+        .query_one(
+            "UPDATE audit.log SET actor = 'ann' WHERE actor = 'mallory' RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (code, stdout, _) = both(&["history", "acct", "1"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let flagged: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("DIFFERS"))
+        .collect();
+    assert_eq!(
+        flagged,
+        [format!(
+            "DIFFERS audit.log id {edited}: actor: database \"ann\", files \"mallory\""
+        )],
+        "{stdout}"
+    );
+    assert!(stdout.contains("by mallory"), "the files' answer: {stdout}");
+    let (code, stdout, _) = both(&["history", "acct", "2"]);
+    assert_eq!(code, Some(0), "the other record agrees: {stdout}");
+    // A row deleted from the log is in the files only; `log --both` names it, in JSON too.
+    client
+        .batch_execute(&format!("DELETE FROM audit.log WHERE id = {edited}"))
+        .await
+        .unwrap();
+    let (code, stdout, _) = both(&["log", "--table", "acct", "--format", "json"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let differs: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v.get("differs").is_some())
+        .collect();
+    assert_eq!(differs.len(), 1, "{stdout}");
+    assert_eq!(differs[0]["differs"]["id"], Value::String(edited));
+    assert_eq!(differs[0]["differs"]["database"], Value::Null);
 }

@@ -123,6 +123,15 @@ impl<W: Write> Printer<W> {
         }
     }
 
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// One line as it is.
+    pub fn line(&mut self, text: &str) -> std::io::Result<()> {
+        writeln!(self.out, "{text}")
+    }
+
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
     }
