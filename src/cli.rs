@@ -210,6 +210,21 @@ pub enum Command {
         /// Only the changes of this request (audit.request_id).
         #[arg(long, value_name = "ID")]
         request_id: Option<String>,
+        /// Count the matching changes instead of listing them, by --by.
+        #[arg(long)]
+        stats: bool,
+        /// What --stats counts by: actor, table, op, hour, or several (actor,hour finds bursts).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "table,op",
+            value_name = "actor|table|op|hour,..."
+        )]
+        by: Vec<ByArg>,
+        /// With --stats: only the groups of at least N changes.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        min: u64,
         #[command(flatten)]
         query: QueryArgs,
     },
@@ -252,6 +267,27 @@ pub enum QueryFormatArg {
     Text,
     Json,
     Csv,
+}
+
+/// `log --by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ByArg {
+    Actor,
+    Table,
+    Op,
+    Hour,
+}
+
+impl From<ByArg> for crate::history::stats::By {
+    fn from(b: ByArg) -> Self {
+        use crate::history::stats::By;
+        match b {
+            ByArg::Actor => By::Actor,
+            ByArg::Table => By::Table,
+            ByArg::Op => By::Op,
+            ByArg::Hour => By::Hour,
+        }
+    }
 }
 
 /// `log --op`.

@@ -65,6 +65,9 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             field,
             reason,
             request_id,
+            stats,
+            by,
+            min,
             query,
         } => {
             let filters = audit_tail::history::LogQuery {
@@ -74,6 +77,8 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 field,
                 reason,
                 request_id,
+                stats: stats.then(|| by.into_iter().map(Into::into).collect()),
+                min,
             };
             let source = history_source(&query, &env).await?;
             let found = audit_tail::history::log(

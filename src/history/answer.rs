@@ -241,7 +241,7 @@ fn log_answer<W: Write>(
             continue;
         }
         if ask.at.is_some() {
-            state.apply(&row, key);
+            state.apply(&row, key)?;
         } else {
             printer.row(&row)?;
             printed = true;
@@ -360,9 +360,18 @@ pub async fn log(
     }
     let mut kept = Vec::new();
     let mut merge = Merge::new(sources);
+    let mut stats = query
+        .stats
+        .clone()
+        .map(|by| super::stats::Stats::new(by, query.min));
+    let mut matched = 0;
     while let Some(row) = merge.next_row()? {
         if filter.matches(&row) {
-            printer.row(&row)?;
+            matched += 1;
+            match stats.as_mut() {
+                Some(stats) => stats.add(&row),
+                None => printer.row(&row)?,
+            }
             if matches!(source, Source::Both(_)) {
                 kept.push(row);
             }
@@ -375,8 +384,12 @@ pub async fn log(
         }
         _ => true,
     };
+    let printed = match &stats {
+        Some(stats) => stats.print(printer.out(), common.format)?,
+        None => printer.printed,
+    };
     printer.flush()?;
-    if printer.printed == 0
+    if matched == 0
         && let Some(target @ Target::Log { .. }) = &target
     {
         // Nothing matched: say so when the table itself is not in the trail (a typo).
@@ -394,7 +407,7 @@ pub async fn log(
             }
         }
     }
-    Ok(printer.printed > 0 && agree)
+    Ok(printed > 0 && agree)
 }
 
 /// The rows of several trails in the order of their changes.

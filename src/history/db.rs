@@ -37,7 +37,8 @@ async fn columns(client: &Client, trail: Trail) -> Result<Vec<String>, HistoryEr
 }
 
 /// The rows of `trail` matching `condition` (SQL over its columns, parameters `params`), in the
-/// trail's order, each column as text.
+/// files' order (by day, then id), each column as text. The order names `t.id`, not `id`: the
+/// output column `id` is text, and "10" sorts before "6".
 async fn select(
     client: &Client,
     trail: Trail,
@@ -47,14 +48,14 @@ async fn select(
     let columns = columns(client, trail).await?;
     let list: Vec<String> = columns
         .iter()
-        .map(|c| format!("{}::text", quote_ident(c)))
+        .map(|c| format!("t.{}::text", quote_ident(c)))
         .collect();
     let relation = match trail {
         Trail::Users => "users_audit",
         Trail::Log => "audit.log",
     };
     let sql = format!(
-        "SELECT {} FROM {relation} WHERE {condition} ORDER BY changed_at, id",
+        "SELECT {} FROM {relation} t WHERE {condition} ORDER BY t.changed_at::date, t.id",
         list.join(", ")
     );
     let rows = client

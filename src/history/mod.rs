@@ -13,6 +13,7 @@ pub mod filter;
 pub mod output;
 pub mod rebuild;
 pub mod scan;
+pub mod stats;
 pub mod time;
 
 use std::path::PathBuf;
@@ -106,6 +107,10 @@ pub struct LogQuery {
     pub field: Option<String>,
     pub reason: Option<String>,
     pub request_id: Option<String>,
+    /// `--stats`: count the matching changes by these instead of printing them.
+    pub stats: Option<Vec<stats::By>>,
+    /// `--min`: only the groups of at least this many changes.
+    pub min: u64,
 }
 
 /// Reads a TIME argument; a time without a zone is said to be read in the trail's zone.

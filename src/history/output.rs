@@ -132,6 +132,11 @@ impl<W: Write> Printer<W> {
         writeln!(self.out, "{text}")
     }
 
+    /// The writer, for answers that are not rows (`--stats`).
+    pub fn out(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
     }

@@ -125,13 +125,19 @@ pub struct LogState {
 
 impl LogState {
     /// Applies a row for which `touches` holds, in the log's order.
-    pub fn apply(&mut self, row: &Row, key: &Value) {
+    pub fn apply(&mut self, row: &Row, key: &Value) -> Result<(), super::HistoryError> {
+        let image = || {
+            json(row, "new_row")
+                .filter(Value::is_object)
+                .ok_or_else(|| row.malformed("new_row is not a JSON object"))
+        };
         self.row = match row.get("op") {
-            Some("INSERT") => json(row, "new_row"),
-            Some("UPDATE") if json(row, "key").as_ref() == Some(key) => json(row, "new_row"),
+            Some("INSERT") => Some(image()?),
+            Some("UPDATE") if json(row, "key").as_ref() == Some(key) => Some(image()?),
             Some("UPDATE" | "DELETE" | "TRUNCATE") => None,
             _ => self.row.take(),
         };
+        Ok(())
     }
 }
 
