@@ -73,6 +73,7 @@ async fn select(
             fields: (0..columns.len()).map(|c| r.get(c)).collect(),
             file: file.clone(),
             line: i + 1,
+            offset: None,
         })
         .collect())
 }

@@ -8,6 +8,7 @@
 
 mod answer;
 mod both;
+mod chunk;
 mod db;
 pub mod filter;
 pub mod output;

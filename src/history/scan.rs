@@ -16,6 +16,7 @@ use chrono::NaiveDate;
 use memchr::memmem::Finder;
 
 use super::HistoryError;
+use super::chunk::{ChunkError, Chunks, quotes};
 use crate::verify::csv_read::{CsvError, Reader};
 
 /// The two trails audit-tail streams.
@@ -70,7 +71,10 @@ pub struct Row {
     pub columns: Rc<[String]>,
     pub fields: Vec<Option<String>>,
     pub file: Rc<Path>,
+    /// The record's first line; 0 when only `offset` is known (the line is counted on error).
     pub line: usize,
+    /// The record's byte offset in its file, when found by a needle.
+    pub offset: Option<u64>,
 }
 
 impl Row {
@@ -88,7 +92,10 @@ impl Row {
     pub fn malformed(&self, reason: impl Into<String>) -> HistoryError {
         HistoryError::Malformed {
             file: self.file.to_path_buf(),
-            line: self.line,
+            line: match self.offset {
+                Some(offset) => line_of(&self.file, offset),
+                None => self.line,
+            },
             reason: reason.into(),
         }
     }
@@ -131,8 +138,54 @@ pub struct RowIter {
     files: VecDeque<(NaiveDate, PathBuf)>,
     needles: Needles,
     current: Option<FileReader>,
-    /// Bytes of files read so far, for the progress bar.
-    pub bytes_done: u64,
+    /// Bytes of the files done so far, for the progress bar.
+    bytes_done: u64,
+    progress: Progress,
+}
+
+/// A progress bar on stderr, shown once a scan has taken more than a second and only when stderr
+/// is a terminal.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    started: std::time::Instant,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(total),
+            indicatif::ProgressDrawTarget::hidden(),
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta} left",
+        ) {
+            bar.set_style(style);
+        }
+        Progress {
+            bar,
+            started: std::time::Instant::now(),
+            shown: false,
+        }
+    }
+
+    fn at(&mut self, done: u64) {
+        if !self.shown
+            && self.started.elapsed() > std::time::Duration::from_secs(1)
+            && std::io::IsTerminal::is_terminal(&std::io::stderr())
+        {
+            self.bar
+                .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            self.shown = true;
+        }
+        self.bar.set_position(done);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 struct FileReader {
@@ -142,16 +195,43 @@ struct FileReader {
     columns: Rc<[String]>,
     finders: Vec<Finder<'static>>,
     buf: Vec<u8>,
+    /// With needles: the chunked search, past the header.
+    chunks: Option<Chunks>,
+    size: u64,
+    /// Bytes read by the record-by-record path.
+    read: u64,
+}
+
+/// The line of byte `offset` of `path` (1 for the first), counted when an error needs it.
+pub fn line_of(path: &Path, offset: u64) -> usize {
+    let Ok(file) = File::open(path) else {
+        return 0;
+    };
+    let mut input = std::io::Read::take(BufReader::new(file), offset);
+    let mut buf = [0; 64 * 1024];
+    let mut lines = 1;
+    while let Ok(n) = std::io::Read::read(&mut input, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+    }
+    lines
 }
 
 impl RowIter {
     pub fn new(trail: Trail, files: Vec<(NaiveDate, PathBuf)>, needles: Needles) -> RowIter {
+        let total = files
+            .iter()
+            .map(|(_, path)| std::fs::metadata(path).map_or(0, |m| m.len()))
+            .sum();
         RowIter {
             trail,
             files: files.into(),
             needles,
             current: None,
             bytes_done: 0,
+            progress: Progress::new(total),
         }
     }
 
@@ -165,7 +245,9 @@ impl RowIter {
                 self.current = Some(FileReader::open(self.trail, day, path, &self.needles)?);
             }
             let reader = self.current.as_mut().expect("opened above");
-            match reader.next_candidate()? {
+            let found = reader.next_candidate()?;
+            self.progress.at(self.bytes_done + reader.done());
+            match found {
                 Some(row) => {
                     return Ok(Some(Row {
                         trail: self.trail,
@@ -173,7 +255,7 @@ impl RowIter {
                     }));
                 }
                 None => {
-                    self.bytes_done += reader.input.get_ref().metadata().map_or(0, |m| m.len());
+                    self.bytes_done += reader.size;
                     self.current = None;
                 }
             }
@@ -199,6 +281,9 @@ impl FileReader {
             columns: Rc::from(Vec::new()),
             finders: Vec::new(),
             buf: Vec::new(),
+            chunks: None,
+            size: 0,
+            read: 0,
         };
         let header = match reader.next_raw()? {
             Some(_) => reader.parse()?,
@@ -225,6 +310,20 @@ impl FileReader {
             .map(|n| Finder::new(&n).into_owned())
             .collect();
         reader.columns = columns.into();
+        reader.size = reader.input.get_ref().metadata().map_or(0, |m| m.len());
+        if !reader.finders.is_empty() {
+            let leftover = reader.input.buffer().to_vec();
+            let header = reader.buf.len() as u64;
+            let file = reader
+                .input
+                .get_ref()
+                .try_clone()
+                .map_err(|source| HistoryError::Io {
+                    path: reader.path.to_path_buf(),
+                    source,
+                })?;
+            reader.chunks = Some(Chunks::new(file, &leftover, header, reader.finders.len()));
+        }
         Ok(reader)
     }
 
@@ -248,6 +347,7 @@ impl FileReader {
                     path: self.path.to_path_buf(),
                     source,
                 })?;
+            self.read += n as u64;
             if n == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
@@ -291,8 +391,79 @@ impl FileReader {
             .collect()
     }
 
+    /// The file offset read so far, for the progress bar.
+    fn done(&self) -> u64 {
+        match &self.chunks {
+            Some(chunks) => chunks.done(),
+            None => self.read,
+        }
+    }
+
+    /// The next record holding a needle, found by the chunked search, parsed.
+    fn next_hit(&mut self) -> Result<Option<Row>, HistoryError> {
+        let chunks = self.chunks.as_mut().expect("a search has chunks");
+        let (offset, record) = match chunks.next_hit(&self.finders) {
+            Ok(Some(hit)) => hit,
+            Ok(None) => return Ok(None),
+            Err(ChunkError::Io(source)) => {
+                return Err(HistoryError::Io {
+                    path: self.path.to_path_buf(),
+                    source,
+                });
+            }
+            Err(ChunkError::Truncated { offset }) => {
+                return Err(self.malformed(
+                    line_of(&self.path, offset),
+                    "the file ends in the middle of a record (a partial last line or an unclosed quote)",
+                ));
+            }
+        };
+        self.buf.clear();
+        self.buf.extend_from_slice(record);
+        let fields = self
+            .parse_fields()
+            .map_err(|reason| self.malformed(line_of(&self.path, offset), &reason))?;
+        Ok(Some(Row {
+            trail: Trail::Log,
+            columns: self.columns.clone(),
+            fields,
+            file: self.path.clone(),
+            line: 0,
+            offset: Some(offset),
+        }))
+    }
+
+    /// The fields of the record in `buf`, as many as the header's columns.
+    fn parse_fields(&self) -> Result<Vec<Option<String>>, String> {
+        let record = match Reader::new(&self.buf[..]).next_record() {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err("an empty record".into()),
+            Err(CsvError::Malformed { reason, .. }) => return Err(reason),
+            Err(CsvError::Io(e)) => return Err(e.to_string()),
+        };
+        if record.fields.len() != self.columns.len() {
+            return Err(format!(
+                "{} fields where the header has {} columns",
+                record.fields.len(),
+                self.columns.len()
+            ));
+        }
+        record
+            .fields
+            .into_iter()
+            .map(|f| {
+                f.map(String::from_utf8)
+                    .transpose()
+                    .map_err(|_| "a value is not UTF-8".to_string())
+            })
+            .collect()
+    }
+
     /// The next record holding a needle, parsed.
     fn next_candidate(&mut self) -> Result<Option<Row>, HistoryError> {
+        if self.chunks.is_some() {
+            return self.next_hit();
+        }
         while let Some(line) = self.next_raw()? {
             if !self.finders.is_empty() && !self.finders.iter().any(|f| f.find(&self.buf).is_some())
             {
@@ -315,13 +486,9 @@ impl FileReader {
                 fields,
                 file: self.path.clone(),
                 line,
+                offset: None,
             }));
         }
         Ok(None)
     }
-}
-
-/// The number of `"` in `bytes`, in a form the compiler vectorizes.
-fn quotes(bytes: &[u8]) -> usize {
-    bytes.iter().map(|&b| usize::from(b == b'"')).sum()
 }

@@ -1,0 +1,252 @@
+//! The fast path of a scan with needles: the file is read in large chunks and searched with
+//! memmem as a whole, and only around a hit are the record's bounds found; nothing else of the
+//! file is parsed. The bytes between hits are read once more, only to count their quotes: a
+//! newline ends a record only when the quotes before it (from a known record boundary) are
+//! balanced, so records whose quoted values hold newlines are found whole, as the slow path finds
+//! them.
+
+use std::fs::File;
+use std::io::{self, Read};
+
+use memchr::memmem::Finder;
+use memchr::{memchr, memrchr};
+
+const CHUNK: usize = 1 << 20;
+
+/// Why a chunked scan stopped.
+#[derive(Debug)]
+pub enum ChunkError {
+    Io(io::Error),
+    /// The file ends inside the record starting at this byte offset.
+    Truncated {
+        offset: u64,
+    },
+}
+
+/// A file read in chunks, from a record boundary on.
+pub struct Chunks {
+    file: File,
+    buf: Vec<u8>,
+    filled: usize,
+    /// A record boundary: everything before it is done.
+    cursor: usize,
+    /// Where the next search starts.
+    pos: usize,
+    /// The file offset of buf[0].
+    base: u64,
+    /// Per needle, its next hit in the buffer at or after `pos` (None: none), once searched.
+    next: Vec<Option<Option<usize>>>,
+    eof: bool,
+}
+
+impl Chunks {
+    /// Reads `file` on from offset `base`, whose first bytes `leftover` were already read.
+    pub fn new(file: File, leftover: &[u8], base: u64, needles: usize) -> Chunks {
+        let mut buf = vec![0; CHUNK.max(leftover.len() * 2)];
+        buf[..leftover.len()].copy_from_slice(leftover);
+        Chunks {
+            file,
+            buf,
+            filled: leftover.len(),
+            cursor: 0,
+            pos: 0,
+            base,
+            next: vec![None; needles],
+            eof: false,
+        }
+    }
+
+    /// The file offset up to which records are done (for progress).
+    pub fn done(&self) -> u64 {
+        self.base + self.cursor as u64
+    }
+
+    /// The next record holding one of the needles: its file offset and bytes (with its newline).
+    pub fn next_hit(&mut self, finders: &[Finder<'_>]) -> Result<Option<(u64, &[u8])>, ChunkError> {
+        loop {
+            match self.first_hit(finders) {
+                Some(hit) => {
+                    let start = self.record_start(hit);
+                    match self.record_end(start, hit) {
+                        Some(end) => {
+                            self.cursor = end;
+                            self.pos = end;
+                            return Ok(Some((self.base + start as u64, &self.buf[start..end])));
+                        }
+                        None => {
+                            if !self.refill(start)? {
+                                return Err(ChunkError::Truncated { offset: self.base });
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let keep = self.last_boundary();
+                    if !self.refill(keep)? {
+                        if self.filled > 0 {
+                            return Err(ChunkError::Truncated { offset: self.base });
+                        }
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first hit of any needle at or after `pos`.
+    fn first_hit(&mut self, finders: &[Finder<'_>]) -> Option<usize> {
+        let (pos, filled) = (self.pos, self.filled);
+        for (finder, next) in finders.iter().zip(&mut self.next) {
+            if next.is_none_or(|n| n.is_some_and(|at| at < pos)) {
+                *next = Some(finder.find(&self.buf[pos..filled]).map(|i| pos + i));
+            }
+        }
+        self.next.iter().filter_map(|n| n.flatten()).min()
+    }
+
+    /// The start of the record holding byte `hit`.
+    fn record_start(&self, hit: usize) -> usize {
+        let region = &self.buf[self.cursor..hit];
+        let mut start = memrchr(b'\n', region).map_or(0, |i| i + 1);
+        let mut parity = quotes(&region[..start]) & 1;
+        // A line that starts inside quotes continues a record that began on an earlier line.
+        while parity == 1 && start > 0 {
+            let previous = memrchr(b'\n', &region[..start - 1]).map_or(0, |i| i + 1);
+            parity ^= quotes(&region[previous..start]) & 1;
+            start = previous;
+        }
+        self.cursor + start
+    }
+
+    /// The end (past its newline) of the record starting at `start` and holding `hit`; None when
+    /// it goes on past the bytes read.
+    fn record_end(&self, start: usize, hit: usize) -> Option<usize> {
+        let mut parity = quotes(&self.buf[start..hit]) & 1;
+        let mut i = hit;
+        loop {
+            let newline = i + memchr(b'\n', &self.buf[i..self.filled])?;
+            parity ^= quotes(&self.buf[i..newline]) & 1;
+            if parity == 0 {
+                return Some(newline + 1);
+            }
+            i = newline + 1;
+        }
+    }
+
+    /// The last record boundary in the buffer: past the last newline outside quotes.
+    fn last_boundary(&self) -> usize {
+        let region = &self.buf[self.cursor..self.filled];
+        let mut parity = quotes(region) & 1;
+        let mut end = region.len();
+        while let Some(newline) = memrchr(b'\n', &region[..end]) {
+            parity ^= quotes(&region[newline + 1..end]) & 1;
+            if parity == 0 {
+                return self.cursor + newline + 1;
+            }
+            end = newline;
+        }
+        self.cursor
+    }
+
+    /// Keeps the bytes from `keep` on and reads more after them; false at the end of the file.
+    fn refill(&mut self, keep: usize) -> Result<bool, ChunkError> {
+        self.buf.copy_within(keep..self.filled, 0);
+        self.filled -= keep;
+        self.base += keep as u64;
+        self.cursor = 0;
+        self.pos = 0;
+        self.next.iter_mut().for_each(|n| *n = None);
+        if self.eof {
+            return Ok(false);
+        }
+        if self.filled == self.buf.len() {
+            // One record longer than the buffer: make room for it.
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        let before = self.filled;
+        while self.filled < self.buf.len() {
+            match self.file.read(&mut self.buf[self.filled..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => self.filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ChunkError::Io(e)),
+            }
+        }
+        Ok(self.filled > before)
+    }
+}
+
+/// The number of `"` in `bytes`, in a form the compiler vectorizes.
+pub fn quotes(bytes: &[u8]) -> usize {
+    bytes.iter().map(|&b| usize::from(b == b'"')).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn hits(text: &[u8], needle: &[u8], leftover: usize) -> Result<Vec<(u64, Vec<u8>)>, u64> {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&text[leftover..]).unwrap();
+        use std::io::Seek;
+        file.rewind().unwrap();
+        let mut chunks = Chunks::new(file, &text[..leftover], 0, 1);
+        let finders = [Finder::new(needle)];
+        let mut out = Vec::new();
+        loop {
+            match chunks.next_hit(&finders) {
+                Ok(Some((offset, record))) => out.push((offset, record.to_vec())),
+                Ok(None) => return Ok(out),
+                Err(ChunkError::Truncated { offset }) => return Err(offset),
+                Err(ChunkError::Io(e)) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn records_with_newlines_are_found_whole() {
+        let text = b"1,a\n2,\"x\nkey\n\"\"y\"\"\",b\n3,key\n4,c\n";
+        let found = hits(text, b"key", 0).unwrap();
+        assert_eq!(
+            found,
+            [
+                (4, b"2,\"x\nkey\n\"\"y\"\"\",b\n".to_vec()),
+                (22, b"3,key\n".to_vec())
+            ]
+        );
+        assert_eq!(hits(text, b"key", 7).unwrap(), found);
+        assert!(hits(text, b"none", 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_ending_inside_a_record_is_truncated() {
+        assert_eq!(hits(b"1,a\n2,key", b"key", 0), Err(4));
+        assert_eq!(hits(b"1,a\n2,\"x\n", b"zzz", 0), Err(4));
+    }
+
+    proptest::proptest! {
+        /// The chunked search finds the records the record-by-record reader finds.
+        #[test]
+        fn same_records_as_reading_them_one_by_one(rows in proptest::collection::vec(
+            proptest::collection::vec(proptest::option::of("[ab\"\n,]{0,5}"), 1..4), 0..30)) {
+            let mut bytes = Vec::new();
+            for row in &rows {
+                crate::sink::copy_csv::encode_row(&mut bytes, row.iter().map(|v| v.as_deref().map(str::as_bytes)));
+            }
+            let mut want = Vec::new();
+            let mut reader = crate::verify::csv_read::Reader::new(&bytes[..]);
+            let mut offset = 0u64;
+            while let Some(record) = reader.next_record().unwrap() {
+                if record.raw.windows(2).any(|w| w == b"ab") {
+                    want.push((offset, record.raw.clone()));
+                }
+                offset += record.raw.len() as u64;
+            }
+            proptest::prop_assert_eq!(hits(&bytes, b"ab", 0).unwrap(), want);
+        }
+    }
+}
