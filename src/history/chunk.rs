@@ -8,8 +8,34 @@
 use std::fs::File;
 use std::io::{self, Read};
 
+use aho_corasick::AhoCorasick;
 use memchr::memmem::Finder;
 use memchr::{memchr, memrchr};
+
+/// What a chunk is searched for: one needle by memmem, several in one pass by aho-corasick's SIMD
+/// searcher (two memmem passes would read every chunk twice).
+pub enum Searcher {
+    One(Box<Finder<'static>>),
+    Many(AhoCorasick),
+}
+
+impl Searcher {
+    /// None for no needles (every record is wanted: no search).
+    pub fn new(needles: &[Vec<u8>]) -> Option<Searcher> {
+        match needles {
+            [] => None,
+            [one] => Some(Searcher::One(Box::new(Finder::new(one).into_owned()))),
+            many => AhoCorasick::new(many).ok().map(Searcher::Many),
+        }
+    }
+
+    fn find(&self, haystack: &[u8]) -> Option<usize> {
+        match self {
+            Searcher::One(finder) => finder.find(haystack),
+            Searcher::Many(ac) => ac.find(haystack).map(|m| m.start()),
+        }
+    }
+}
 
 const CHUNK: usize = 1 << 20;
 
@@ -34,14 +60,13 @@ pub struct Chunks {
     pos: usize,
     /// The file offset of buf[0].
     base: u64,
-    /// Per needle, its next hit in the buffer at or after `pos` (None: none), once searched.
-    next: Vec<Option<Option<usize>>>,
+    searcher: Searcher,
     eof: bool,
 }
 
 impl Chunks {
     /// Reads `file` on from offset `base`, whose first bytes `leftover` were already read.
-    pub fn new(file: File, leftover: &[u8], base: u64, needles: usize) -> Chunks {
+    pub fn new(file: File, leftover: &[u8], base: u64, searcher: Searcher) -> Chunks {
         let mut buf = vec![0; CHUNK.max(leftover.len() * 2)];
         buf[..leftover.len()].copy_from_slice(leftover);
         Chunks {
@@ -51,7 +76,7 @@ impl Chunks {
             cursor: 0,
             pos: 0,
             base,
-            next: vec![None; needles],
+            searcher,
             eof: false,
         }
     }
@@ -62,9 +87,13 @@ impl Chunks {
     }
 
     /// The next record holding one of the needles: its file offset and bytes (with its newline).
-    pub fn next_hit(&mut self, finders: &[Finder<'_>]) -> Result<Option<(u64, &[u8])>, ChunkError> {
+    pub fn next_hit(&mut self) -> Result<Option<(u64, &[u8])>, ChunkError> {
         loop {
-            match self.first_hit(finders) {
+            let hit = self
+                .searcher
+                .find(&self.buf[self.pos..self.filled])
+                .map(|i| self.pos + i);
+            match hit {
                 Some(hit) => {
                     let start = self.record_start(hit);
                     match self.record_end(start, hit) {
@@ -91,17 +120,6 @@ impl Chunks {
                 }
             }
         }
-    }
-
-    /// The first hit of any needle at or after `pos`.
-    fn first_hit(&mut self, finders: &[Finder<'_>]) -> Option<usize> {
-        let (pos, filled) = (self.pos, self.filled);
-        for (finder, next) in finders.iter().zip(&mut self.next) {
-            if next.is_none_or(|n| n.is_some_and(|at| at < pos)) {
-                *next = Some(finder.find(&self.buf[pos..filled]).map(|i| pos + i));
-            }
-        }
-        self.next.iter().filter_map(|n| n.flatten()).min()
     }
 
     /// The start of the record holding byte `hit`.
@@ -155,7 +173,6 @@ impl Chunks {
         self.base += keep as u64;
         self.cursor = 0;
         self.pos = 0;
-        self.next.iter_mut().for_each(|n| *n = None);
         if self.eof {
             return Ok(false);
         }
@@ -194,11 +211,11 @@ mod tests {
         file.write_all(&text[leftover..]).unwrap();
         use std::io::Seek;
         file.rewind().unwrap();
-        let mut chunks = Chunks::new(file, &text[..leftover], 0, 1);
-        let finders = [Finder::new(needle)];
+        let searcher = Searcher::new(&[needle.to_vec(), b"\x00never".to_vec()]).unwrap();
+        let mut chunks = Chunks::new(file, &text[..leftover], 0, searcher);
         let mut out = Vec::new();
         loop {
-            match chunks.next_hit(&finders) {
+            match chunks.next_hit() {
                 Ok(Some((offset, record))) => out.push((offset, record.to_vec())),
                 Ok(None) => return Ok(out),
                 Err(ChunkError::Truncated { offset }) => return Err(offset),

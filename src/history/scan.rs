@@ -13,10 +13,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use chrono::NaiveDate;
-use memchr::memmem::Finder;
 
 use super::HistoryError;
-use super::chunk::{ChunkError, Chunks, quotes};
+use super::chunk::{ChunkError, Chunks, Searcher, quotes};
 use crate::verify::csv_read::{CsvError, Reader};
 
 /// The two trails audit-tail streams.
@@ -193,7 +192,6 @@ struct FileReader {
     input: BufReader<File>,
     line: usize,
     columns: Rc<[String]>,
-    finders: Vec<Finder<'static>>,
     buf: Vec<u8>,
     /// With needles: the chunked search, past the header.
     chunks: Option<Chunks>,
@@ -279,7 +277,6 @@ impl FileReader {
             input: BufReader::with_capacity(256 * 1024, file),
             line: 1,
             columns: Rc::from(Vec::new()),
-            finders: Vec::new(),
             buf: Vec::new(),
             chunks: None,
             size: 0,
@@ -305,13 +302,10 @@ impl FileReader {
                 &format!("the header has no column {missing}: this is not a stream file of {schema}.{table}"),
             ));
         }
-        reader.finders = needles(day, &columns)
-            .into_iter()
-            .map(|n| Finder::new(&n).into_owned())
-            .collect();
+        let needles = needles(day, &columns);
         reader.columns = columns.into();
         reader.size = reader.input.get_ref().metadata().map_or(0, |m| m.len());
-        if !reader.finders.is_empty() {
+        if let Some(searcher) = Searcher::new(&needles) {
             let leftover = reader.input.buffer().to_vec();
             let header = reader.buf.len() as u64;
             let file = reader
@@ -322,7 +316,7 @@ impl FileReader {
                     path: reader.path.to_path_buf(),
                     source,
                 })?;
-            reader.chunks = Some(Chunks::new(file, &leftover, header, reader.finders.len()));
+            reader.chunks = Some(Chunks::new(file, &leftover, header, searcher));
         }
         Ok(reader)
     }
@@ -402,7 +396,7 @@ impl FileReader {
     /// The next record holding a needle, found by the chunked search, parsed.
     fn next_hit(&mut self) -> Result<Option<Row>, HistoryError> {
         let chunks = self.chunks.as_mut().expect("a search has chunks");
-        let (offset, record) = match chunks.next_hit(&self.finders) {
+        let (offset, record) = match chunks.next_hit() {
             Ok(Some(hit)) => hit,
             Ok(None) => return Ok(None),
             Err(ChunkError::Io(source)) => {
@@ -459,36 +453,32 @@ impl FileReader {
             .collect()
     }
 
-    /// The next record holding a needle, parsed.
+    /// The next record holding a needle (every record when there are none), parsed.
     fn next_candidate(&mut self) -> Result<Option<Row>, HistoryError> {
         if self.chunks.is_some() {
             return self.next_hit();
         }
-        while let Some(line) = self.next_raw()? {
-            if !self.finders.is_empty() && !self.finders.iter().any(|f| f.find(&self.buf).is_some())
-            {
-                continue;
-            }
-            let fields = self.parse()?;
-            if fields.len() != self.columns.len() {
-                return Err(self.malformed(
-                    line,
-                    &format!(
-                        "{} fields where the header has {} columns",
-                        fields.len(),
-                        self.columns.len()
-                    ),
-                ));
-            }
-            return Ok(Some(Row {
-                trail: Trail::Log,
-                columns: self.columns.clone(),
-                fields,
-                file: self.path.clone(),
+        let Some(line) = self.next_raw()? else {
+            return Ok(None);
+        };
+        let fields = self.parse()?;
+        if fields.len() != self.columns.len() {
+            return Err(self.malformed(
                 line,
-                offset: None,
-            }));
+                &format!(
+                    "{} fields where the header has {} columns",
+                    fields.len(),
+                    self.columns.len()
+                ),
+            ));
         }
-        Ok(None)
+        Ok(Some(Row {
+            trail: Trail::Log,
+            columns: self.columns.clone(),
+            fields,
+            file: self.path.clone(),
+            line,
+            offset: None,
+        }))
     }
 }
