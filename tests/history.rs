@@ -248,6 +248,16 @@ async fn both_copies_flag_the_row_a_superuser_edited() {
         "{stdout}"
     );
     assert!(stdout.contains("by mallory"), "the files' answer: {stdout}");
+    // A state at a moment stays one JSON line; the flag goes to stderr.
+    let (code, stdout, stderr) = both(&["history", "acct", "1", "--at", "now", "--format", "json"]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (Some(1), "{\"id\":1,\"owner\":\"mallory\"}\n")
+    );
+    assert!(
+        stderr.contains(&format!("DIFFERS audit.log id {edited}: actor")),
+        "{stderr}"
+    );
     let (code, stdout, _) = both(&["history", "acct", "2"]);
     assert_eq!(code, Some(0), "the other record agrees: {stdout}");
     // A row deleted from the log is in the files only; `log --both` names it, in JSON too.

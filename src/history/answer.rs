@@ -117,7 +117,7 @@ pub async fn history(
                 }
             };
             database.retain(|row| ask.relevant(row));
-            both::flag(&files, &database, &mut printer)?
+            both::flag(&files, &database, &mut printer, ask.at.is_some())?
         }
         _ => true,
     };
@@ -380,7 +380,7 @@ pub async fn log(
     let agree = match source {
         Source::Both(_) => {
             database.retain(|row| filter.matches(row));
-            both::flag(&kept, &database, &mut printer)?
+            both::flag(&kept, &database, &mut printer, false)?
         }
         _ => true,
     };

@@ -86,12 +86,13 @@ fn line(row: &Row) -> String {
     )
 }
 
-/// Prints the disagreements (text and JSON on stdout after the answer, CSV's on stderr); true
-/// when there are none.
+/// Prints the disagreements (text and JSON on stdout after the answer; on stderr for CSV, and
+/// after a state at a moment in JSON, which is exactly one line); true when there are none.
 pub fn flag<W: Write>(
     files: &[Row],
     database: &[Row],
     printer: &mut Printer<W>,
+    one_line: bool,
 ) -> Result<bool, HistoryError> {
     let flags = compare(files, database);
     for f in &flags {
@@ -117,6 +118,7 @@ pub fn flag<W: Write>(
             ),
         };
         match printer.format() {
+            Format::Json if one_line => eprintln!("audit-tail: {text}"),
             Format::Text => printer.line(&text)?,
             Format::Json => printer.line(
                 &json!({"differs": {"table": f.table, "id": f.id, "column": f.column,
