@@ -353,7 +353,7 @@ impl FileReader {
             }
             if self.buf.ends_with(b"\n") {
                 self.line += 1;
-                if quotes(&self.buf).is_multiple_of(2) {
+                if quotes(&self.buf) == 0 {
                     return Ok(Some(start));
                 }
             }
