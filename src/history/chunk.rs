@@ -8,32 +8,46 @@
 use std::fs::File;
 use std::io::{self, Read};
 
-use aho_corasick::AhoCorasick;
 use memchr::memmem::Finder;
 use memchr::{memchr, memrchr};
 
-/// What a chunk is searched for: one needle by memmem, several in one pass by aho-corasick's SIMD
-/// searcher (two memmem passes would read every chunk twice).
-pub enum Searcher {
-    One(Box<Finder<'static>>),
-    Many(AhoCorasick),
+/// What a chunk is searched for: each needle by memmem over the whole chunk, its next hit kept
+/// until the scan passes it, so that each chunk is searched once per needle. (aho-corasick's
+/// one-pass search was slower here: the key's first bytes, `{""`, begin every JSON cell.)
+pub struct Searcher {
+    finders: Vec<Finder<'static>>,
+    /// Per needle, its next hit at or after the position last asked (None: none in the chunk).
+    next: Vec<Option<Option<usize>>>,
 }
 
 impl Searcher {
     /// None for no needles (every record is wanted: no search).
     pub fn new(needles: &[Vec<u8>]) -> Option<Searcher> {
-        match needles {
-            [] => None,
-            [one] => Some(Searcher::One(Box::new(Finder::new(one).into_owned()))),
-            many => AhoCorasick::new(many).ok().map(Searcher::Many),
+        if needles.is_empty() {
+            return None;
         }
+        Some(Searcher {
+            finders: needles
+                .iter()
+                .map(|n| Finder::new(n).into_owned())
+                .collect(),
+            next: vec![None; needles.len()],
+        })
     }
 
-    fn find(&self, haystack: &[u8]) -> Option<usize> {
-        match self {
-            Searcher::One(finder) => finder.find(haystack),
-            Searcher::Many(ac) => ac.find(haystack).map(|m| m.start()),
+    /// The first hit at or after `pos` in `chunk`.
+    fn find(&mut self, chunk: &[u8], pos: usize) -> Option<usize> {
+        for (finder, next) in self.finders.iter().zip(&mut self.next) {
+            if next.is_none_or(|n| n.is_some_and(|at| at < pos)) {
+                *next = Some(finder.find(&chunk[pos..]).map(|i| pos + i));
+            }
         }
+        self.next.iter().filter_map(|n| n.flatten()).min()
+    }
+
+    /// A new chunk: what was found in the last one no longer holds.
+    fn reset(&mut self) {
+        self.next.iter_mut().for_each(|n| *n = None);
     }
 }
 
@@ -89,10 +103,7 @@ impl Chunks {
     /// The next record holding one of the needles: its file offset and bytes (with its newline).
     pub fn next_hit(&mut self) -> Result<Option<(u64, &[u8])>, ChunkError> {
         loop {
-            let hit = self
-                .searcher
-                .find(&self.buf[self.pos..self.filled])
-                .map(|i| self.pos + i);
+            let hit = self.searcher.find(&self.buf[..self.filled], self.pos);
             match hit {
                 Some(hit) => {
                     let start = self.record_start(hit);
@@ -173,6 +184,7 @@ impl Chunks {
         self.base += keep as u64;
         self.cursor = 0;
         self.pos = 0;
+        self.searcher.reset();
         if self.eof {
             return Ok(false);
         }
