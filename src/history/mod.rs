@@ -12,6 +12,7 @@ mod chunk;
 mod db;
 pub mod filter;
 pub mod output;
+mod progress;
 pub mod rebuild;
 pub mod scan;
 pub mod stats;
