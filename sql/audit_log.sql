@@ -1070,3 +1070,13 @@ END
 $$;
 
 COMMIT;
+
+-- history and log --dsn (docs/history.md): one record's rows found through indexes, not a scan of
+-- the log. A record's rows by table and key (TRUNCATEs, whose key is NULL, through the same
+-- index), its rows under an older key by old_key (only UPDATEs that changed the key have one, so
+-- the index is partial and small), and one user's rows of users_audit. Plain CREATE INDEX on the
+-- parent, so the same statements hold when audit.log is partitioned by day.
+CREATE INDEX IF NOT EXISTS log_record_idx ON audit.log (schema_name, table_name, key);
+CREATE INDEX IF NOT EXISTS log_old_key_idx ON audit.log (schema_name, table_name, old_key)
+    WHERE old_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS users_audit_user_id_idx ON users_audit (user_id);

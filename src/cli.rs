@@ -204,6 +204,165 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Every change of one record, oldest first, or with --at the record as it was at a moment,
+    /// from the stream's files (docs/history.md).
+    History {
+        /// The table: `users` (its trail is users_audit) or a table tracked into audit.log, as
+        /// SCHEMA.TABLE (schema public when left out).
+        #[arg(value_name = "TABLE")]
+        table: String,
+        /// The record's primary key: `3`, `a,b` for a composite key (in the order the log prints
+        /// the key), or JSON such as '{"order_id": 7, "n": 2}'.
+        #[arg(value_name = "KEY")]
+        key: String,
+        /// The record as it was at this moment (one object, or nothing/`null` if it did not
+        /// exist then).
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Only the changes of this field (with --at: only this field).
+        #[arg(long, value_name = "FIELD")]
+        field: Option<String>,
+        #[command(flatten)]
+        query: QueryArgs,
+    },
+    /// The trail's changes that match every filter given, oldest first, from the stream's files
+    /// (docs/history.md).
+    Log {
+        /// Only this table: `users` or SCHEMA.TABLE.
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
+        /// Only the changes made by this actor (audit.actor, else the session user).
+        #[arg(long, value_name = "ACTOR")]
+        actor: Option<String>,
+        /// Only this operation.
+        #[arg(long, value_enum, value_name = "OP")]
+        op: Option<OpArg>,
+        /// Only the changes of this field (column).
+        #[arg(long, value_name = "FIELD")]
+        field: Option<String>,
+        /// Only the changes whose reason (audit.reason) contains this text.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Only the changes of this request (audit.request_id).
+        #[arg(long, value_name = "ID")]
+        request_id: Option<String>,
+        /// Count the matching changes instead of listing them, by --by.
+        #[arg(long)]
+        stats: bool,
+        /// What --stats counts by: actor, table, op, hour, or several (actor,hour finds bursts).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "table,op",
+            value_name = "actor|table|op|hour,..."
+        )]
+        by: Vec<ByArg>,
+        /// With --stats: only the groups of at least N changes.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        min: u64,
+        #[command(flatten)]
+        query: QueryArgs,
+    },
+}
+
+/// What `history` and `log` share: the time window, the source and the output.
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    /// Only changes at or after TIME: ISO 8601 with or without zone, psql's text
+    /// (2026-11-23 14:05:01.5+00), or relative (2h, 30min, 3d, yesterday).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only changes at or before TIME (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// The stream's out-dir, whose files are read.
+    #[arg(long, default_value = "./audit-stream")]
+    pub out_dir: PathBuf,
+    /// Ask the database instead of the files: audit.log and users_audit, through their indexes
+    /// (libpq URL or key=value string; AUDIT_TAIL_DSN is not used here, the files are the
+    /// default source).
+    #[arg(long, value_name = "CONNINFO")]
+    pub dsn: Option<String>,
+    /// Read both the files and the database (--dsn, else the PG* variables) and flag every row on
+    /// which they disagree; exit 1 when any does.
+    #[arg(long)]
+    pub both: bool,
+    /// The zone of the trail's changed_at (the server's TimeZone): times given with a zone, and
+    /// relative ones, are converted to it. `local` or an IANA name such as UTC.
+    #[arg(long, default_value = "local", value_name = "ZONE")]
+    pub tz: String,
+    /// text for people, json (JSON Lines) or csv for programs.
+    #[arg(long, value_enum, default_value_t = QueryFormatArg::Text)]
+    pub format: QueryFormatArg,
+}
+
+/// `history --format`, `log --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueryFormatArg {
+    Text,
+    Json,
+    Csv,
+}
+
+/// `log --by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ByArg {
+    Actor,
+    Table,
+    Op,
+    Hour,
+}
+
+impl From<ByArg> for crate::history::stats::By {
+    fn from(b: ByArg) -> Self {
+        use crate::history::stats::By;
+        match b {
+            ByArg::Actor => By::Actor,
+            ByArg::Table => By::Table,
+            ByArg::Op => By::Op,
+            ByArg::Hour => By::Hour,
+        }
+    }
+}
+
+/// `log --op`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OpArg {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl OpArg {
+    /// As the log writes it.
+    pub fn as_op(self) -> &'static str {
+        match self {
+            OpArg::Insert => "INSERT",
+            OpArg::Update => "UPDATE",
+            OpArg::Delete => "DELETE",
+            OpArg::Truncate => "TRUNCATE",
+        }
+    }
+}
+
+impl QueryArgs {
+    /// The plain settings of src/history.
+    pub fn common(&self) -> Result<crate::history::Common, crate::history::HistoryError> {
+        use crate::history::{Common, Format, HistoryError, Zone};
+        Ok(Common {
+            out_dir: self.out_dir.clone(),
+            format: match self.format {
+                QueryFormatArg::Text => Format::Text,
+                QueryFormatArg::Json => Format::Json,
+                QueryFormatArg::Csv => Format::Csv,
+            },
+            zone: Zone::parse(&self.tz).map_err(HistoryError::BadTime)?,
+            since: self.since.clone(),
+            until: self.until.clone(),
+        })
+    }
 }
 
 /// `--format`.

@@ -345,6 +345,7 @@ impl Classify for crate::Error {
             Error::Verify(e) => e.kind(),
             Error::Status(e) => e.kind(),
             Error::Integrity(e) => integrity(e),
+            Error::History(e) => e.kind(),
             Error::Io { .. } | Error::Output(_) => Kind::Io,
             Error::Internal(_) => Kind::Internal,
             Error::Metrics(e) => e.kind(),
@@ -360,6 +361,22 @@ impl Classify for crate::metrics::MetricsError {
             MetricsError::Bind { .. } => Kind::Usage,
             MetricsError::Thread(_) => Kind::Io,
             MetricsError::Twice => Kind::Internal,
+        }
+    }
+}
+
+impl Classify for crate::history::HistoryError {
+    fn kind(&self) -> Kind {
+        use crate::history::HistoryError;
+        match self {
+            HistoryError::BadTime(_)
+            | HistoryError::BadKey(_)
+            | HistoryError::BadTable(_)
+            | HistoryError::UnknownTable { .. }
+            | HistoryError::NoOutDir(_)
+            | HistoryError::Malformed { .. } => Kind::Usage,
+            HistoryError::Io { .. } | HistoryError::Output(_) => Kind::Io,
+            HistoryError::Sql(e) => e.kind(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod durable;
 pub mod error;
 pub mod gaps;
 pub mod integrity;
+pub mod history;
 pub mod latency;
 pub mod layout;
 pub mod lsn;
@@ -46,6 +47,8 @@ pub enum Error {
     Status(#[from] status::StatusError),
     #[error(transparent)]
     Integrity(#[from] integrity::IntegrityError),
+    #[error(transparent)]
+    History(history::HistoryError),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -39,6 +39,57 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<ExitCode, Error> {
     let env = |name: &str| std::env::var(name).ok();
     match command {
+        Command::History {
+            table,
+            key,
+            at,
+            field,
+            query: query_args,
+        } => {
+            let query = audit_tail::history::HistoryQuery {
+                table,
+                key,
+                at,
+                field,
+                common: query_args.common()?,
+            };
+            let source = history_source(&query_args, &env).await?;
+            let found =
+                audit_tail::history::history(&query, &source, std::io::stdout().lock()).await?;
+            Ok(found_code(found))
+        }
+        Command::Log {
+            table,
+            actor,
+            op,
+            field,
+            reason,
+            request_id,
+            stats,
+            by,
+            min,
+            query,
+        } => {
+            let filters = audit_tail::history::LogQuery {
+                table,
+                actor,
+                op: op.map(|op| op.as_op().to_string()),
+                field,
+                reason,
+                request_id,
+                stats: stats.then(|| by.into_iter().map(Into::into).collect()),
+                min,
+            };
+            let source = history_source(&query, &env).await?;
+            let found = audit_tail::history::log(
+                &filters,
+                &query.common()?,
+                &source,
+                std::io::stdout().lock(),
+            )
+            .await?;
+            Ok(found_code(found))
+        }
         Command::Demo { keep } => {
             audit_tail::demo::run(keep).await?;
             Ok(ExitCode::SUCCESS)
@@ -209,6 +260,33 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             audit_tail::stream::run(config, shutdown, std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Where `history` and `log` read: the files, unless --dsn or --both.
+async fn history_source(
+    query: &audit_tail::cli::QueryArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<audit_tail::history::Source, Error> {
+    use audit_tail::history::Source;
+    if query.dsn.is_none() && !query.both {
+        return Ok(Source::Files);
+    }
+    let params = ConnParams::resolve(query.dsn.as_deref(), env)?;
+    let client = sql::connect_params(&params).await?;
+    Ok(if query.both {
+        Source::Both(client)
+    } else {
+        Source::Database(client)
+    })
+}
+
+/// 0 when a question found something, 1 when nothing matched.
+fn found_code(found: bool) -> ExitCode {
+    if found {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
