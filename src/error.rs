@@ -318,6 +318,16 @@ impl Classify for StatusError {
     }
 }
 
+/// `track`, `untrack`, `tracked`: a database without the log, or a table named with the wrong
+/// case, is input to correct (exit 2); the server's own refusals keep their kind.
+fn track(error: &crate::track::TrackError) -> Kind {
+    use crate::track::TrackError;
+    match error {
+        TrackError::NotInstalled { .. } | TrackError::Case { .. } => Kind::Usage,
+        TrackError::Sql(e) => e.kind(),
+    }
+}
+
 impl Classify for ClusterError {
     fn kind(&self) -> Kind {
         match self {
@@ -345,6 +355,7 @@ impl Classify for crate::Error {
             Error::Verify(e) => e.kind(),
             Error::Status(e) => e.kind(),
             Error::Integrity(e) => integrity(e),
+            Error::Track(e) => track(e),
             Error::Io { .. } | Error::Output(_) => Kind::Io,
             Error::Internal(_) => Kind::Internal,
         }

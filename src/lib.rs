@@ -45,6 +45,8 @@ pub enum Error {
     Status(#[from] status::StatusError),
     #[error(transparent)]
     Integrity(#[from] integrity::IntegrityError),
+    #[error(transparent)]
+    Track(#[from] track::TrackError),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -1,0 +1,83 @@
+//! Messages of the commands a new user meets first (a trial as a DBA new to audit-tail found
+//! them confusing): each says what is wrong in the user's terms and what to do, with the exit
+//! code of docs/operations.md ("Exit codes").
+
+mod common;
+
+use common::{TestDb, install_audit_log, run_audit_tail};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_case_name_written_unquoted_gets_the_quoted_form_to_use() {
+    let db = TestDb::new("cli_case");
+    install_audit_log(&db);
+    db.psql(
+        "CREATE SCHEMA \"Sales\"; \
+         CREATE TABLE \"Sales\".\"OrderLine\" (id int PRIMARY KEY, qty int)",
+    );
+    let dsn = db.cluster.conninfo(&db.name);
+    let (code, _, err) = run_audit_tail(&["track", "Sales.OrderLine", "--dsn", &dsn]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("schema \"sales\" does not exist"), "{err}");
+    assert!(err.contains("folded to lower case"), "{err}");
+    assert!(err.contains("'\"Sales\".\"OrderLine\"'"), "{err}");
+    // The quoted form it shows works.
+    let (code, out, err) = run_audit_tail(&["track", "\"Sales\".\"OrderLine\"", "--dsn", &dsn]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("is tracked"), "{out}");
+    // The schema right but the table's case wrong: the same help, for untrack too.
+    let (code, _, err) = run_audit_tail(&["untrack", "\"Sales\".orderline", "--dsn", &dsn]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("audit-tail untrack '\"Sales\".\"OrderLine\"'"),
+        "{err}"
+    );
+    // A name that matches nothing, in any case, keeps the server's words and exit 1.
+    let (code, _, err) = run_audit_tail(&["track", "Sales.Nothing", "--dsn", &dsn]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains("folded"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_commands_in_a_database_without_the_log_say_to_run_setup() {
+    let db = TestDb::new("cli_nolog");
+    db.psql("CREATE TABLE orders (id int PRIMARY KEY)");
+    let dsn = db.cluster.conninfo(&db.name);
+    for args in [
+        vec!["tracked"],
+        vec!["track", "orders"],
+        vec!["untrack", "orders"],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--dsn", &dsn]);
+        let (code, out, err) = run_audit_tail(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(
+            err.contains("is not installed in database")
+                && err.contains(&db.name)
+                && err.contains("audit-tail setup --dsn"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("does not exist"), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn untrack_of_a_table_not_tracked_says_so_and_exits_1() {
+    let db = TestDb::new("cli_untrack");
+    install_audit_log(&db);
+    db.psql("CREATE TABLE orders (id int PRIMARY KEY)");
+    let dsn = db.cluster.conninfo(&db.name);
+    let (code, out, err) = run_audit_tail(&["untrack", "orders", "--dsn", &dsn]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("orders is not tracked, nothing to untrack"),
+        "{err}"
+    );
+    let (code, _, err) = run_audit_tail(&["track", "orders", "--dsn", &dsn]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = run_audit_tail(&["untrack", "orders", "--dsn", &dsn]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("orders is no longer tracked"), "{out}");
+}
