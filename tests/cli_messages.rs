@@ -81,3 +81,29 @@ async fn untrack_of_a_table_not_tracked_says_so_and_exits_1() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("orders is no longer tracked"), "{out}");
 }
+
+/// No test of this binary creates pg_cron's extension in the cron database (postgres), so there
+/// the schema cron is missing, as on a server where pg_cron was only preloaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_says_pg_cron_needs_its_extension_and_retention_in_a_sentence() {
+    let db = TestDb::new("cli_status");
+    if !db.cluster.has_pg_cron() {
+        panic!("pg_cron is not installed: scripts/install-deps installs it");
+    }
+    install_audit_log(&db);
+    db.psql("UPDATE audit.log_settings SET retention = '30 days'");
+    let dsn = db.cluster.conninfo(&db.name);
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().to_str().unwrap();
+    let (code, text, err) = run_audit_tail(&["status", "--dsn", &dsn, "--out-dir", out]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        text.contains("CREATE EXTENSION pg_cron; in \"postgres\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("retention 30 days: no day is older than that yet"),
+        "{text}"
+    );
+    assert!(!text.contains("would keep none"), "{text}");
+}
