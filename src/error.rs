@@ -284,6 +284,8 @@ impl Classify for VerifyError {
             | VerifyError::Content { .. }
             | VerifyError::Read { .. }
             | VerifyError::NoStream { .. }
+            | VerifyError::NoStreamOf { .. }
+            | VerifyError::OtherDatabase { .. }
             | VerifyError::WrongDay { .. } => Kind::Usage,
             // The out-dir's own records, as malformed input to correct (docs: "an input is
             // missing or malformed"), unless reading them failed.

@@ -107,3 +107,77 @@ async fn status_says_pg_cron_needs_its_extension_and_retention_in_a_sentence() {
     );
     assert!(!text.contains("would keep none"), "{text}");
 }
+
+/// The stream started today, so today is only partly covered; users_audit had no change (no file
+/// of today), the log had two. verify still compares the log, and its refusal names the table
+/// and the file it lacks, not only users_audit_stream_D.csv.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_of_a_partly_covered_day_compares_the_log_and_names_the_missing_file() {
+    let db = TestDb::new("cli_verify_part");
+    install_audit_log(&db);
+    db.psql("CREATE TABLE orders (id int PRIMARY KEY, qty int); SELECT audit.track('orders')");
+    let out = tempfile::tempdir().unwrap();
+    common::catch_up(&db, out.path());
+    db.psql("INSERT INTO orders VALUES (1, 1), (2, 2)");
+    common::catch_up(&db, out.path());
+    let today = db.psql("SELECT current_date").trim().to_string();
+    let (code, stdout, stderr) = common::verify(&db, out.path(), &["--date", &today]);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    let day = today.replace('-', "");
+    assert!(
+        stderr.contains("of public.users_audit (")
+            && stderr.contains(&format!("users_audit_stream_{day}.csv does not exist")),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .contains("audit.log was compared: its nightly export and live stream agree (2 rows)"),
+        "{stderr}"
+    );
+}
+
+/// Two databases export to one directory, so the second's files carry its name
+/// (install.sql's export_name). verify --nightly with the second's file and the first's out-dir
+/// names the mix-up instead of reporting every row as different.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_names_another_database_s_export_file() {
+    let shop = TestDb::new("cli_shop");
+    let billing = TestDb::new("cli_billing");
+    let dir = shop.install();
+    let set = format!("SET audit.export_dir = '{}'", dir.display());
+    let out = billing.install_with_psql(&["-c", &set]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stream = tempfile::tempdir().unwrap();
+    common::catch_up(&shop, stream.path());
+    shop.psql("INSERT INTO users (name, email, role) VALUES ('a', 'a@x', 'user'); UPDATE users SET role = 'admin'");
+    billing.psql("INSERT INTO users (name, email, role) VALUES ('b', 'b@x', 'user'); UPDATE users SET role = 'admin'");
+    common::catch_up(&shop, stream.path());
+    let today = shop.psql("SELECT current_date").trim().to_string();
+    let theirs = billing.psql("SELECT export_audit_data(current_date)");
+    let theirs = theirs.trim();
+    assert!(theirs.contains(&billing.name), "{theirs}");
+    let (code, stdout, stderr) = common::verify(
+        &shop,
+        stream.path(),
+        &["--date", &today, "--nightly", theirs],
+    );
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(!stdout.contains("DIFFER"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("is the export of database \"{}\"", billing.name))
+            && stderr.contains(&format!("of database \"{}\"", shop.name)),
+        "{stderr}"
+    );
+    // Its own export is compared as ever.
+    let ours = shop.psql("SELECT export_audit_data(current_date)");
+    let (code, stdout, stderr) = common::verify(
+        &shop,
+        stream.path(),
+        &["--date", &today, "--nightly", ours.trim()],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}
