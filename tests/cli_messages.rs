@@ -181,3 +181,47 @@ async fn verify_names_another_database_s_export_file() {
     );
     assert_eq!(code, Some(0), "{stdout}{stderr}");
 }
+
+/// `audit-tail setup` with `env` added to its environment: exit code and stderr.
+fn setup_with_env(db: &TestDb, extra: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_audit-tail"))
+        .args(["setup", "--dsn", &db.cluster.conninfo(&db.name)])
+        .args(extra)
+        .env_remove("AUDIT_TAIL_DSN")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run audit-tail setup");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_takes_pgoptions_as_psql_does() {
+    let db = TestDb::new("cli_pgoptions");
+    let dir = db.export_dir();
+    let options = format!("-c audit.export_dir={}", dir.display());
+    let (code, err) = setup_with_env(&db, &[], &[("PGOPTIONS", &options)]);
+    assert_eq!(code, Some(0), "{err}");
+    let set = db.psql("SELECT export_dir FROM audit_settings");
+    assert_eq!(set.trim(), dir.to_str().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_setup_keeps_only_the_notices_that_say_something() {
+    let db = TestDb::new("cli_rerun");
+    let dir = db.export_dir();
+    let dir = dir.to_str().unwrap();
+    let (code, err) = setup_with_env(&db, &["--export-dir", dir], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = setup_with_env(&db, &[], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("already exists, skipping"), "{err}");
+    // The installer's own advice still reaches the user: this is not pg_cron's database.
+    assert!(err.contains("pg_cron keeps its jobs in database"), "{err}");
+    // With -v the skipped objects are there for whoever wants them.
+    let (code, err) = setup_with_env(&db, &["-v"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("already exists, skipping"), "{err}");
+}
