@@ -98,7 +98,8 @@ async fn case_hint(
     if !error.code().is_some_and(|c| NO_SUCH_NAME.contains(&c)) {
         return TrackError::Sql(error);
     }
-    // parse_ident folds unquoted parts as the server did; compare each part without case.
+    // parse_ident folds unquoted parts as the server did; compare each part without case, and
+    // keep only the tables that differ from it in case (not one of the same name elsewhere).
     let found = client
         .query(
             "WITH p AS (SELECT parse_ident($1, false) AS parts) \
@@ -107,6 +108,8 @@ async fn case_hint(
              WHERE c.relkind IN ('r', 'p') \
                AND lower(c.relname) = lower(parts[cardinality(parts)]) \
                AND (cardinality(parts) = 1 OR lower(n.nspname) = lower(parts[cardinality(parts) - 1])) \
+               AND (c.relname <> parts[cardinality(parts)] \
+                    OR (cardinality(parts) > 1 AND n.nspname <> parts[cardinality(parts) - 1])) \
                AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
              ORDER BY 1 LIMIT 5",
             &[&table],

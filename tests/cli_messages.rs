@@ -31,9 +31,15 @@ async fn a_mixed_case_name_written_unquoted_gets_the_quoted_form_to_use() {
         err.contains("audit-tail untrack '\"Sales\".\"OrderLine\"'"),
         "{err}"
     );
-    // A name that matches nothing, in any case, keeps the server's words and exit 1.
+    // A name that matches nothing, in any case, keeps the server's words and exit 1; so does a
+    // table of the same name in a schema not on the search_path: case is not the mistake.
     let (code, _, err) = run_audit_tail(&["track", "Sales.Nothing", "--dsn", &dsn]);
     assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains("folded"), "{err}");
+    db.psql("CREATE SCHEMA shop; CREATE TABLE shop.orders (id int PRIMARY KEY)");
+    let (code, _, err) = run_audit_tail(&["track", "orders", "--dsn", &dsn]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("\"orders\" does not exist"), "{err}");
     assert!(!err.contains("folded"), "{err}");
 }
 
