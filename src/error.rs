@@ -284,6 +284,8 @@ impl Classify for VerifyError {
             | VerifyError::Content { .. }
             | VerifyError::Read { .. }
             | VerifyError::NoStream { .. }
+            | VerifyError::NoStreamOf { .. }
+            | VerifyError::OtherDatabase { .. }
             | VerifyError::WrongDay { .. } => Kind::Usage,
             // The out-dir's own records, as malformed input to correct (docs: "an input is
             // missing or malformed"), unless reading them failed.
@@ -318,6 +320,16 @@ impl Classify for StatusError {
     }
 }
 
+/// `track`, `untrack`, `tracked`: a database without the log, or a table named with the wrong
+/// case, is input to correct (exit 2); the server's own refusals keep their kind.
+fn track(error: &crate::track::TrackError) -> Kind {
+    use crate::track::TrackError;
+    match error {
+        TrackError::NotInstalled { .. } | TrackError::Case { .. } => Kind::Usage,
+        TrackError::Sql(e) => e.kind(),
+    }
+}
+
 impl Classify for ClusterError {
     fn kind(&self) -> Kind {
         match self {
@@ -346,6 +358,7 @@ impl Classify for crate::Error {
             Error::Status(e) => e.kind(),
             Error::Integrity(e) => integrity(e),
             Error::History(e) => e.kind(),
+            Error::Track(e) => track(e),
             Error::Io { .. } | Error::Output(_) => Kind::Io,
             Error::Internal(_) => Kind::Internal,
             Error::Metrics(e) => e.kind(),

@@ -49,6 +49,8 @@ pub enum Error {
     Integrity(#[from] integrity::IntegrityError),
     #[error(transparent)]
     History(history::HistoryError),
+    #[error(transparent)]
+    Track(#[from] track::TrackError),
     #[error("{context}: {source}")]
     Io {
         context: String,

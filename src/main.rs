@@ -203,7 +203,12 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             if audit_tail::track::untrack(&params, &table).await? {
                 println!("{table} is no longer tracked (its rows in audit.log stay)");
             } else {
-                println!("{table} was not tracked");
+                // Nothing matched: exit 1, like verify's differences (docs/operations.md).
+                eprintln!(
+                    "audit-tail: {table} is not tracked, nothing to untrack \
+                     (audit-tail tracked lists the tracked tables)"
+                );
+                return Ok(ExitCode::FAILURE);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -119,6 +119,9 @@ where
     tokio::spawn(async move {
         while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
+                Ok(AsyncMessage::Notice(notice)) if is_skipping(notice.code().code()) => {
+                    tracing::debug!("{}", notice.message());
+                }
                 Ok(AsyncMessage::Notice(notice)) => {
                     let text = match notice.hint() {
                         Some(hint) => format!("{} (hint: {hint})", notice.message()),
@@ -137,6 +140,14 @@ where
             }
         }
     });
+}
+
+/// The SQLSTATEs of "... already exists, skipping", which a CREATE ... IF NOT EXISTS of a re-run
+/// of the install scripts sends for every object it keeps (a table, a role or other object, a
+/// schema, a column): they tell the user nothing, so they go to the debug log. Every other notice
+/// (the installer's hints among them) stays in the log.
+pub fn is_skipping(code: &str) -> bool {
+    matches!(code, "42P07" | "42710" | "42P06" | "42701")
 }
 
 /// Applies sql/install.sql, then sql/audit_log.sql, to the database `client` is connected to. `export_dir`, when given,

@@ -4,7 +4,9 @@
 //! Beside the flow, like `setup`: one ordinary SQL connection calls audit.track(),
 //! audit.untrack() or reads the view audit.tracked. The server decides everything (which tables
 //! can be tracked, which column names exist) and its refusals reach the user in its own words,
-//! through `SqlError`.
+//! through `SqlError`. Two refusals get words of ours: a database where the log is not installed
+//! (run setup there), and a table name whose unquoted parts the server folded to lower case
+//! while the catalog has them in mixed case (we show the quoted name to use).
 
 use std::fmt::Write as _;
 
@@ -36,11 +38,98 @@ pub struct Tracked {
     pub options: Options,
 }
 
+/// Why `track`, `untrack` or `tracked` could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackError {
+    /// The database has no audit.log: `setup` was not run there (or ran against another one).
+    #[error(
+        "the generic log (audit.log) is not installed in database \"{dbname}\" on the {target}: run `audit-tail setup --dsn ...` \
+         against this database first (it applies sql/install.sql and sql/audit_log.sql)"
+    )]
+    NotInstalled { dbname: String, target: String },
+    /// The name given does not exist as written, but does with other letter case.
+    #[error(
+        "{source}; unquoted names are folded to lower case: to name {}, quote it as in \
+         audit-tail {command} '{}'", .matches.join(" or "), .matches[0]
+    )]
+    Case {
+        command: &'static str,
+        /// The tables whose names equal the one given but for case, quoted as they must be.
+        matches: Vec<String>,
+        source: SqlError,
+    },
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+}
+
+/// Connects and checks that the generic log is installed in that database.
+async fn connect_installed(params: &ConnParams) -> Result<tokio_postgres::Client, TrackError> {
+    let client = sql::connect_params(params).await?;
+    let installed: bool = client
+        .query_one(
+            "SELECT to_regclass('audit.log') IS NOT NULL \
+                    AND to_regclass('audit.tracked') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| SqlError::new("could not look for audit.log", e))?
+        .get(0);
+    if !installed {
+        return Err(TrackError::NotInstalled {
+            dbname: params.dbname.clone(),
+            target: params.target(),
+        });
+    }
+    Ok(client)
+}
+
+/// SQLSTATEs of a name that does not exist: the schema (3F000) or the table (42P01).
+const NO_SUCH_NAME: [&str; 2] = ["3F000", "42P01"];
+
+/// When `error` says that `table` does not exist, the tables whose name matches it but for letter
+/// case, quoted (`"Sales"."OrderLine"`): the server folded an unquoted mixed-case name. The
+/// lookup never hides the server's error: when it fails, or finds nothing, the error stays.
+async fn case_hint(
+    client: &tokio_postgres::Client,
+    command: &'static str,
+    table: &str,
+    error: SqlError,
+) -> TrackError {
+    if !error.code().is_some_and(|c| NO_SUCH_NAME.contains(&c)) {
+        return TrackError::Sql(error);
+    }
+    // parse_ident folds unquoted parts as the server did; compare each part without case, and
+    // keep only the tables that differ from it in case (not one of the same name elsewhere).
+    let found = client
+        .query(
+            "WITH p AS (SELECT parse_ident($1, false) AS parts) \
+             SELECT format('%I.%I', n.nspname, c.relname) \
+             FROM p, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') \
+               AND lower(c.relname) = lower(parts[cardinality(parts)]) \
+               AND (cardinality(parts) = 1 OR lower(n.nspname) = lower(parts[cardinality(parts) - 1])) \
+               AND (c.relname <> parts[cardinality(parts)] \
+                    OR (cardinality(parts) > 1 AND n.nspname <> parts[cardinality(parts) - 1])) \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             ORDER BY 1 LIMIT 5",
+            &[&table],
+        )
+        .await;
+    match found {
+        Ok(rows) if !rows.is_empty() => TrackError::Case {
+            command,
+            matches: rows.iter().map(|r| r.get(0)).collect(),
+            source: error,
+        },
+        _ => TrackError::Sql(error),
+    }
+}
+
 /// Calls audit.track(table, only, ignore, redact, when): tracks `table` (`schema.table`, or a
 /// name the server's search_path finds), replacing the options of an earlier track.
-pub async fn track(params: &ConnParams, table: &str, options: &Options) -> Result<(), SqlError> {
-    let client = sql::connect_params(params).await?;
-    client
+pub async fn track(params: &ConnParams, table: &str, options: &Options) -> Result<(), TrackError> {
+    let client = connect_installed(params).await?;
+    let result = client
         .execute(
             "SELECT audit.track($1::text::regclass, $2, $3, $4, $5)",
             &[
@@ -51,24 +140,34 @@ pub async fn track(params: &ConnParams, table: &str, options: &Options) -> Resul
                 &options.when,
             ],
         )
-        .await
-        .map_err(|e| SqlError::new(format!("could not track {table}"), e))?;
-    Ok(())
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let error = SqlError::new(format!("could not track {table}"), e);
+            Err(case_hint(&client, "track", table, error).await)
+        }
+    }
 }
 
 /// Calls audit.untrack(table); returns whether the table was tracked.
-pub async fn untrack(params: &ConnParams, table: &str) -> Result<bool, SqlError> {
-    let client = sql::connect_params(params).await?;
-    let row = client
+pub async fn untrack(params: &ConnParams, table: &str) -> Result<bool, TrackError> {
+    let client = connect_installed(params).await?;
+    match client
         .query_one("SELECT audit.untrack($1::text::regclass)", &[&table])
         .await
-        .map_err(|e| SqlError::new(format!("could not untrack {table}"), e))?;
-    Ok(row.get(0))
+    {
+        Ok(row) => Ok(row.get(0)),
+        Err(e) => {
+            let error = SqlError::new(format!("could not untrack {table}"), e);
+            Err(case_hint(&client, "untrack", table, error).await)
+        }
+    }
 }
 
 /// The rows of audit.tracked, by table name.
-pub async fn tracked(params: &ConnParams) -> Result<Vec<Tracked>, SqlError> {
-    let client = sql::connect_params(params).await?;
+pub async fn tracked(params: &ConnParams) -> Result<Vec<Tracked>, TrackError> {
+    let client = connect_installed(params).await?;
     let rows = client
         .query(
             "SELECT \"table\", \"key\", \"only\", \"ignore\", redact, \"when\" \

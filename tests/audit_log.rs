@@ -575,9 +575,9 @@ async fn track_untrack_and_tracked_commands() {
     let (code, out, err) = run_audit_tail(&["untrack", "shop.orders", "--dsn", &dsn]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("shop.orders is no longer tracked"), "{out}");
-    let (code, out, err) = run_audit_tail(&["untrack", "shop.orders", "--dsn", &dsn]);
-    assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("shop.orders was not tracked"), "{out}");
+    let (code, _, err) = run_audit_tail(&["untrack", "shop.orders", "--dsn", &dsn]);
+    assert_eq!(code, Some(1), "nothing matched: {err}");
+    assert!(err.contains("shop.orders is not tracked"), "{err}");
     let (code, out, err) = run_audit_tail(&["tracked", "--dsn", &dsn]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("no table is tracked"), "{out}");

@@ -138,6 +138,21 @@ pub(super) async fn storage(client: &Client) -> Value {
     }
 }
 
+/// What retention would do, as a sentence: the days it would drop, the old days it would keep
+/// (with why), or that no day is old enough yet.
+fn retention_sentence(dropped: &[String], kept: &[String]) -> String {
+    match (dropped.is_empty(), kept.is_empty()) {
+        (true, true) => "no day is older than that yet, so nothing would be dropped".to_string(),
+        (false, true) => format!("would drop {}", dropped.join(", ")),
+        (true, false) => format!("would drop no day; would keep {}", kept.join(", ")),
+        (false, false) => format!(
+            "would drop {}; would keep {}",
+            dropped.join(", "),
+            kept.join(", ")
+        ),
+    }
+}
+
 /// `log partitions: 8 days (2026-11-25 .. 2026-12-02), 7 ahead; due: none`, then a line each for
 /// DEFAULT's rows (a warning) and retention.
 pub(super) fn render_storage(t: &mut String, v: &Value) {
@@ -204,18 +219,10 @@ pub(super) fn render_storage(t: &mut String, v: &Value) {
                     .collect::<Vec<_>>()
             };
             let (dropped, kept) = (verdict(true), verdict(false));
-            let list = |l: Vec<String>| {
-                if l.is_empty() {
-                    "none".to_string()
-                } else {
-                    l.join(", ")
-                }
-            };
             let _ = writeln!(
                 t,
-                "  retention {keep}: would drop {}; would keep {}",
-                list(dropped),
-                list(kept)
+                "  retention {keep}: {}",
+                retention_sentence(&dropped, &kept)
             );
         }
         _ => {

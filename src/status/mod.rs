@@ -184,6 +184,12 @@ async fn export_job(client: &Client, params: &ConnParams) -> Value {
             "reading cron.job in database \"{cron_db}\" was refused: {}",
             sql::describe(&e)
         )),
+        // pg_cron is loaded, but its extension (schema cron) was never created in its database.
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => json!({"database": cron_db,
+            "error": format!("pg_cron is loaded but its extension is not created in its database \
+                \"{cron_db}\", so no job can be scheduled: run CREATE EXTENSION pg_cron; in \
+                \"{cron_db}\" as a superuser, then schedule the export as audit-tail setup's \
+                NOTICE says ({})", sql::describe(&e))}),
         Err(e) => json!({"database": cron_db, "error": sql::describe(&e)}),
         Ok(rows) if rows.is_empty() => json!({"database": cron_db, "scheduled": false,
             "note": format!("no export job for database {database} visible to role {role} \

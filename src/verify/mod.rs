@@ -20,6 +20,7 @@
 //! days' stream files, so that only ids found nowhere are reported as in neither copy.
 
 pub mod csv_read;
+mod export_name;
 mod quiet;
 mod report;
 mod side;
@@ -93,6 +94,28 @@ pub enum VerifyError {
         date: NaiveDate,
         path: PathBuf,
         why: String,
+    },
+    #[error(
+        "{file} is the export of database \"{named}\" (its name says so), but the stream in \
+         the out-dir is of database \"{database}\": give that database's export (its name has \
+         \"{database}\" after users_audit_export_, or none when it was the first to export to \
+         the directory), or the out-dir of {named}'s stream; without --nightly verify reads the \
+         export of the --dsn database itself"
+    )]
+    OtherDatabase {
+        file: String,
+        named: String,
+        database: String,
+    },
+    /// Several tables, and the stream's file of the day of some is missing.
+    #[error(
+        "no stream file for {date} of {missing}; {compared}if the stream was down or behind, \
+         verify again once it has caught up (audit-tail status), else check --date and --out-dir"
+    )]
+    NoStreamOf {
+        date: NaiveDate,
+        missing: String,
+        compared: String,
     },
     #[error(
         "the nightly file holds rows of {found}, not {date}: check --date or the file ({file})"
@@ -190,6 +213,9 @@ pub async fn verify(
             // A nightly file is read first: one of another day is the likelier mistake to name.
             // Its header says whose export it is: users_audit's or audit.log's.
             let name = path.display().to_string();
+            if let Some(id) = state.as_ref().and_then(|c| c.identity.as_ref()) {
+                export_name::check_database(path, &id.database)?;
+            }
             let mut table = TableDesc::of_nightly_file(path, &name, out_dir)?;
             let files = stream_files(out_dir, &table, date)?;
             let buckets = bucket_count(path, &files, BUCKET_BYTES);
@@ -217,11 +243,22 @@ pub async fn verify(
             let mut tables = vec![TableDesc::from_catalog(&client, &params.dbname).await?];
             tables.extend(TableDesc::log_from_catalog(&client, &params.dbname).await?);
             let mut reports = Vec::with_capacity(tables.len());
+            let mut missing = Vec::new();
             for table in &tables {
                 let db = (&client, params.dbname.as_str());
-                reports.push(verify_table(db, table, date, out_dir, state.as_ref(), cells).await?);
+                match verify_table(db, table, date, out_dir, state.as_ref(), cells).await {
+                    Ok(report) => reports.push(report),
+                    // One table's copy missing does not stop the others' comparison.
+                    Err(VerifyError::NoStream { path, why, .. }) => {
+                        missing.push((format!("{}.{}", table.schema, table.name), path, why));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            Ok(Verification { reports })
+            if missing.is_empty() {
+                return Ok(Verification { reports });
+            }
+            Err(no_stream_of_tables(date, missing, &reports))
         }
     }
 }
@@ -368,6 +405,47 @@ fn no_stream(out_dir: &Path, table: &TableDesc, date: NaiveDate, why: &str) -> V
         date,
         path: out_dir.join(layout::file_name(&table.schema, &table.name, date, 1)),
         why: why.to_string(),
+    }
+}
+
+/// The day's copy of one or more tables is missing from the stream: the error names each table
+/// and its file. A single table (users_audit, the only one of most databases) keeps the error it
+/// always had; with several, the error also says how the others compared.
+fn no_stream_of_tables(
+    date: NaiveDate,
+    mut missing: Vec<(String, PathBuf, String)>,
+    compared: &[Report],
+) -> VerifyError {
+    if missing.len() == 1 && compared.is_empty() {
+        let (_, path, why) = missing.remove(0);
+        return VerifyError::NoStream { date, path, why };
+    }
+    let missing = missing
+        .iter()
+        .map(|(table, path, why)| format!("{table} ({} does not exist, and {why})", path.display()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let compared = compared
+        .iter()
+        .map(|r| {
+            if r.diff.agrees() {
+                format!(
+                    "{} was compared: its nightly export and live stream agree ({} rows); ",
+                    r.table, r.diff.matching
+                )
+            } else {
+                format!(
+                    "{} was compared: its nightly export and live stream DIFFER (verify again once \
+                     the stream has caught up to see how); ",
+                    r.table
+                )
+            }
+        })
+        .collect();
+    VerifyError::NoStreamOf {
+        date,
+        missing,
+        compared,
     }
 }
 

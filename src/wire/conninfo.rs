@@ -24,6 +24,7 @@ pub const KEYS: &[&str] = &[
     "sslcert",
     "sslkey",
     "channel_binding",
+    "options",
 ];
 
 /// Parses a connection string into (key, value) pairs in order.

@@ -4,7 +4,7 @@
 //! key=value pairs (`host=/var/run/postgresql dbname=app`), parsed by libpq's rules (`conninfo`).
 //! What it leaves out comes from a service (`service=`, PGSERVICE; pg_service.conf), then PGHOST,
 //! PGHOSTADDR, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGAPPNAME, PGCONNECT_TIMEOUT, PGSSLMODE,
-//! PGSSLROOTCERT, PGSSLCERT, PGSSLKEY, PGCHANNELBINDING and the password file (PGPASSFILE or
+//! PGSSLROOTCERT, PGSSLCERT, PGSSLKEY, PGCHANNELBINDING, PGOPTIONS and the password file (PGPASSFILE or
 //! ~/.pgpass), then libpq's defaults. sslmode=allow is refused rather than taken for prefer. The one result feeds both the replication connection (ours) and the SQL
 //! connection (tokio-postgres). Only the first host of a list is used.
 
@@ -72,6 +72,10 @@ pub struct ConnParams {
     pub application_name: String,
     pub connect_timeout: Duration,
     pub tls: TlsOptions,
+    /// libpq's `options` (PGOPTIONS): command-line options for the server session, such as
+    /// `-c audit.export_dir=/srv/exports`. Sent on the SQL connections (setup, verify, status...);
+    /// the replication connection pins its own session settings instead.
+    pub options: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +228,7 @@ impl ConnParams {
             application_name,
             connect_timeout,
             tls,
+            options: get("options", "PGOPTIONS"),
         };
         params.password = given("password").or_else(|| env("PGPASSWORD")).or_else(|| {
             let file = env("PGPASSFILE")
@@ -261,6 +266,9 @@ impl ConnParams {
             });
         if let Some(p) = &self.password {
             config.password(p);
+        }
+        if let Some(options) = &self.options {
+            config.options(options);
         }
         config
     }
@@ -544,6 +552,19 @@ mod tests {
             ("".into(), with(&[("PGSERVICE", "svc")]), |p| {
                 p.host == Host::Tcp("svc-host".into())
             }),
+            // options: the string, else PGOPTIONS (sent as the startup packet's options).
+            ("".into(), with(&[("PGOPTIONS", "-c a.b=1")]), |p| {
+                p.options.as_deref() == Some("-c a.b=1")
+            }),
+            (
+                "options='-c a.b=2'".into(),
+                with(&[("PGOPTIONS", "-c a.b=1")]),
+                |p| {
+                    p.options.as_deref() == Some("-c a.b=2")
+                        && p.sql_config().get_options() == Some("-c a.b=2")
+                },
+            ),
+            ("".into(), with(&[]), |p| p.options.is_none()),
         ];
         for (dsn, vars, check) in cases {
             let p = resolve(Some(&dsn), &vars).unwrap_or_else(|e| panic!("{dsn:?}: {e}"));
