@@ -270,6 +270,7 @@ DECLARE
     actor TEXT := coalesce(nullif(current_setting('audit.actor', true), ''), session_user);
     pending TEXT := coalesce(current_setting('audit.users_pending', true), '');
     remaining BIGINT;
+    nestloop TEXT;
 BEGIN
     IF pending LIKE 'set:%' THEN
         -- Logged already by the first call of this statement.
@@ -280,7 +281,11 @@ BEGIN
     IF NOT (pending LIKE 'row:%'
             AND substr(pending, 5) = (SELECT u.cmin::text FROM users u WHERE u.id = NEW.id LIMIT 1))
        AND EXISTS (SELECT FROM new_users OFFSET 1) THEN
-        -- The first call of a statement that updated several rows.
+        -- The first call of a statement that updated several rows. Its joins over the
+        -- transition tables must be hash joins: with a nested loop, a plan that PostgreSQL chose
+        -- for 160,000 rows took minutes. Set back before returning.
+        nestloop := current_setting('enable_nestloop');
+        PERFORM set_config('enable_nestloop', 'off', true);
         IF EXISTS (SELECT FROM pg_index i
                    WHERE i.indrelid = TG_RELID AND i.indisunique AND i.indimmediate AND i.indisvalid
                      AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL
@@ -311,10 +316,12 @@ BEGIN
                 ORDER BY p.ord, f.n
             )
             SELECT count(*) INTO remaining FROM pairs;
+            PERFORM set_config('enable_nestloop', nestloop, true);
             -- This call is one of them (its row passed the trigger's WHEN).
             PERFORM set_config('audit.users_pending', CASE WHEN remaining > 1 THEN 'set:' || (remaining - 1) ELSE '' END, true);
             RETURN NULL;
         END IF;
+        PERFORM set_config('enable_nestloop', nestloop, true);
         PERFORM set_config('audit.users_pending',
                            'row:' || (SELECT u.cmin::text FROM users u WHERE u.id = NEW.id LIMIT 1), true);
     END IF;
