@@ -276,6 +276,7 @@ DECLARE
     changed_rows BIGINT;
     plain BOOLEAN;
     nestloop TEXT;
+    jit TEXT;
 BEGIN
     IF TG_OP = 'UPDATE' AND current_setting('audit.row_path', true) = TG_RELID::text THEN
         PERFORM set_config('audit.row_path', '', true);
@@ -318,10 +319,12 @@ BEGIN
         FROM (SELECT to_jsonb(orw.*) AS j, row_number() OVER () AS ord FROM old_rows orw) AS r
         ORDER BY r.ord;
     ELSE
-        -- Hash joins over the transition tables, never a nested loop (see log_user_changes() in
-        -- install.sql); set back below.
+        -- Hash joins over the transition tables, never a nested loop, and no JIT (see
+        -- log_user_changes() in install.sql); set back below.
         nestloop := current_setting('enable_nestloop');
         PERFORM set_config('enable_nestloop', 'off', true);
+        jit := current_setting('jit');
+        PERFORM set_config('jit', 'off', true);
         WITH n AS MATERIALIZED (
             SELECT to_jsonb(nr.*) AS j, row_number() OVER () AS ord FROM new_rows nr
         ), o AS MATERIALIZED (
@@ -354,6 +357,7 @@ BEGIN
         )
         SELECT (SELECT count(*) FROM joined), (SELECT count(*) FROM n) INTO paired, changed_rows;
         PERFORM set_config('enable_nestloop', nestloop, true);
+        PERFORM set_config('jit', jit, true);
         IF paired <> changed_rows THEN
             -- A key changed without the UPDATE naming it (a BEFORE trigger changed it): such a
             -- row has no old row of its key. Never fail the application's write for it.

@@ -271,6 +271,7 @@ DECLARE
     pending TEXT := coalesce(current_setting('audit.users_pending', true), '');
     remaining BIGINT;
     nestloop TEXT;
+    jit TEXT;
 BEGIN
     IF pending LIKE 'set:%' THEN
         -- Logged already by the first call of this statement.
@@ -283,9 +284,12 @@ BEGIN
        AND EXISTS (SELECT FROM new_users OFFSET 1) THEN
         -- The first call of a statement that updated several rows. Its joins over the
         -- transition tables must be hash joins: with a nested loop, a plan that PostgreSQL chose
-        -- for 160,000 rows took minutes. Set back before returning.
+        -- for 160,000 rows took minutes. And no JIT, which the disabled nested loop's cost would
+        -- switch on (200 ms of compiling per statement). Both set back before returning.
         nestloop := current_setting('enable_nestloop');
         PERFORM set_config('enable_nestloop', 'off', true);
+        jit := current_setting('jit');
+        PERFORM set_config('jit', 'off', true);
         IF EXISTS (SELECT FROM pg_index i
                    WHERE i.indrelid = TG_RELID AND i.indisunique AND i.indimmediate AND i.indisvalid
                      AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL
@@ -317,11 +321,13 @@ BEGIN
             )
             SELECT count(*) INTO remaining FROM pairs;
             PERFORM set_config('enable_nestloop', nestloop, true);
+            PERFORM set_config('jit', jit, true);
             -- This call is one of them (its row passed the trigger's WHEN).
             PERFORM set_config('audit.users_pending', CASE WHEN remaining > 1 THEN 'set:' || (remaining - 1) ELSE '' END, true);
             RETURN NULL;
         END IF;
         PERFORM set_config('enable_nestloop', nestloop, true);
+        PERFORM set_config('jit', jit, true);
         PERFORM set_config('audit.users_pending',
                            'row:' || (SELECT u.cmin::text FROM users u WHERE u.id = NEW.id LIMIT 1), true);
     END IF;
