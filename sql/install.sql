@@ -248,19 +248,6 @@ $$;
 --
 -- SECURITY DEFINER: the trigger writes users_audit as its owner, so application roles need no
 -- privilege on users_audit at all and cannot forge or erase its rows.
---
--- A row trigger that sees the statement's transition tables (old_users, new_users). The rows of
--- a single-row UPDATE are logged from OLD and NEW, as always. For an UPDATE of several rows, the
--- first call (row triggers fire once the statement is done, when the transition tables are
--- complete) logs the rows of every changed user in one INSERT ... SELECT, old and new rows paired
--- by id, in the same order and with the same ids as one call per row would; it leaves in the
--- transaction-local setting audit.users_pending ('set:N') how many calls of this statement are
--- still to come, and those return at once. Pairing by id is right only when no id changed: it is
--- used only when users.id has a unique index checked at once (not deferrable), under which an
--- UPDATE that changes ids always leaves some new id that no old row had. Otherwise, or when that
--- happens, each call logs its own row from OLD and NEW ('row:<command id>' marks the statement),
--- exactly as a plain row trigger. No case raises an error: an audit trigger never makes the
--- application's write fail.
 CREATE OR REPLACE FUNCTION log_user_changes() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -268,69 +255,7 @@ SET search_path FROM CURRENT
 AS $$
 DECLARE
     actor TEXT := coalesce(nullif(current_setting('audit.actor', true), ''), session_user);
-    pending TEXT := coalesce(current_setting('audit.users_pending', true), '');
-    remaining BIGINT;
-    nestloop TEXT;
-    jit TEXT;
 BEGIN
-    IF pending LIKE 'set:%' THEN
-        -- Logged already by the first call of this statement.
-        remaining := substr(pending, 5)::bigint - 1;
-        PERFORM set_config('audit.users_pending', CASE WHEN remaining > 0 THEN 'set:' || remaining ELSE '' END, true);
-        RETURN NULL;
-    END IF;
-    IF NOT (pending LIKE 'row:%'
-            AND substr(pending, 5) = (SELECT u.cmin::text FROM users u WHERE u.id = NEW.id LIMIT 1))
-       AND EXISTS (SELECT FROM new_users OFFSET 1) THEN
-        -- The first call of a statement that updated several rows. Its joins over the
-        -- transition tables must be hash joins: with a nested loop, a plan that PostgreSQL chose
-        -- for 160,000 rows took minutes. And no JIT, which the disabled nested loop's cost would
-        -- switch on (200 ms of compiling per statement). Both set back before returning.
-        nestloop := current_setting('enable_nestloop');
-        PERFORM set_config('enable_nestloop', 'off', true);
-        jit := current_setting('jit');
-        PERFORM set_config('jit', 'off', true);
-        IF EXISTS (SELECT FROM pg_index i
-                   WHERE i.indrelid = TG_RELID AND i.indisunique AND i.indimmediate AND i.indisvalid
-                     AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL
-                     AND i.indkey[0] = (SELECT attnum FROM pg_attribute
-                                        WHERE attrelid = TG_RELID AND attname = 'id'))
-           AND NOT EXISTS (SELECT FROM new_users nu
-                           WHERE NOT EXISTS (SELECT FROM old_users ou WHERE ou.id = nu.id)) THEN
-            WITH pairs AS MATERIALIZED (
-                SELECT nu.ord, nu.id,
-                       ou.name::text AS old_name, nu.name::text AS new_name,
-                       ou.email::text AS old_email, nu.email::text AS new_email,
-                       ou.role::text AS old_role, nu.role::text AS new_role
-                FROM (SELECT u.id, u.name, u.email, u.role, row_number() OVER () AS ord
-                      FROM new_users u) AS nu
-                JOIN old_users ou ON ou.id = nu.id
-                WHERE ou.name::text IS DISTINCT FROM nu.name::text
-                   OR ou.email::text IS DISTINCT FROM nu.email::text
-                   OR ou.role::text IS DISTINCT FROM nu.role::text
-            ), logged AS (
-                INSERT INTO users_audit (user_id, changed_by, field_changed, old_value, new_value)
-                SELECT p.id, actor, f.field, f.old_value, f.new_value
-                FROM pairs p
-                CROSS JOIN LATERAL (VALUES (1, 'name', p.old_name, p.new_name),
-                                           (2, 'email', p.old_email, p.new_email),
-                                           (3, 'role', p.old_role, p.new_role))
-                           AS f(n, field, old_value, new_value)
-                WHERE f.old_value IS DISTINCT FROM f.new_value
-                ORDER BY p.ord, f.n
-            )
-            SELECT count(*) INTO remaining FROM pairs;
-            PERFORM set_config('enable_nestloop', nestloop, true);
-            PERFORM set_config('jit', jit, true);
-            -- This call is one of them (its row passed the trigger's WHEN).
-            PERFORM set_config('audit.users_pending', CASE WHEN remaining > 1 THEN 'set:' || (remaining - 1) ELSE '' END, true);
-            RETURN NULL;
-        END IF;
-        PERFORM set_config('enable_nestloop', nestloop, true);
-        PERFORM set_config('jit', jit, true);
-        PERFORM set_config('audit.users_pending',
-                           'row:' || (SELECT u.cmin::text FROM users u WHERE u.id = NEW.id LIMIT 1), true);
-    END IF;
     IF NEW.name::text IS DISTINCT FROM OLD.name::text THEN
         INSERT INTO users_audit (user_id, changed_by, field_changed, old_value, new_value)
         VALUES (NEW.id, actor, 'name', OLD.name::text, NEW.name::text);
@@ -350,7 +275,6 @@ $$;
 -- The WHEN clause keeps no-op updates and updates of other columns from calling the function.
 CREATE OR REPLACE TRIGGER users_audit_trigger
     AFTER UPDATE ON users
-    REFERENCING OLD TABLE AS old_users NEW TABLE AS new_users
     FOR EACH ROW
     WHEN (OLD.name::text IS DISTINCT FROM NEW.name::text
           OR OLD.email::text IS DISTINCT FROM NEW.email::text
