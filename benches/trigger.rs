@@ -5,9 +5,11 @@
 //! runs with fsync off unless BENCH_FSYNC=on, which makes commits cost what they do in production.
 //!
 //! Then the bulk case: one UPDATE changing the role of every one of BENCH_BULK_ROWS users (default
-//! 500,000; 0 skips it) with the trigger disabled, with the audit trigger, and with the plain
-//! row-level trigger it replaced (one PL/pgSQL call and INSERT per changed field and row, kept
-//! here as the reference), in rotating order, BENCH_ROUNDS × 2 rounds; medians against disabled.
+//! 500,000; 0 skips it) with the trigger disabled, with the audit trigger of sql/install.sql, and
+//! with a copy of the plain row-level trigger (one PL/pgSQL call and INSERT per changed field and
+//! row; today the same as the audit trigger, kept as the baseline against which a variant of
+//! log_user_changes() is measured), in rotating order, BENCH_ROUNDS × 2 rounds; medians against
+//! disabled.
 //!
 //!     cargo bench --bench trigger
 //!     BENCH_SECONDS=1 BENCH_ROUNDS=1 BENCH_BULK_ROWS=500000 cargo bench --bench trigger
@@ -109,7 +111,7 @@ fn main() {
     }
 }
 
-/// The plain row-level trigger that install.sql had before the bulk path, under other names.
+/// The plain row-level trigger of install.sql, under other names: the baseline.
 const ROW_LEVEL_REFERENCE: &str = "\
 CREATE OR REPLACE FUNCTION log_user_changes_row() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER \
 SET search_path FROM CURRENT AS $$ \
