@@ -50,6 +50,11 @@ const STATEMENTS: &[&str] = &[
     "BEGIN; SET LOCAL audit.actor = 'alice'; SET LOCAL audit.context = '{\"ticket\": 7}'; \
      UPDATE {t} SET n = -n WHERE a = 4; DELETE FROM {t} WHERE a = 5; \
      INSERT INTO {t} VALUES (5, 'new', NULL, 0, 'c', NULL); COMMIT",
+    // One-row statements (their own path): a change, a no-op, a key change, a delete.
+    "UPDATE {t} SET v = 'one', card = 'c1', stamp = NULL WHERE a = 0 AND b = 'k1'",
+    "UPDATE {t} SET v = v WHERE a = 0 AND b = 'k1'",
+    "UPDATE {t} SET a = 50 WHERE a = 0 AND b = 'k2'",
+    "DELETE FROM {t} WHERE a = 0 AND b = 'k1'",
     "DELETE FROM {t} WHERE n % 2 = 0",
     "DELETE FROM {t}",
 ];
