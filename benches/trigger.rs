@@ -4,7 +4,15 @@
 //! BENCH_SECONDS per round (default 10), BENCH_ROUNDS × 2 rounds (default 2). The throwaway cluster
 //! runs with fsync off unless BENCH_FSYNC=on, which makes commits cost what they do in production.
 //!
+//! Then the bulk case: one UPDATE changing the role of every one of BENCH_BULK_ROWS users (default
+//! 500,000; 0 skips it) with the trigger disabled, with the audit trigger of sql/install.sql, and
+//! with a copy of the plain row-level trigger (one PL/pgSQL call and INSERT per changed field and
+//! row; today the same as the audit trigger, kept as the baseline against which a variant of
+//! log_user_changes() is measured), in rotating order, BENCH_ROUNDS × 2 rounds; medians against
+//! disabled.
+//!
 //!     cargo bench --bench trigger
+//!     BENCH_SECONDS=1 BENCH_ROUNDS=1 BENCH_BULK_ROWS=500000 cargo bench --bench trigger
 
 mod support;
 
@@ -96,6 +104,95 @@ fn main() {
         overhead(2),
         median(&results[2]) / off
     );
+
+    let bulk_rows = env_or("BENCH_BULK_ROWS", 500_000);
+    if bulk_rows > 0 {
+        bulk(&cluster, bulk_rows, pairs * 2, &median);
+    }
+}
+
+/// The plain row-level trigger of install.sql, under other names: the baseline.
+const ROW_LEVEL_REFERENCE: &str = "\
+CREATE OR REPLACE FUNCTION log_user_changes_row() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER \
+SET search_path FROM CURRENT AS $$ \
+DECLARE actor TEXT := coalesce(nullif(current_setting('audit.actor', true), ''), session_user); \
+BEGIN \
+    IF NEW.name::text IS DISTINCT FROM OLD.name::text THEN \
+        INSERT INTO users_audit (user_id, changed_by, field_changed, old_value, new_value) \
+        VALUES (NEW.id, actor, 'name', OLD.name::text, NEW.name::text); END IF; \
+    IF NEW.email::text IS DISTINCT FROM OLD.email::text THEN \
+        INSERT INTO users_audit (user_id, changed_by, field_changed, old_value, new_value) \
+        VALUES (NEW.id, actor, 'email', OLD.email::text, NEW.email::text); END IF; \
+    IF NEW.role::text IS DISTINCT FROM OLD.role::text THEN \
+        INSERT INTO users_audit (user_id, changed_by, field_changed, old_value, new_value) \
+        VALUES (NEW.id, actor, 'role', OLD.role::text, NEW.role::text); END IF; \
+    RETURN NULL; \
+END $$; \
+CREATE TRIGGER users_audit_row_reference AFTER UPDATE ON users FOR EACH ROW \
+WHEN (OLD.name::text IS DISTINCT FROM NEW.name::text OR OLD.email::text IS DISTINCT FROM NEW.email::text \
+      OR OLD.role::text IS DISTINCT FROM NEW.role::text) \
+EXECUTE FUNCTION log_user_changes_row(); \
+ALTER TABLE users DISABLE TRIGGER users_audit_row_reference;";
+
+/// One UPDATE of every user's role: untriggered, audit trigger, row-level reference.
+fn bulk(
+    cluster: &audit_tail::cluster::Cluster,
+    rows: u64,
+    rounds: u64,
+    median: &dyn Fn(&[f64]) -> f64,
+) {
+    let psql = |sql: &str| {
+        cluster.psql("bench", sql).unwrap();
+    };
+    psql("ALTER TABLE users ENABLE TRIGGER users_audit_trigger");
+    psql("TRUNCATE users, users_audit RESTART IDENTITY");
+    psql(&format!(
+        "INSERT INTO users (name, email, role) SELECT 'user ' || g, 'u' || g || '@example.com', 'user' \
+         FROM generate_series(1, {rows}) g"
+    ));
+    psql(ROW_LEVEL_REFERENCE);
+    let labels = ["trigger disabled", "audit trigger", "row-level reference"];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    for round in 0..rounds {
+        for k in 0..3 {
+            let i = (round as usize + k) % 3;
+            let (ours, reference) = match i {
+                0 => ("DISABLE", "DISABLE"),
+                1 => ("ENABLE", "DISABLE"),
+                _ => ("DISABLE", "ENABLE"),
+            };
+            psql(&format!(
+                "ALTER TABLE users {ours} TRIGGER users_audit_trigger; \
+                 ALTER TABLE users {reference} TRIGGER users_audit_row_reference; \
+                 TRUNCATE users_audit"
+            ));
+            // VACUUM cannot share psql's -c transaction.
+            psql("VACUUM users");
+            psql("CHECKPOINT");
+            let started = std::time::Instant::now();
+            psql("UPDATE users SET role = CASE role WHEN 'user' THEN 'member' ELSE 'user' END");
+            times[i].push(started.elapsed().as_secs_f64());
+            let logged: i64 = cluster
+                .psql("bench", "SELECT count(*) FROM users_audit")
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let expected = if i == 0 { 0 } else { rows as i64 };
+            assert_eq!(logged, expected, "{}: users_audit rows", labels[i]);
+        }
+    }
+    let off = median(&times[0]);
+    for (label, t) in labels.iter().zip(&times) {
+        println!(
+            "bulk UPDATE of {rows} users, {label:<20} {:?} s (median {:.2} s, {:.2}x untriggered)",
+            t.iter()
+                .map(|s| (s * 100.0).round() / 100.0)
+                .collect::<Vec<_>>(),
+            median(t),
+            median(t) / off
+        );
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -479,6 +479,12 @@ BEGIN
         WHERE p.txid = txid_current() AND p.token::text = pause_token AND p.resumed_at IS NULL) THEN
         RETURN NULL;
     END IF;
+    IF TG_NAME = 'audit_log_update_key' THEN
+        -- This UPDATE names a key column: its rows are logged here, one by one, and the
+        -- statement-level audit_log_update of the same statement (which fires after the row
+        -- triggers) must log none of them. See audit.log_changes().
+        PERFORM set_config('audit.row_path', TG_RELID::text, true);
+    END IF;
     IF TG_OP = 'TRUNCATE' THEN
         NULL;
     ELSIF TG_OP = 'INSERT' THEN
@@ -524,6 +530,142 @@ BEGIN
             ctx::jsonb,
             nullif(current_setting('application_name', true), ''),
             inet_client_addr());
+    RETURN NULL;
+END
+$$;
+
+-- The statement-level trigger function of INSERT, UPDATE and DELETE of a tracked table (without
+-- --when): one INSERT ... SELECT over the statement's transition table (new_rows, old_rows)
+-- instead of one PL/pgSQL call per row; it writes the rows that audit.log_change() writes for
+-- the same statement, in the same order (the order the statement changed the rows). Arguments
+-- as for audit.log_change().
+--
+-- UPDATE pairs each new row with its old row by key (never by position). The pairing is right
+-- only when no key changed, so an UPDATE whose SET list names a key column is logged row by row
+-- instead: the row-level trigger audit_log_update_key (UPDATE OF the key columns) logs each of its
+-- changed rows, with old_key, and leaves the table's oid in the transaction-local setting
+-- audit.row_path; this function, fired after the row triggers of the same statement, then logs
+-- nothing and clears it.
+--
+-- The images need no function call per row: the columns a mode drops and the redacted
+-- columns' "[redacted]" values are worked out once per statement, so an image is
+-- `row - dropped || redacted`, equal to audit.row_image()'s (jsonb has one canonical form).
+CREATE OR REPLACE FUNCTION audit.log_changes() RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    mode TEXT := TG_ARGV[0];
+    cols TEXT[] := TG_ARGV[1]::text[];
+    redact TEXT[] := coalesce(TG_ARGV[2]::text[], '{}');
+    key_cols TEXT[] := TG_ARGV[3]::text[];
+    non_key TEXT[];
+    dropped TEXT[];
+    audited TEXT[];
+    redacted JSONB;
+    actor TEXT := coalesce(nullif(current_setting('audit.actor', true), ''), session_user::text);
+    reason TEXT := nullif(current_setting('audit.reason', true), '');
+    request_id TEXT := nullif(current_setting('audit.request_id', true), '');
+    migration TEXT := nullif(current_setting('audit.migration', true), '');
+    ctx JSONB := nullif(current_setting('audit.context', true), '')::jsonb;
+    app TEXT := nullif(current_setting('application_name', true), '');
+    addr INET := inet_client_addr();
+    pause_token TEXT := nullif(current_setting('audit.pause_token', true), '');
+    paired BIGINT;
+    changed_rows BIGINT;
+    plain BOOLEAN;
+    nestloop TEXT;
+    jit TEXT;
+BEGIN
+    IF TG_OP = 'UPDATE' AND current_setting('audit.row_path', true) = TG_RELID::text THEN
+        PERFORM set_config('audit.row_path', '', true);
+        RETURN NULL;  -- logged row by row by audit_log_update_key
+    END IF;
+    IF pause_token IS NOT NULL AND EXISTS (
+        SELECT FROM audit.pauses p
+        WHERE p.txid = txid_current() AND p.token::text = pause_token AND p.resumed_at IS NULL) THEN
+        RETURN NULL;
+    END IF;
+    -- The table's columns now, in their order (the changed columns are listed in it): in one
+    -- query, since each query costs more than the rows of a one-row statement.
+    SELECT coalesce(array_agg(c ORDER BY n) FILTER (WHERE NOT c = ANY (key_cols)), '{}'),
+           coalesce(array_agg(c ORDER BY n) FILTER (WHERE audited_col), '{}'),
+           coalesce(array_agg(c ORDER BY n) FILTER (WHERE NOT audited_col), '{}')
+    INTO non_key, audited, dropped
+    FROM (SELECT attname::text AS c, attnum AS n,
+                 CASE mode WHEN 'only' THEN attname = ANY (cols)
+                           WHEN 'ignore' THEN NOT attname = ANY (cols)
+                           ELSE true END AS audited_col
+          FROM pg_attribute WHERE attrelid = TG_RELID AND attnum > 0 AND NOT attisdropped) AS a;
+    plain := cardinality(dropped) = 0 AND cardinality(redact) = 0;
+    IF NOT plain THEN
+        redacted := coalesce((SELECT jsonb_object_agg(c, '"[redacted]"'::jsonb) FROM unnest(redact) AS c), '{}');
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO audit.log (changed_at, op, schema_name, table_name, key, new_row, actor, reason,
+                               request_id, migration, context, application_name, client_addr)
+        SELECT (SELECT audit.changed_at()), 'INSERT', TG_TABLE_SCHEMA, TG_TABLE_NAME, r.j - non_key,
+               CASE WHEN plain THEN r.j ELSE r.j - dropped || redacted END,
+               actor, reason, request_id, migration, ctx, app, addr
+        FROM (SELECT to_jsonb(nr.*) AS j, row_number() OVER () AS ord FROM new_rows nr) AS r
+        ORDER BY r.ord;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO audit.log (changed_at, op, schema_name, table_name, key, old_values, actor, reason,
+                               request_id, migration, context, application_name, client_addr)
+        SELECT (SELECT audit.changed_at()), 'DELETE', TG_TABLE_SCHEMA, TG_TABLE_NAME, r.j - non_key,
+               CASE WHEN plain THEN r.j ELSE r.j - dropped || redacted END,
+               actor, reason, request_id, migration, ctx, app, addr
+        FROM (SELECT to_jsonb(orw.*) AS j, row_number() OVER () AS ord FROM old_rows orw) AS r
+        ORDER BY r.ord;
+    ELSE
+        -- Hash joins over the transition tables, never a nested loop, and no JIT (see
+        -- log_user_changes() in install.sql); set back below.
+        nestloop := current_setting('enable_nestloop');
+        PERFORM set_config('enable_nestloop', 'off', true);
+        jit := current_setting('jit');
+        PERFORM set_config('jit', 'off', true);
+        WITH n AS MATERIALIZED (
+            SELECT to_jsonb(nr.*) AS j, row_number() OVER () AS ord FROM new_rows nr
+        ), o AS MATERIALIZED (
+            SELECT to_jsonb(orw.*) AS j FROM old_rows orw
+        ), joined AS MATERIALIZED (
+            SELECT n.j AS nj, o.j AS oj, n.ord FROM n JOIN o ON (o.j - non_key) = (n.j - non_key)
+        ), pairs AS (
+            SELECT p.nj, p.ord, d.changed, d.old_values
+            FROM joined p
+            -- The audited columns whose values differ, in the table's order, and their old
+            -- values (redacted ones as "[redacted]"), in one pass over the columns.
+            CROSS JOIN LATERAL (
+                SELECT array_agg(a.c ORDER BY a.i) AS changed,
+                       jsonb_object_agg(a.c, CASE WHEN a.c = ANY (redact) THEN '"[redacted]"'::jsonb
+                                                  ELSE p.oj -> a.c END) AS old_values
+                FROM unnest(audited) WITH ORDINALITY AS a(c, i)
+                WHERE (p.nj -> a.c) IS DISTINCT FROM (p.oj -> a.c)) AS d
+            WHERE d.changed IS NOT NULL
+        ), logged_rows AS (
+            INSERT INTO audit.log (changed_at, op, schema_name, table_name, key, new_row, old_values,
+                                   changed_columns, actor, reason, request_id, migration, context,
+                                   application_name, client_addr)
+            SELECT (SELECT audit.changed_at()), 'UPDATE', TG_TABLE_SCHEMA, TG_TABLE_NAME, p.nj - non_key,
+                   CASE WHEN plain THEN p.nj ELSE p.nj - dropped || redacted END,
+                   p.old_values, p.changed,
+                   actor, reason, request_id, migration, ctx, app, addr
+            FROM pairs p
+            ORDER BY p.ord
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM joined), (SELECT count(*) FROM n) INTO paired, changed_rows;
+        PERFORM set_config('enable_nestloop', nestloop, true);
+        PERFORM set_config('jit', jit, true);
+        IF paired <> changed_rows THEN
+            -- A key changed without the UPDATE naming it (a BEFORE trigger changed it): such a
+            -- row has no old row of its key. Never fail the application's write for it.
+            RAISE WARNING 'audit-tail: % of % updated rows of %.% could not be paired with their old row by key and were not logged',
+                changed_rows - paired, changed_rows, TG_TABLE_SCHEMA, TG_TABLE_NAME
+                USING HINT = 'a key changed by a BEFORE trigger is logged only when the UPDATE names a key column; track the table with a when condition to log every row one by one';
+        END IF;
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -642,7 +784,8 @@ DECLARE
     t TEXT;
 BEGIN
     FOR t IN SELECT tgname FROM pg_trigger WHERE tgrelid = tbl AND NOT tgisinternal
-               AND tgname IN ('audit_log_insert', 'audit_log_update', 'audit_log_delete', 'audit_log_truncate') LOOP
+               AND tgname IN ('audit_log_insert', 'audit_log_update', 'audit_log_update_key',
+                              'audit_log_delete', 'audit_log_truncate') LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', t, tbl);
     END LOOP;
 END
@@ -670,6 +813,32 @@ BEGIN
         END;
     END IF;
     EXECUTE format(sql, name, event, tbl, coalesce('WHEN (' || own_when || ')', ''), args);
+    RETURN false;
+END
+$$;
+
+-- Creates one statement-level trigger over the statement's transition table(s), calling
+-- audit.log_changes(). Returns false, having made the row-level trigger instead, where PostgreSQL
+-- refuses transition tables (an inheritance child, say).
+CREATE OR REPLACE FUNCTION audit.create_stmt_trigger(tbl REGCLASS, name TEXT, event TEXT, args TEXT,
+                                                     row_event TEXT DEFAULT NULL, row_when TEXT DEFAULT NULL)
+RETURNS BOOLEAN
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    referencing TEXT := CASE event WHEN 'INSERT' THEN 'NEW TABLE AS new_rows'
+                                   WHEN 'DELETE' THEN 'OLD TABLE AS old_rows'
+                                   ELSE 'OLD TABLE AS old_rows NEW TABLE AS new_rows' END;
+BEGIN
+    BEGIN
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT '
+                       'EXECUTE FUNCTION audit.log_changes(%s)', name, event, tbl, referencing, args);
+        RETURN true;
+    EXCEPTION WHEN feature_not_supported THEN
+        NULL;
+    END;
+    PERFORM audit.create_trigger(tbl, name, coalesce(row_event, event), row_when, NULL, args);
     RETURN false;
 END
 $$;
@@ -780,9 +949,23 @@ BEGIN
     END IF;
     args := format('%L, %L, %L, %L', mode, mode_cols, redact, key_cols);
     PERFORM audit.drop_triggers(tbl);
-    PERFORM audit.create_trigger(tbl, 'audit_log_insert', 'INSERT', NULL, "when", args);
-    PERFORM audit.create_trigger(tbl, 'audit_log_update', 'UPDATE' || update_of, changed_when, "when", args);
-    PERFORM audit.create_trigger(tbl, 'audit_log_delete', 'DELETE', NULL, "when", args);
+    IF "when" IS NULL THEN
+        -- Statement-level INSERT, UPDATE and DELETE (one INSERT ... SELECT per statement, see
+        -- audit.log_changes()), and the rows of an UPDATE that names a key column one by one.
+        IF audit.create_stmt_trigger(tbl, 'audit_log_update', 'UPDATE', args, 'UPDATE' || update_of, changed_when) THEN
+            PERFORM audit.create_trigger(tbl, 'audit_log_update_key',
+                                         'UPDATE OF ' || (SELECT string_agg(quote_ident(c), ', ') FROM unnest(key_cols) AS c),
+                                         changed_when, NULL, args);
+        END IF;
+        PERFORM audit.create_stmt_trigger(tbl, 'audit_log_insert', 'INSERT', args);
+        PERFORM audit.create_stmt_trigger(tbl, 'audit_log_delete', 'DELETE', args);
+    ELSE
+        -- A when condition is on NEW and OLD of each row: row-level triggers, which evaluate it
+        -- before calling the function.
+        PERFORM audit.create_trigger(tbl, 'audit_log_insert', 'INSERT', NULL, "when", args);
+        PERFORM audit.create_trigger(tbl, 'audit_log_update', 'UPDATE' || update_of, changed_when, "when", args);
+        PERFORM audit.create_trigger(tbl, 'audit_log_delete', 'DELETE', NULL, "when", args);
+    END IF;
     EXECUTE format('CREATE TRIGGER audit_log_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT '
                    'EXECUTE FUNCTION audit.log_change(%s)', tbl, args);
     -- Rows of tables dropped since (their oid names nothing now).
@@ -822,11 +1005,106 @@ DECLARE
     t RECORD;
 BEGIN
     FOR t IN SELECT tt.* FROM audit.tracked_tables tt JOIN pg_trigger g ON g.tgrelid = tt.tbl
-             WHERE g.tgname = 'audit_log_update' AND pg_get_triggerdef(g.oid) LIKE '%ROW(old.%*<>%' LOOP
+             WHERE (g.tgname = 'audit_log_update' AND pg_get_triggerdef(g.oid) LIKE '%ROW(old.%*<>%')
+                -- Tracked without a when condition before the statement-level triggers: made
+                -- again with them (see audit.log_changes()).
+                OR (g.tgname = 'audit_log_insert' AND tt.when_expr IS NULL
+                    AND g.tgfoid = 'audit.log_change()'::regprocedure AND g.tgtype & 1 = 1
+                    AND g.tgnewtable IS NULL AND NOT EXISTS (
+                        SELECT FROM pg_inherits WHERE inhrelid = tt.tbl)) LOOP
         PERFORM audit.track(t.tbl, t.only_cols, t.ignore_cols, t.redact_cols, t.when_expr);
         UPDATE audit.tracked_tables SET tracked_at = t.tracked_at, tracked_by = t.tracked_by
         WHERE tbl = t.tbl;
     END LOOP;
+END
+$$;
+
+-- An ALTER TABLE of a tracked table: its triggers' arguments (the key, the --only / --ignore /
+-- --redact columns) and their UPDATE OF / WHEN column lists were baked in by track(), and would
+-- be wrong after a change of its key or columns (an ignored column added later would not be in
+-- the UPDATE OF list). So the table is tracked again with its options, keeping when and by whom
+-- it was tracked and which of its triggers were disabled. A change that leaves it untrackable is
+-- refused (the ALTER TABLE fails, nothing changes):
+--   - no primary key nor replica identity index any more: the log names each row by its key;
+--   - a redacted column gone (dropped or renamed): under a new name its value would reach the
+--     log.
+-- An --only or --ignore column gone is dropped from the options, with a WARNING.
+CREATE OR REPLACE FUNCTION audit.retrack_altered() RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t RECORD;
+    all_cols TEXT[];
+    gone TEXT[];
+    disabled RECORD;
+    states JSONB;
+    new_only TEXT[];
+    new_ignore TEXT[];
+BEGIN
+    IF current_setting('audit.retracking', true) = 'on' THEN
+        RETURN;  -- the ALTER TABLE ... DISABLE TRIGGER below
+    END IF;
+    FOR t IN SELECT DISTINCT tt.* FROM pg_event_trigger_ddl_commands() c
+             JOIN audit.tracked_tables tt ON tt.tbl = c.objid
+             WHERE c.command_tag = 'ALTER TABLE' AND c.classid = 'pg_class'::regclass LOOP
+        SELECT array_agg(attname::text ORDER BY attnum) INTO all_cols
+        FROM pg_attribute WHERE attrelid = t.tbl AND attnum > 0 AND NOT attisdropped;
+        IF NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = t.tbl AND (i.indisprimary OR i.indisreplident)) THEN
+            RAISE EXCEPTION 'audit-tail: this ALTER TABLE leaves the tracked table % without a primary key', t.tbl
+                USING DETAIL = 'each log row names the changed row by its key. Nothing was changed.',
+                      HINT = format('drop and add the key in one statement (ALTER TABLE %s DROP CONSTRAINT ..., ADD PRIMARY KEY (...)), or stop tracking it first: SELECT audit.untrack(%L)', t.tbl, t.tbl::text);
+        END IF;
+        gone := ARRAY(SELECT c FROM unnest(t.redact_cols) AS c WHERE NOT c = ANY (all_cols));
+        IF cardinality(gone) > 0 THEN
+            RAISE EXCEPTION 'audit-tail: this ALTER TABLE drops or renames the redacted column(s) % of the tracked table %', array_to_string(gone, ', '), t.tbl
+                USING DETAIL = 'under a new name, the values would reach the log. Nothing was changed.',
+                      HINT = format('stop tracking it first (SELECT audit.untrack(%L)), alter it, then track it again with the new redact list', t.tbl::text);
+        END IF;
+        new_only := nullif(ARRAY(SELECT c FROM unnest(t.only_cols) AS c WHERE c = ANY (all_cols)), '{}');
+        new_ignore := nullif(ARRAY(SELECT c FROM unnest(t.ignore_cols) AS c WHERE c = ANY (all_cols)), '{}');
+        gone := ARRAY(SELECT c FROM unnest(coalesce(t.only_cols, '{}') || coalesce(t.ignore_cols, '{}')) AS c
+                      WHERE NOT c = ANY (all_cols));
+        IF cardinality(gone) > 0 THEN
+            RAISE WARNING 'audit-tail: the column(s) % of %''s % list are gone (dropped or renamed) and no longer in it',
+                array_to_string(gone, ', '), t.tbl, CASE WHEN t.only_cols IS NOT NULL THEN 'only' ELSE 'ignore' END
+                USING HINT = format('if one was renamed, track it again with the new name: SELECT audit.track(%L, ...)', t.tbl::text);
+            IF t.only_cols IS NOT NULL AND new_only IS NULL THEN
+                new_only := t.key_cols;  -- nothing but the key left to audit
+            END IF;
+        END IF;
+        states := coalesce((SELECT jsonb_object_agg(g.tgname, g.tgenabled::text) FROM pg_trigger g
+                            WHERE g.tgrelid = t.tbl AND g.tgname LIKE 'audit\_log\_%' AND g.tgenabled <> 'O'), '{}');
+        PERFORM audit.track(t.tbl, new_only, new_ignore, t.redact_cols, t.when_expr);
+        UPDATE audit.tracked_tables SET tracked_at = t.tracked_at, tracked_by = t.tracked_by WHERE tbl = t.tbl;
+        PERFORM set_config('audit.retracking', 'on', true);
+        FOR disabled IN SELECT * FROM jsonb_each_text(states) AS s(tgname, tgenabled)
+                        WHERE EXISTS (SELECT FROM pg_trigger g WHERE g.tgrelid = t.tbl AND g.tgname = s.tgname) LOOP
+            EXECUTE format('ALTER TABLE %s %s TRIGGER %I', t.tbl,
+                           CASE disabled.tgenabled WHEN 'D' THEN 'DISABLE'
+                                                   WHEN 'A' THEN 'ENABLE ALWAYS'
+                                                   ELSE 'ENABLE REPLICA' END, disabled.tgname);
+        END LOOP;
+        PERFORM set_config('audit.retracking', '', true);
+        RAISE NOTICE 'audit-tail: % tracked again after ALTER TABLE (key %)', t.tbl,
+            (SELECT array_to_string(key_cols, ', ') FROM audit.tracked_tables WHERE tbl = t.tbl);
+    END LOOP;
+END
+$$;
+
+-- Creating an event trigger takes a superuser: an install by another role says so.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_event_trigger WHERE evtname = 'audit_retrack_altered') THEN
+        IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+            CREATE EVENT TRIGGER audit_retrack_altered ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+                EXECUTE FUNCTION audit.retrack_altered();
+        ELSE
+            RAISE WARNING 'audit-tail: not a superuser, so no event trigger re-tracks a tracked table after ALTER TABLE'
+                USING HINT = 'after changing a tracked table''s key or columns, run SELECT audit.track(...) again with its options (see audit.tracked), or run sql/audit_log.sql as a superuser';
+        END IF;
+    END IF;
 END
 $$;
 
@@ -887,6 +1165,9 @@ REVOKE ALL ON FUNCTION audit.track(REGCLASS, TEXT[], TEXT[], TEXT[], TEXT) FROM 
 REVOKE ALL ON FUNCTION audit.untrack(REGCLASS) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.drop_triggers(REGCLASS) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.create_trigger(REGCLASS, TEXT, TEXT, TEXT, TEXT, TEXT) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.create_stmt_trigger(REGCLASS, TEXT, TEXT, TEXT, TEXT, TEXT) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.log_changes() FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.retrack_altered() FROM PUBLIC;
 
 -- The live stream: inserts only, like users_audit, published as the root: the stream sees one
 -- table, audit.log, whichever partition a row is in.
