@@ -262,3 +262,35 @@ fn a_file_the_stream_writes_that_changes_length_behind_it_is_refused() {
         "{error}"
     );
 }
+
+#[test]
+fn a_rewind_forgets_the_hash_of_rows_committed_but_not_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = users_audit();
+    let key = SigningKey::from_bytes(&[8u8; 32]);
+    let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
+    let writer =
+        DigestWriter::open(dir.path(), key.clone(), Duration::ZERO, files.durable()).unwrap();
+    files.set_signer(writer);
+    let at = "2025-10-21 10:00:00";
+    files.append(&row(&table, "1", at), PgTimestamp(0)).unwrap();
+    files.commit(Lsn(100));
+    files.make_durable().unwrap();
+    // Committed, then the connection is lost before a durable point: the server sends it again.
+    files.append(&row(&table, "2", at), PgTimestamp(0)).unwrap();
+    files.commit(Lsn(200));
+    files.rewind().unwrap();
+    files
+        .append(&row(&table, "2", "2025-10-21 10:00:01"), PgTimestamp(0))
+        .unwrap();
+    files.commit(Lsn(200));
+    files.make_durable().unwrap();
+    let report = walk(dir.path(), &[key.verifying_key()], Scope::default()).unwrap();
+    assert!(
+        report.intact() && report.uncovered.is_empty(),
+        "{}",
+        report.render()
+    );
+    let digest = super::chain::newest(dir.path()).unwrap().unwrap().digest;
+    assert_eq!((digest.seq, digest.files[0].rows), (2, 2));
+}

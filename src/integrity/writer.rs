@@ -179,10 +179,15 @@ impl DigestWriter {
         Ok(hasher)
     }
 
-    /// Forgets what was committed since the last durable point: the file sink cuts its files
-    /// back to the durable lengths.
-    pub fn rewind(&mut self) {
-        self.pending.clear();
+    /// The file sink cut its files back to the lengths of `durable`: what was committed past
+    /// them is forgotten, what they name (stored by a durable point that failed before its
+    /// digest) is kept.
+    pub fn rewind(&mut self, durable: &Checkpoint) {
+        for (name, state) in self.pending.drain() {
+            if durable.files.get(&name) == Some(&state.len) {
+                self.hashers.insert(name, state);
+            }
+        }
     }
 
     /// After the durable point that stored `durable` and sealed the files `sealed`: writes a

@@ -426,7 +426,7 @@ impl StreamFiles {
         self.durable = reconcile(&self.dir)?;
         self.committed = self.durable.clone();
         if let Some(signer) = &mut self.signer {
-            signer.rewind();
+            signer.rewind(&self.durable);
         }
         Ok(())
     }
