@@ -251,6 +251,7 @@ fn integrity(error: &crate::integrity::IntegrityError) -> Kind {
         | IntegrityError::NoOutDir(_)
         | IntegrityError::Range { .. } => Kind::Usage,
         IntegrityError::CorruptDigest { .. } => Kind::Data,
+        IntegrityError::Rewritten { .. } => Kind::Data,
     }
 }
 

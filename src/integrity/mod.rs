@@ -13,7 +13,10 @@
 //! - `keys`: key files (`keygen`), key ids.
 //! - `digest`: the digest's text format, signing and checking one digest.
 //! - `chain`: the digests directory: names, listing, the newest digest.
-//! - `hasher`: SHA-256, records and the row sum of a file's prefix, grown as the file grows.
+//! - `hasher`: SHA-256, records and the row sum of a file's prefix, grown as the file grows: fed
+//!   by the stream with the bytes it writes, so a digest signs what was written, not what is on
+//!   disk by then.
+//! - `resume`: on start, each open file re-hashed from disk and checked against its last digest.
 //! - `writer`: when a digest is due and writing it (the stream's side).
 //! - `walker`, `diagnose`, `report`: `verify --integrity`.
 
@@ -23,6 +26,7 @@ pub mod digest;
 pub mod hasher;
 pub mod keys;
 pub mod report;
+mod resume;
 pub mod walker;
 pub mod writer;
 
@@ -74,6 +78,10 @@ pub enum IntegrityError {
         line: usize,
         reason: String,
     },
+    #[error(
+        "{path} is not what the stream wrote ({reason}): it was changed behind the stream's back, and the stream will not sign over it; run `audit-tail verify --integrity --out-dir DIR --public-key KEY.pub` to see what changed, restore the file from a copy, then start the stream again"
+    )]
+    Rewritten { path: PathBuf, reason: String },
     #[error("{0} does not exist: give the out-dir of a stream that ran with --signing-key")]
     NoOutDir(PathBuf),
     #[error("--since {since} is after --until {until}: give a range that is not empty")]

@@ -125,3 +125,172 @@ fn a_digest_covers_what_the_checkpoint_names_never_a_transaction_in_progress() {
         report.render()
     );
 }
+
+fn users_audit() -> Arc<Table> {
+    Arc::new(Table {
+        oid: 1,
+        schema: "public".into(),
+        name: "users_audit".into(),
+        columns: vec!["id".into(), "changed_at".into()],
+        changed_at: Some(1),
+    })
+}
+
+/// Replaces `from` by `to` (same length) in `path`, as someone with the out-dir would.
+fn edit(path: &std::path::Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{text}");
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn a_row_edited_on_disk_before_its_digest_is_not_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = users_audit();
+    let key = SigningKey::from_bytes(&[5u8; 32]);
+    let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
+    let writer =
+        DigestWriter::open(dir.path(), key.clone(), Duration::ZERO, files.durable()).unwrap();
+    files.set_signer(writer);
+    let at = "2025-10-21 10:00:00";
+    files.append(&row(&table, "1", at), PgTimestamp(0)).unwrap();
+    files.commit(Lsn(100));
+    files.make_durable().unwrap();
+    // Row 2 is on disk (a durable point in the middle of its transaction) but in no digest yet:
+    // it is edited there before its transaction commits and a digest covers it.
+    files.append(&row(&table, "2", at), PgTimestamp(0)).unwrap();
+    files.make_durable().unwrap();
+    let name = "users_audit_stream_20251021.csv";
+    edit(&dir.path().join(name), "2,2025", "9,2025");
+    files.commit(Lsn(200));
+    files.make_durable().unwrap();
+    let digest = super::chain::newest(dir.path()).unwrap().unwrap().digest;
+    assert_eq!((digest.seq, digest.files[0].rows), (2, 2));
+    let report = walk(dir.path(), &[key.verifying_key()], Scope::default()).unwrap();
+    assert!(!report.intact(), "{}", report.render());
+    assert!(
+        report
+            .render()
+            .contains(&format!("BROKEN {name} line 3: edited")),
+        "{}",
+        report.render()
+    );
+}
+
+#[test]
+fn a_file_edited_while_the_stream_was_down_is_not_signed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = users_audit();
+    let key = SigningKey::from_bytes(&[6u8; 32]);
+    let open = |dir: &std::path::Path| {
+        let mut files = StreamFiles::open(dir, Cells::Exact).unwrap();
+        let writer = DigestWriter::open(dir, key.clone(), Duration::ZERO, files.durable());
+        writer.map(|w| {
+            files.set_signer(w);
+            files
+        })
+    };
+    let mut files = open(dir.path()).unwrap();
+    let at = "2025-10-21 10:00:00";
+    files.append(&row(&table, "1", at), PgTimestamp(0)).unwrap();
+    files.commit(Lsn(100));
+    files.make_durable().unwrap();
+    drop(files);
+    let path = dir.path().join("users_audit_stream_20251021.csv");
+    let genuine = std::fs::read(&path).unwrap();
+    edit(&path, "1,2025", "7,2025");
+    let Err(error) = open(dir.path()) else {
+        panic!("the stream signed over an edited file");
+    };
+    assert!(
+        matches!(error, super::IntegrityError::Rewritten { .. }),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("users_audit_stream_20251021.csv is not what the stream wrote")
+            && message.contains("digest 1 signed")
+            && message.contains("verify --integrity"),
+        "{message}"
+    );
+    assert_eq!(super::chain::list(dir.path()).unwrap().0.len(), 1);
+    // Restored, the stream goes on.
+    std::fs::write(&path, genuine).unwrap();
+    let mut files = open(dir.path()).unwrap();
+    files.append(&row(&table, "2", at), PgTimestamp(0)).unwrap();
+    files.commit(Lsn(200));
+    files.make_durable().unwrap();
+    let report = walk(dir.path(), &[key.verifying_key()], Scope::default()).unwrap();
+    assert!(
+        report.intact() && report.uncovered.is_empty(),
+        "{}",
+        report.render()
+    );
+}
+
+#[test]
+fn a_file_the_stream_writes_that_changes_length_behind_it_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = users_audit();
+    let key = SigningKey::from_bytes(&[7u8; 32]);
+    let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
+    let writer =
+        DigestWriter::open(dir.path(), key.clone(), Duration::ZERO, files.durable()).unwrap();
+    files.set_signer(writer);
+    let (yesterday, today) = ("2025-10-20 10:00:00", "2025-10-21 10:00:00");
+    files
+        .append(&row(&table, "1", yesterday), PgTimestamp(0))
+        .unwrap();
+    files.commit(Lsn(100));
+    files.make_durable().unwrap();
+    // Yesterday's file is closed after a durable point without rows for it.
+    files
+        .append(&row(&table, "2", today), PgTimestamp(0))
+        .unwrap();
+    files.commit(Lsn(200));
+    files.make_durable().unwrap();
+    files.make_durable().unwrap();
+    let path = dir.path().join("users_audit_stream_20251020.csv");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("8,2025-10-20 11:00:00\n");
+    std::fs::write(&path, text).unwrap();
+    let error = files
+        .append(&row(&table, "3", yesterday), PgTimestamp(0))
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("is not what the stream wrote"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_rewind_forgets_the_hash_of_rows_committed_but_not_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = users_audit();
+    let key = SigningKey::from_bytes(&[8u8; 32]);
+    let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
+    let writer =
+        DigestWriter::open(dir.path(), key.clone(), Duration::ZERO, files.durable()).unwrap();
+    files.set_signer(writer);
+    let at = "2025-10-21 10:00:00";
+    files.append(&row(&table, "1", at), PgTimestamp(0)).unwrap();
+    files.commit(Lsn(100));
+    files.make_durable().unwrap();
+    // Committed, then the connection is lost before a durable point: the server sends it again.
+    files.append(&row(&table, "2", at), PgTimestamp(0)).unwrap();
+    files.commit(Lsn(200));
+    files.rewind().unwrap();
+    files
+        .append(&row(&table, "2", "2025-10-21 10:00:01"), PgTimestamp(0))
+        .unwrap();
+    files.commit(Lsn(200));
+    files.make_durable().unwrap();
+    let report = walk(dir.path(), &[key.verifying_key()], Scope::default()).unwrap();
+    assert!(
+        report.intact() && report.uncovered.is_empty(),
+        "{}",
+        report.render()
+    );
+    let digest = super::chain::newest(dir.path()).unwrap().unwrap().digest;
+    assert_eq!((digest.seq, digest.files[0].rows), (2, 2));
+}

@@ -6,8 +6,10 @@
 //! data on disk. A digest is due when a file became complete (a later part of its table and day
 //! began, or its day was sealed: then the day's manifest joins the digest), or when a file has
 //! durable bytes no digest covers yet and the last digest is `interval` old (an hour by default).
-//! The SHA-256 of each file grows with it (`hasher`): only the bytes since the last digest are
-//! read back, from the page cache.
+//! The SHA-256 of each file grows with it (`hasher`), fed by the file sink with the bytes it
+//! writes as it commits them (`committed`): a digest signs what the stream wrote, not what is on
+//! disk when the digest is due, so an edit in between is not signed but found by verify. Only on
+//! start are the files read back, and checked against the digests already signed (`resume`).
 //!
 //! On start the newest digest in the out-dir is the chain's head: its signature is the next
 //! digest's `prev`, whichever key signed it (a new key starts a new chain that names the old
@@ -55,7 +57,11 @@ pub struct DigestWriter {
     interval: Duration,
     head: Option<Head>,
     last_at: Instant,
+    /// Each file's hash state at its durable length.
     hashers: HashMap<String, PrefixHasher>,
+    /// Each file's hash state at its committed length, until the next durable point makes it
+    /// durable (or a rewind forgets it).
+    pending: HashMap<String, PrefixHasher>,
     /// What the last digests said of each open file: length and whether complete.
     covered: HashMap<String, (u64, bool)>,
     /// The files of the last checkpoint seen.
@@ -99,6 +105,17 @@ impl DigestWriter {
             }
         });
         let unchained = unchained_days(out_dir)?;
+        let mut targets: BTreeMap<String, u64> = durable.files.clone().into_iter().collect();
+        for &day in &unchained {
+            if let Ok(Some(m)) = seal::load(out_dir, day) {
+                for (name, entry) in m.files {
+                    if out_dir.join(&name).is_file() {
+                        targets.entry(name).or_insert(entry.len);
+                    }
+                }
+            }
+        }
+        let hashers = super::resume::rehash(out_dir, &targets)?;
         Ok(DigestWriter {
             unchained,
             key,
@@ -106,7 +123,8 @@ impl DigestWriter {
             interval,
             head,
             last_at: Instant::now(),
-            hashers: HashMap::new(),
+            hashers,
+            pending: HashMap::new(),
             covered: HashMap::new(),
             known: durable.files.keys().cloned().collect(),
             publishers: Vec::new(),
@@ -123,6 +141,55 @@ impl DigestWriter {
         &self.key_id
     }
 
+    /// The file sink committed `name` up to `state.len`, `state` being the hash of the bytes it
+    /// wrote there.
+    pub fn committed(&mut self, name: &str, state: &PrefixHasher) {
+        match self.pending.get_mut(name) {
+            Some(pending) => pending.clone_from(state),
+            None => {
+                self.pending.insert(name.to_string(), state.clone());
+            }
+        }
+    }
+
+    /// The hash state to go on from when the file sink opens `name` (at `path`, `len` bytes long)
+    /// to append to it. A file the stream knows must still have the length it left it at.
+    pub fn state_of(
+        &self,
+        name: &str,
+        path: &Path,
+        len: u64,
+    ) -> Result<PrefixHasher, IntegrityError> {
+        if let Some(known) = self.pending.get(name).or_else(|| self.hashers.get(name)) {
+            if known.len == len {
+                return Ok(known.clone());
+            }
+            return Err(IntegrityError::Rewritten {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "it holds {len} bytes, but the stream left it at {}",
+                    known.len
+                ),
+            });
+        }
+        // A file of the out-dir the stream has not written in this run nor found at its start.
+        tracing::debug!(file = %path.display(), "hashing a file from disk to go on appending to it");
+        let mut hasher = PrefixHasher::default();
+        hasher.extend_from(path, len)?;
+        Ok(hasher)
+    }
+
+    /// The file sink cut its files back to the lengths of `durable`: what was committed past
+    /// them is forgotten, what they name (stored by a durable point that failed before its
+    /// digest) is kept.
+    pub fn rewind(&mut self, durable: &Checkpoint) {
+        for (name, state) in self.pending.drain() {
+            if durable.files.get(&name) == Some(&state.len) {
+                self.hashers.insert(name, state);
+            }
+        }
+    }
+
     /// After the durable point that stored `durable` and sealed the files `sealed`: writes a
     /// digest if one is due.
     pub fn after_durable(
@@ -132,6 +199,8 @@ impl DigestWriter {
         durable: &Checkpoint,
         sealed: &[String],
     ) -> Result<(), IntegrityError> {
+        // What was committed is durable now.
+        self.hashers.extend(self.pending.drain());
         let mut files = Vec::new();
         let mut manifests = BTreeMap::new();
         let mut urgent = false;
@@ -218,11 +287,14 @@ impl DigestWriter {
     ) -> Result<FileEntry, IntegrityError> {
         let path = out_dir.join(name);
         let hasher = self.hashers.entry(name.to_string()).or_default();
-        if hasher.len > len {
-            // Never for the stream's own files, which only grow past a durable point.
+        if hasher.len != len {
+            // Never: every byte the stream writes is fed to its hash as written, and the files
+            // it goes on with are hashed on start. Should it happen, hash from disk as before.
+            tracing::warn!(file = %name, hashed = hasher.len, len,
+                "a file's bytes were not all hashed as they were written; hashing it from disk");
             *hasher = PrefixHasher::default();
         }
-        if !hasher.extend_from(&path, len)? {
+        if hasher.len != len && !hasher.extend_from(&path, len)? {
             return Err(io_err("read", &path)(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 format!(

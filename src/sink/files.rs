@@ -94,6 +94,9 @@ struct OpenFile {
     /// Whether this process created the file and no transaction committed into it yet: the
     /// first commit then starts its LSN range.
     fresh: bool,
+    /// With signing on: the hash of the bytes written and committed here, fed from `buffer` as
+    /// it is committed or written out (src/integrity/hasher.rs `feed`), never read back.
+    hash: Option<crate::integrity::hasher::PrefixHasher>,
 }
 
 /// Which file rows of one table and day currently go to, and the header it has.
@@ -273,6 +276,10 @@ impl StreamFiles {
         for open in self.open.iter_mut().filter(|o| o.in_txn) {
             open.in_txn = false;
             let len = open.len + open.buffer.len() as u64;
+            if let (Some(hash), Some(signer)) = (&mut open.hash, &mut self.signer) {
+                hash.feed(open.len, &open.buffer);
+                signer.committed(&open.name, hash);
+            }
             match committed.files.get_mut(&open.name) {
                 Some(committed) => *committed = len,
                 None => {
@@ -418,6 +425,9 @@ impl StreamFiles {
         self.last = None;
         self.durable = reconcile(&self.dir)?;
         self.committed = self.durable.clone();
+        if let Some(signer) = &mut self.signer {
+            signer.rewind(&self.durable);
+        }
         Ok(())
     }
 
@@ -498,6 +508,7 @@ impl StreamFiles {
             touched: true,
             in_txn: false,
             fresh: true,
+            hash: self.signer.as_ref().map(|_| Default::default()),
         });
         Ok(())
     }
@@ -513,6 +524,10 @@ impl StreamFiles {
             .open(&path)
             .map_err(io_err("open", &path))?;
         let len = file.metadata().map_err(io_err("stat", &path))?.len();
+        let hash = match &self.signer {
+            Some(signer) => Some(signer.state_of(name, &path, len)?),
+            None => None,
+        };
         self.open.push(OpenFile {
             name: name.to_string(),
             file,
@@ -523,6 +538,7 @@ impl StreamFiles {
             touched: false,
             in_txn: false,
             fresh: !self.committed.files.contains_key(name),
+            hash,
         });
         Ok(self.open.len() - 1)
     }
@@ -531,6 +547,9 @@ impl StreamFiles {
 fn write_out(open: &mut OpenFile) -> Result<(), SinkError> {
     if open.buffer.is_empty() {
         return Ok(());
+    }
+    if let Some(hash) = &mut open.hash {
+        hash.feed(open.len, &open.buffer);
     }
     open.file
         .write_all(&open.buffer)
