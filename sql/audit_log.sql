@@ -69,8 +69,11 @@ $$;
 -- sequence, which only the log's owner can override (OVERRIDING SYSTEM VALUE); the key does not
 -- check it by itself: two rows of different days with one id would not be refused.
 --
--- changed_at is the transaction's time as a timestamp in the session's TimeZone, exactly like
--- users_audit.changed_at: the stream's file of a row is the date of this column, for both tables.
+-- changed_at is the transaction's start as a timestamp in the log's own zone,
+-- audit.log_settings.time_zone (fixed at install, see there), whatever the writing session's
+-- TimeZone: no session can move its rows into another day. The stream's file of a row is the date
+-- of this column, as users_audit's is the date of users_audit.changed_at (which keeps its
+-- reference rule: the session's TimeZone).
 CREATE TABLE IF NOT EXISTS audit.log (
     id               BIGINT GENERATED ALWAYS AS IDENTITY,
     changed_at       TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
@@ -123,13 +126,62 @@ CREATE INDEX IF NOT EXISTS log_table_idx ON audit.log (schema_name, table_name, 
 
 -- How the log's storage is kept: days_ahead, how many days after today have their partition
 -- made by the install and by the nightly job; retention, how long the nightly job keeps a day
--- (NULL: for ever) when it calls audit.retain. One row.
+-- (NULL: for ever) when it calls audit.retain; time_zone, the zone of changed_at, and so of every
+-- day of the log (partitions, exports, retention, the stream's files). One row.
 CREATE TABLE IF NOT EXISTS audit.log_settings (
     one        BOOLEAN PRIMARY KEY DEFAULT true CONSTRAINT log_settings_one_row CHECK (one),
     days_ahead INTEGER NOT NULL DEFAULT 7 CONSTRAINT log_settings_days_ahead CHECK (days_ahead BETWEEN 0 AND 366),
-    retention  INTERVAL CONSTRAINT log_settings_retention CHECK (retention >= INTERVAL '1 day')
+    retention  INTERVAL CONSTRAINT log_settings_retention CHECK (retention >= INTERVAL '1 day'),
+    time_zone  TEXT
 );
 INSERT INTO audit.log_settings DEFAULT VALUES ON CONFLICT DO NOTHING;
+
+-- time_zone is fixed at the first install: the server's TimeZone as configured, that is the
+-- value postgresql.conf (or ALTER SYSTEM) gives it, read from pg_file_settings, never the
+-- installer's session (PGTZ, SET TimeZone, ALTER ROLE/DATABASE ... SET). Where pg_file_settings
+-- cannot be read (an installer that is not a superuser) or sets no TimeZone: log_timezone, which
+-- initdb sets to the same zone and which no session can change. A re-install keeps it. Changing
+-- it later (UPDATE audit.log_settings SET time_zone = ...) takes effect at once (the trigger below
+-- replaces audit.changed_at()), for new rows only: choose it before tracking tables.
+DO $$
+DECLARE
+    zone TEXT;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'audit.log_settings'::regclass
+                   AND attname = 'time_zone' AND NOT attisdropped) THEN
+        ALTER TABLE audit.log_settings ADD COLUMN time_zone TEXT;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conrelid = 'audit.log_settings'::regclass
+                   AND conname = 'log_settings_time_zone') THEN
+        -- AT TIME ZONE refuses a zone PostgreSQL does not know: so does the row. (NULL only
+        -- until the UPDATE below; the trigger below refuses to set it back to NULL.)
+        ALTER TABLE audit.log_settings ADD CONSTRAINT log_settings_time_zone
+            CHECK (time_zone IS NULL OR (now() AT TIME ZONE time_zone) IS NOT NULL);
+    END IF;
+    IF (SELECT time_zone FROM audit.log_settings) IS NULL THEN
+        BEGIN
+            SELECT f.setting INTO zone FROM pg_file_settings f
+            WHERE f.name = 'timezone' AND f.applied AND f.error IS NULL
+            ORDER BY f.seqno DESC LIMIT 1;
+        EXCEPTION WHEN insufficient_privilege THEN
+            zone := NULL;
+        END;
+        UPDATE audit.log_settings SET time_zone = coalesce(zone, current_setting('log_timezone'));
+    END IF;
+END
+$$;
+
+-- The log's current date and time, in its zone (audit.log_settings.time_zone): what decides
+-- which partitions are due, which day the nightly job exports and how old a day is.
+CREATE OR REPLACE FUNCTION audit.log_now() RETURNS TIMESTAMP
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT now() AT TIME ZONE (SELECT s.time_zone FROM audit.log_settings s) $$;
+
+CREATE OR REPLACE FUNCTION audit.log_today() RETURNS DATE
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT audit.log_now()::date $$;
 
 -- The days whose nightly export was written: audit.export_log records the day, the file and how
 -- many rows it wrote, once COPY has written all of them (a failed export records nothing).
@@ -201,18 +253,21 @@ BEGIN
 END
 $$;
 
--- The partitions of today and the next days_ahead days (audit.log_settings), and of every day
--- that has rows in DEFAULT, created where missing: run by the install and by the nightly job.
--- Returns how many were created.
+-- The partitions of yesterday, today and the next days_ahead days (audit.log_settings), in the
+-- log's zone (audit.log_today()), and of every day that has rows in DEFAULT, created where
+-- missing: run by the install and by the nightly job. Yesterday's, so that a transaction that
+-- began before midnight and commits after finds its day's partition. Returns how many were
+-- created.
 CREATE OR REPLACE FUNCTION audit.log_partitions() RETURNS INTEGER
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
 AS $$
 DECLARE
     d DATE;
     made INTEGER := 0;
 BEGIN
-    FOR d IN SELECT current_date + n FROM generate_series(0, (SELECT days_ahead FROM audit.log_settings)) AS n
+    FOR d IN SELECT audit.log_today() + n FROM generate_series(-1, (SELECT days_ahead FROM audit.log_settings)) AS n
              UNION SELECT DISTINCT changed_at::date FROM audit.log_default ORDER BY 1 LOOP
         IF audit.create_log_partition(d) THEN
             made := made + 1;
@@ -295,7 +350,7 @@ BEGIN
             USING HINT = 'for example audit.retain(''90 days'')';
     END IF;
     FOR p IN SELECT d.day, d.partition FROM audit.log_days() d
-             WHERE (d.day + 1)::timestamp <= localtimestamp - keep ORDER BY d.day LOOP
+             WHERE (d.day + 1)::timestamp <= audit.log_now() - keep ORDER BY d.day LOOP
         day := p.day;
         partition := p.partition;
         EXECUTE format('SELECT count(*) FROM %s', p.partition) INTO rows;
@@ -304,7 +359,7 @@ BEGIN
         droppable := false;
         IF e IS NULL THEN
             why := 'it was never exported';
-        ELSIF (e.exported_at AT TIME ZONE current_setting('TimeZone')) < (p.day + 1)::timestamp THEN
+        ELSIF (e.exported_at AT TIME ZONE (SELECT time_zone FROM audit.log_settings)) < (p.day + 1)::timestamp THEN
             why := format('its export (%s) ran before the day ended', e.path);
         ELSIF rows <> e.rows THEN
             why := format('it holds %s rows, its export %s wrote %s', rows, e.path, e.rows);
@@ -371,7 +426,7 @@ BEGIN
         'retention', s.retention::text,
         'partitions', (SELECT coalesce(jsonb_agg(d.day::text ORDER BY d.day), '[]') FROM audit.log_days() d),
         'due', (SELECT coalesce(jsonb_agg(n.day::text ORDER BY n.day), '[]')
-                FROM (SELECT current_date + i AS day FROM generate_series(0, s.days_ahead) AS i) n
+                FROM (SELECT audit.log_today() + i AS day FROM generate_series(-1, s.days_ahead) AS i) n
                 WHERE n.day NOT IN (SELECT d.day FROM audit.log_days() d)),
         'default_rows', (SELECT count(*) FROM audit.log_default),
         'default_days', (SELECT coalesce(jsonb_agg(x.day::text ORDER BY x.day), '[]')
@@ -417,22 +472,54 @@ AS $$
 $$;
 
 -- The changed_at of the log rows of this transaction: its start (CURRENT_TIMESTAMP) as a timestamp
--- in the TimeZone of the transaction's first log row. Converting in the zone of each row instead
--- would put the rows of one transaction into two days' files when the session changes TimeZone
--- midway (SET LOCAL TimeZone): the midnight rule is one transaction, one day. The zone is kept
--- in a transaction-local setting; setting it by hand gives no more than SET TimeZone does.
+-- in the log's zone, audit.log_settings.time_zone, which is written into the body as a constant
+-- by audit.define_changed_at(): no lookup per row, and nothing a session sets (TimeZone, a
+-- custom setting) can move its rows into another day. One transaction, one day: the midnight
+-- rule. audit.define_changed_at() runs at install and whenever time_zone changes (trigger below).
+CREATE OR REPLACE FUNCTION audit.define_changed_at() RETURNS VOID
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $def$
+BEGIN
+    EXECUTE format($f$
 CREATE OR REPLACE FUNCTION audit.changed_at() RETURNS TIMESTAMP
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    zone TEXT := nullif(current_setting('audit.txn_timezone', true), '');
+AS $body$
 BEGIN
-    IF zone IS NULL THEN
-        zone := current_setting('TimeZone');
-        PERFORM set_config('audit.txn_timezone', zone, true);
+    RETURN CURRENT_TIMESTAMP AT TIME ZONE %L;
+END
+$body$
+$f$, (SELECT s.time_zone FROM audit.log_settings s));
+END
+$def$;
+SELECT audit.define_changed_at();
+
+CREATE OR REPLACE FUNCTION audit.log_settings_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.time_zone IS NULL THEN
+        RAISE EXCEPTION 'audit-tail: audit.log_settings.time_zone must not be NULL'
+            USING HINT = 'name a zone, such as ''UTC'' or ''Europe/Paris'' (see pg_timezone_names)';
     END IF;
-    RETURN CURRENT_TIMESTAMP AT TIME ZONE zone;
+    PERFORM audit.define_changed_at();
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER log_settings_time_zone AFTER UPDATE OF time_zone ON audit.log_settings
+    FOR EACH ROW WHEN (OLD.time_zone IS DISTINCT FROM NEW.time_zone)
+    EXECUTE FUNCTION audit.log_settings_changed();
+
+-- A row written into audit.log by hand (the owner's, or a test's) gets the same changed_at.
+DO $$
+BEGIN
+    IF (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a
+        ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+        WHERE d.adrelid = 'audit.log'::regclass AND a.attname = 'changed_at') IS DISTINCT FROM 'audit.changed_at()' THEN
+        ALTER TABLE audit.log ALTER COLUMN changed_at SET DEFAULT audit.changed_at();
+    END IF;
 END
 $$;
 
@@ -1026,7 +1113,8 @@ REVOKE ALL ON FUNCTION audit.nightly_log(DATE) FROM PUBLIC;
 -- One nightly job per database exports both tables: install.sql's job (export-daily-audit-data
 -- in the cron database, export-daily-audit-data-<database> elsewhere; see install.sql for why),
 -- whose command install.sql extends, once this file has been run, with audit.nightly_log:
---     SELECT <schema>.export_audit_data(current_date - 1), audit.nightly_log(current_date - 1)
+--     SELECT <schema>.export_audit_data(current_date - 1), audit.nightly_log(audit.log_today() - 1)
+-- (users_audit's day in the job's session TimeZone, as before; the log's in its own zone).
 -- One statement, one transaction: if the log's part fails, the run is marked failed in
 -- cron.job_run_details and the day is not recorded as exported (users_audit's file is written
 -- first, byte-identical as before). The log's own job of an earlier install
@@ -1037,7 +1125,7 @@ DECLARE
     cron_db TEXT := current_setting('cron.database_name', true);
     job_name TEXT := 'export-daily-audit-data';
     old_job TEXT := 'export-daily-audit-log';
-    job_command TEXT := format('SELECT %I.export_audit_data(current_date - 1), audit.nightly_log(current_date - 1)',
+    job_command TEXT := format('SELECT %I.export_audit_data(current_date - 1), audit.nightly_log(audit.log_today() - 1)',
                                current_schema());
     old RECORD;
 BEGIN

@@ -457,7 +457,10 @@ DECLARE
     old RECORD;
 BEGIN
     -- Once sql/audit_log.sql is installed, the same job exports the log too (see there).
-    IF to_regprocedure('audit.nightly_log(date)') IS NOT NULL THEN
+    -- The log's day is yesterday in the log's own zone (audit.log_today(), sql/audit_log.sql).
+    IF to_regprocedure('audit.nightly_log(date)') IS NOT NULL AND to_regprocedure('audit.log_today()') IS NOT NULL THEN
+        job_command := job_command || ', audit.nightly_log(audit.log_today() - 1)';
+    ELSIF to_regprocedure('audit.nightly_log(date)') IS NOT NULL THEN
         job_command := job_command || ', audit.nightly_log(current_date - 1)';
     END IF;
     IF NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_cron') THEN

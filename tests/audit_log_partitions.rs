@@ -45,7 +45,7 @@ async fn the_log_is_partitioned_by_day_with_days_ahead_and_a_default() {
     let days = partition_days(&client).await;
     let want: Vec<String> = client
         .query(
-            "SELECT (current_date + n)::text FROM generate_series(0, 7) AS n",
+            "SELECT (current_date + n)::text FROM generate_series(-1, 7) AS n",
             &[],
         )
         .await
@@ -53,7 +53,7 @@ async fn the_log_is_partitioned_by_day_with_days_ahead_and_a_default() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(days, want, "today and the next 7 days");
+    assert_eq!(days, want, "yesterday, today and the next 7 days");
     assert_eq!(
         scalar(
             &client,
