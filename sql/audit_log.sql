@@ -183,16 +183,41 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT audit.log_now()::date $$;
 
--- The days whose nightly export was written: audit.export_log records the day, the file and how
--- many rows it wrote, once COPY has written all of them (a failed export records nothing).
--- Retention drops only a day recorded here, exported after the day ended, with as many rows as
--- its partition holds now.
+-- The days whose nightly export was written: audit.export_log records the day, the file, how
+-- many rows it wrote and a fingerprint of their ids (lowest, highest, sum, and sum of a hash of
+-- each), once COPY has written all of them (a failed export records nothing). Retention drops
+-- only a day recorded here, exported after the day ended, whose partition holds now exactly the
+-- rows of that fingerprint; it then sets dropped_at, so that rows of the day written later (in a
+-- partition made again) count as never exported, and export_log does not overwrite the file of
+-- the dropped rows.
 CREATE TABLE IF NOT EXISTS audit.log_exports (
     day         DATE PRIMARY KEY,
     path        TEXT NOT NULL,
     rows        BIGINT NOT NULL,
     exported_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'audit.log_exports'::regclass
+                   AND attname = 'dropped_at' AND NOT attisdropped) THEN
+        ALTER TABLE audit.log_exports ADD COLUMN min_id BIGINT, ADD COLUMN max_id BIGINT,
+            ADD COLUMN id_sum NUMERIC, ADD COLUMN id_hash NUMERIC, ADD COLUMN dropped_at TIMESTAMPTZ;
+    END IF;
+END
+$$;
+
+-- The fingerprint of a set of log rows, as audit.log_exports keeps it: compared column by column.
+CREATE OR REPLACE FUNCTION audit.log_fingerprint(rel REGCLASS, day DATE,
+    OUT rows BIGINT, OUT min_id BIGINT, OUT max_id BIGINT, OUT id_sum NUMERIC, OUT id_hash NUMERIC)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('SELECT count(*), min(id), max(id), coalesce(sum(id), 0), coalesce(sum(hashint8extended(id, 0)), 0) '
+                   'FROM %s WHERE changed_at >= $1 AND changed_at < $1 + 1', rel)
+    INTO rows, min_id, max_id, id_sum, id_hash USING day;
+END
+$$;
 
 -- The partitions of the log: one row per day partition (day, its table, its rows are not
 -- counted here), in order of day. DEFAULT is not listed.
@@ -204,6 +229,33 @@ AS $$
     FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
     WHERE i.inhparent = 'audit.log'::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
     ORDER BY 1
+$$;
+
+-- Takes every privilege on a table of the log away from every role but its owner, PUBLIC
+-- included, column privileges too: a grant given by mistake (GRANT ALL) or by default privileges
+-- (ALTER DEFAULT PRIVILEGES ... GRANT ALL ON TABLES) would let a role write, or add a trigger that
+-- runs as whoever writes the log (its owner: the trigger function is SECURITY DEFINER). With
+-- keep_select, a role that could SELECT keeps that (a reader someone chose), and nothing else.
+CREATE OR REPLACE FUNCTION audit.revoke_grants(tbl REGCLASS, keep_select BOOLEAN) RETURNS VOID
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    g RECORD;
+BEGIN
+    EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', tbl);
+    FOR g IN SELECT a.grantee::regrole::text AS grantee, bool_or(a.privilege_type = 'SELECT') AS reads
+             FROM (SELECT (aclexplode(c.relacl)).* FROM pg_class c WHERE c.oid = tbl
+                   UNION ALL
+                   SELECT (aclexplode(t.attacl)).* FROM pg_attribute t WHERE t.attrelid = tbl AND t.attacl IS NOT NULL) a
+             WHERE a.grantee <> 0 AND a.grantee <> (SELECT relowner FROM pg_class WHERE oid = tbl)
+             GROUP BY a.grantee LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM %s', tbl, g.grantee);
+        IF keep_select AND g.reads THEN
+            EXECUTE format('GRANT SELECT ON %s TO %s', tbl, g.grantee);
+        END IF;
+    END LOOP;
+END
 $$;
 
 -- Creates the partition of day (audit.log_YYYYMMDD) unless it exists; returns whether it did.
@@ -245,7 +297,8 @@ BEGIN
                    name, day::timestamp, (day + 1)::timestamp);
     -- The check only spared ATTACH a scan: the partition's bound says the same.
     EXECUTE format('ALTER TABLE audit.%I DROP CONSTRAINT %I', name, name || '_day');
-    EXECUTE format('REVOKE ALL ON audit.%I FROM PUBLIC', name);
+    -- Default privileges of the creating role (ALTER DEFAULT PRIVILEGES) gave it grants: none.
+    PERFORM audit.revoke_grants(format('audit.%I', name)::regclass, false);
     IF moved > 0 THEN
         RAISE NOTICE 'audit-tail: moved % rows of % from audit.log_default into its new partition audit.%', moved, day, name;
     END IF;
@@ -324,7 +377,10 @@ BEGIN
     END LOOP;
     DROP TABLE audit.log_unpartitioned;
     RAISE NOTICE 'audit-tail: audit.log is now partitioned by day: its % rows were moved into it with their ids', moved
-        USING DETAIL = 'one partition per day, audit.log_YYYYMMDD, and audit.log_default for a day that has none';
+        USING DETAIL = 'one partition per day, audit.log_YYYYMMDD, and audit.log_default for a day that has none. '
+                       'Days exported before the move are not recorded as exported (audit.log_exports), so retention keeps them.',
+              HINT = 'to let retention drop them, export them again (the same rows into the same files): '
+                     'SELECT audit.export_log(day) FROM audit.log_days() WHERE day < audit.log_today()';
 END
 $$;
 
@@ -344,6 +400,7 @@ AS $$
 DECLARE
     p RECORD;
     e RECORD;
+    f RECORD;
 BEGIN
     IF keep IS NULL OR keep < INTERVAL '1 day' THEN
         RAISE EXCEPTION 'audit.retain: keep must be at least one day, not %', coalesce(keep::text, 'NULL')
@@ -353,16 +410,24 @@ BEGIN
              WHERE (d.day + 1)::timestamp <= audit.log_now() - keep ORDER BY d.day LOOP
         day := p.day;
         partition := p.partition;
-        EXECUTE format('SELECT count(*) FROM %s', p.partition) INTO rows;
+        SELECT * INTO f FROM audit.log_fingerprint(p.partition, p.day);
+        rows := f.rows;
         SELECT x.* INTO e FROM audit.log_exports x WHERE x.day = p.day;
         path := e.path;
         droppable := false;
-        IF e IS NULL THEN
+        IF NOT FOUND THEN
             why := 'it was never exported';
+        ELSIF e.dropped_at IS NOT NULL THEN
+            why := format('its rows were written after retention dropped the day at %s: they were never exported (%s holds the dropped ones)',
+                          e.dropped_at, e.path);
         ELSIF (e.exported_at AT TIME ZONE (SELECT time_zone FROM audit.log_settings)) < (p.day + 1)::timestamp THEN
             why := format('its export (%s) ran before the day ended', e.path);
         ELSIF rows <> e.rows THEN
             why := format('it holds %s rows, its export %s wrote %s', rows, e.path, e.rows);
+        ELSIF e.id_sum IS NULL THEN
+            why := format('its export %s has no fingerprint of its rows (an earlier version wrote it)', e.path);
+        ELSIF (f.min_id, f.max_id, f.id_sum, f.id_hash) IS DISTINCT FROM (e.min_id, e.max_id, e.id_sum, e.id_hash) THEN
+            why := format('it holds other rows than its export %s wrote (as many, not the same ids)', e.path);
         ELSE
             droppable := true;
             why := format('exported to %s at %s', e.path, e.exported_at);
@@ -379,29 +444,45 @@ $$;
 CREATE OR REPLACE FUNCTION audit.retain(keep INTERVAL) RETURNS INTEGER
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
+SET lock_timeout = '2s'
 AS $$
 DECLARE
     p RECORD;
-    n BIGINT;
+    f RECORD;
+    e RECORD;
     dropped INTEGER := 0;
 BEGIN
     FOR p IN SELECT * FROM audit.retention_plan(keep) LOOP
         IF NOT p.droppable THEN
             RAISE NOTICE 'audit-tail: kept % (%): %', p.day, p.partition, p.why
-                USING HINT = format('export it %s: SELECT audit.export_log(%L)',
-                                    CASE WHEN p.path IS NULL THEN 'first' ELSE 'again' END, p.day);
+                USING HINT = CASE
+                    WHEN p.why LIKE '%after retention dropped%' THEN
+                        format('move %s aside (it holds the rows dropped before), then export the day again: SELECT audit.export_log(%L)',
+                               p.path, p.day)
+                    ELSE format('export it %s: SELECT audit.export_log(%L)',
+                                CASE WHEN p.path IS NULL THEN 'first' ELSE 'again' END, p.day) END;
             CONTINUE;
         END IF;
-        -- No row may arrive between the count and the drop.
-        EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', p.partition);
-        EXECUTE format('SELECT count(*) FROM %s', p.partition) INTO n;
-        IF n <> p.rows THEN
-            RAISE NOTICE 'audit-tail: kept % (%): rows arrived while retention ran', p.day, p.partition;
+        BEGIN
+            -- No row may arrive between the fingerprint and the drop.
+            EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', p.partition);
+            SELECT * INTO f FROM audit.log_fingerprint(p.partition, p.day);
+            SELECT * INTO e FROM audit.log_exports x WHERE x.day = p.day;
+            IF (f.rows, f.min_id, f.max_id, f.id_sum, f.id_hash) IS DISTINCT FROM (e.rows, e.min_id, e.max_id, e.id_sum, e.id_hash) THEN
+                RAISE NOTICE 'audit-tail: kept % (%): rows arrived while retention ran', p.day, p.partition;
+                CONTINUE;
+            END IF;
+            EXECUTE format('ALTER TABLE audit.log DETACH PARTITION %s', p.partition);
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE NOTICE 'audit-tail: kept % (%): audit.log was in use for longer than % (a long query or transaction on the log); it is dropped by a later run',
+                p.day, p.partition, current_setting('lock_timeout')
+                USING HINT = 'detaching needs a moment alone with audit.log; waiting longer would hold up every write of every tracked table. See pg_stat_activity for what holds it.';
             CONTINUE;
-        END IF;
-        RAISE NOTICE 'audit-tail: dropped % (%, % rows): %', p.day, p.partition, n, p.why;
-        EXECUTE format('ALTER TABLE audit.log DETACH PARTITION %s', p.partition);
+        END;
+        RAISE NOTICE 'audit-tail: dropped % (%, % rows): %', p.day, p.partition, p.rows, p.why;
         EXECUTE format('DROP TABLE %s', p.partition);
+        UPDATE audit.log_exports x SET dropped_at = clock_timestamp() WHERE x.day = p.day;
         dropped := dropped + 1;
     END LOOP;
     RETURN dropped;
@@ -933,30 +1014,30 @@ FROM audit.tracked_tables t
 JOIN pg_class c ON c.oid = t.tbl
 JOIN pg_namespace n ON n.oid = c.relnamespace;
 
--- Tamper resistance, as for users_audit: only the owner writes the log and the options; write
--- grants that anyone was ever given are revoked, so a re-install repairs a loosened table.
+-- Tamper resistance, as for users_audit: only the owner writes the log and the options. Every
+-- privilege anyone was ever given on them, but SELECT on a table as a whole, is revoked (a
+-- re-install repairs a loosened table); on a partition and DEFAULT every privilege, SELECT too
+-- (read the log through audit.log); and the identity sequence of the log's ids.
 DO $$
 DECLARE
     t TEXT;
-    grantee_name TEXT;
+    seq TEXT := pg_get_serial_sequence('audit.log', 'id');
 BEGIN
-    -- Every partition too: a partition is a table of its own, which a role could be granted.
     FOR t IN SELECT unnest(ARRAY['audit.log', 'audit.tracked_tables', 'audit.pauses',
-                                 'audit.log_settings', 'audit.log_exports'])
-             UNION ALL SELECT inhrelid::regclass::text FROM pg_inherits
-             WHERE inhparent = 'audit.log'::regclass LOOP
-        EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', t);
-        FOR grantee_name IN
-            SELECT DISTINCT a.grantee::regrole::text
-            FROM pg_class c, aclexplode(c.relacl) a
-            WHERE c.oid = t::regclass AND a.grantee <> 0 AND a.grantee <> c.relowner
-              AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
-        LOOP
-            EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %s FROM %s', t, grantee_name);
-        END LOOP;
+                                 'audit.log_settings', 'audit.log_exports']) LOOP
+        PERFORM audit.revoke_grants(t::regclass, true);
+    END LOOP;
+    FOR t IN SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'audit.log'::regclass LOOP
+        PERFORM audit.revoke_grants(t::regclass, false);
+    END LOOP;
+    EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM PUBLIC', seq);
+    FOR t IN SELECT DISTINCT a.grantee::regrole::text FROM pg_class c, aclexplode(c.relacl) a
+             WHERE c.oid = seq::regclass AND a.grantee <> 0 AND a.grantee <> c.relowner LOOP
+        EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM %s', seq, t);
     END LOOP;
 END
 $$;
+REVOKE ALL ON FUNCTION audit.revoke_grants(REGCLASS, BOOLEAN) FROM PUBLIC;
 REVOKE ALL ON audit.tracked FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.log_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.log_switch(TEXT, TEXT) FROM PUBLIC;
@@ -1045,10 +1126,14 @@ AS $body$
 DECLARE
     path TEXT;
     n BIGINT;
+    holder REGCLASS;
+    done RECORD;
+    f RECORD;
+    on_disk BOOLEAN;
 BEGIN
     IF day IS NULL THEN
         RAISE EXCEPTION 'audit.export_log: day must not be NULL'
-            USING HINT = 'pass the date to export, for example audit.export_log(current_date - 1)';
+            USING HINT = 'pass the date to export, for example audit.export_log(audit.log_today() - 1)';
     END IF;
     SELECT rtrim(export_dir, '/') || '/'
            || CASE WHEN export_name ~ '^users_audit_export(_|$)'
@@ -1057,14 +1142,42 @@ BEGIN
            || '_' || to_char(day, 'YYYYMMDD') || '.csv'
     INTO STRICT path
     FROM %s;
+    -- Retention dropped this day after exporting it to this file: the file holds rows that are
+    -- nowhere else now. Never overwrite it (with the rows written since, or none).
+    SELECT x.* INTO done FROM audit.log_exports x WHERE x.day = export_log.day AND x.dropped_at IS NOT NULL;
+    IF FOUND AND done.path = path THEN
+        BEGIN
+            on_disk := (pg_stat_file(path, true)).size IS NOT NULL;
+        EXCEPTION WHEN insufficient_privilege THEN
+            on_disk := true;  -- cannot tell: keep the file safe
+        END;
+        IF on_disk THEN
+            RAISE EXCEPTION 'audit.export_log: will not overwrite %%: it holds the %%s rows of %%s that retention dropped from the database at %%s',
+                path, done.rows, day, done.dropped_at
+                USING HINT = 'move the file aside (keep it: those rows are nowhere else), then run audit.export_log again to export the rows of the day written since';
+        END IF;
+    END IF;
+    -- The rows of the day are in its partition, or in DEFAULT when it has none. Writes into them
+    -- wait until the fingerprint below is taken, so that it describes exactly what COPY wrote.
+    holder := coalesce((SELECT d.partition FROM audit.log_days() d WHERE d.day = export_log.day),
+                       'audit.log_default'::regclass);
+    EXECUTE format('LOCK TABLE %%s IN SHARE MODE', holder);
     EXECUTE format(
         'COPY (SELECT * FROM audit.log_rows(%%L::date) ORDER BY id) TO %%L WITH (FORMAT csv, HEADER, ENCODING %%L)',
         day, path, 'UTF8');
     GET DIAGNOSTICS n = ROW_COUNT;
+    SELECT * INTO f FROM audit.log_fingerprint('audit.log', day);
+    IF f.rows <> n THEN
+        RAISE EXCEPTION 'audit.export_log: the rows of %%s changed while they were exported (%%s written, %%s now)', day, n, f.rows
+            USING HINT = 'run it again';
+    END IF;
     -- Recorded once every row is written: what retention (audit.retain) trusts.
-    INSERT INTO audit.log_exports AS e (day, path, rows) VALUES (day, path, n)
+    INSERT INTO audit.log_exports AS e (day, path, rows, min_id, max_id, id_sum, id_hash, dropped_at)
+    VALUES (day, path, n, f.min_id, f.max_id, f.id_sum, f.id_hash, NULL)
     ON CONFLICT ON CONSTRAINT log_exports_pkey DO UPDATE
-        SET path = EXCLUDED.path, rows = EXCLUDED.rows, exported_at = EXCLUDED.exported_at;
+        SET path = EXCLUDED.path, rows = EXCLUDED.rows, exported_at = EXCLUDED.exported_at,
+            min_id = EXCLUDED.min_id, max_id = EXCLUDED.max_id, id_sum = EXCLUDED.id_sum,
+            id_hash = EXCLUDED.id_hash, dropped_at = NULL;
     RETURN path;
 END
 $body$
