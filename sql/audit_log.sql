@@ -266,6 +266,8 @@ $$;
 CREATE OR REPLACE FUNCTION audit.create_log_partition(day DATE) RETURNS BOOLEAN
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
+SET lock_timeout = '10s'
 AS $$
 DECLARE
     name TEXT := 'log_' || to_char(day, 'YYYYMMDD');
@@ -274,11 +276,23 @@ BEGIN
     IF day IS NULL THEN
         RAISE EXCEPTION 'audit.create_log_partition: day must not be NULL';
     END IF;
-    -- The install and the job may run at once: one creates, the other then finds it.
+    -- The install and the job may run at once: one creates, the other then finds it. The checks
+    -- read the catalog as it is now (to_regclass, pg_partition_root), not through this
+    -- transaction's snapshot: a REPEATABLE READ caller would not see a partition made meanwhile.
     PERFORM pg_advisory_xact_lock(hashtext('audit-tail: audit.log partitions'));
-    IF EXISTS (SELECT FROM audit.log_days() d WHERE d.day = create_log_partition.day) THEN
+    IF pg_partition_root(to_regclass(format('audit.%I', name))) = 'audit.log'::regclass
+       OR EXISTS (SELECT FROM audit.log_days() d WHERE d.day = create_log_partition.day) THEN
         RETURN false;
     END IF;
+    -- Writes of days without a partition wait (reads go on) until the partition is attached: a
+    -- row of the day written into DEFAULT after the move below would make the ATTACH fail.
+    BEGIN
+        LOCK TABLE audit.log_default IN EXCLUSIVE MODE;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'audit-tail: cannot create the partition of % of audit.log: audit.log_default was written by a transaction that lasted longer than % (lock_timeout)',
+                        day, current_setting('lock_timeout')
+            USING HINT = 'nothing is lost meanwhile: a day without a partition is written into audit.log_default. Run SELECT audit.log_partitions() again once that transaction has ended (pg_stat_activity shows it)';
+    END;
     IF to_regclass(format('audit.%I', name)) IS NOT NULL THEN
         RAISE EXCEPTION 'audit-tail: cannot create the partition of % of audit.log: a table audit.% exists and is not that partition', day, name
             USING HINT = format('a partition detached by hand? attach it again (ALTER TABLE audit.log ATTACH PARTITION audit.%I FOR VALUES FROM (%L) TO (%L)), or rename or drop it',
@@ -1205,18 +1219,36 @@ $$;
 -- audit.nightly_log(day): the log's part of the one nightly job (install.sql): the partitions
 -- of the days ahead (and of days left in DEFAULT), the export of day, then retention when
 -- audit.log_settings.retention is set. Returns the export's path.
+-- The upkeep (partitions, retention) runs in sub-blocks of its own: its failure is a WARNING in
+-- the job's log and never rolls back the night's export; only a failed export fails the run.
 CREATE OR REPLACE FUNCTION audit.nightly_log(day DATE) RETURNS TEXT
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
 AS $$
 DECLARE
     path TEXT;
     keep INTERVAL := (SELECT retention FROM audit.log_settings);
+    msg TEXT;
+    hint TEXT;
 BEGIN
-    PERFORM audit.log_partitions();
+    BEGIN
+        PERFORM audit.log_partitions();
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+        RAISE WARNING 'audit-tail: the nightly upkeep of audit.log''s partitions failed, the export of % goes on: %', day, msg
+            USING HINT = coalesce(nullif(hint, '') || '. ', '')
+                         || 'Writes never fail meanwhile (a day without a partition is written into audit.log_default); run SELECT audit.log_partitions() as the log''s owner to retry';
+    END;
     path := audit.export_log(day);
     IF keep IS NOT NULL THEN
-        PERFORM audit.retain(keep);
+        BEGIN
+            PERFORM audit.retain(keep);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            RAISE WARNING 'audit-tail: retention of audit.log failed, the export of % is kept: %', day, msg
+                USING HINT = format('nothing was dropped; run SELECT audit.retain(%L) as the log''s owner to retry', keep);
+        END;
     END IF;
     RETURN path;
 END

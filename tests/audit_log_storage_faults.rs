@@ -323,3 +323,111 @@ async fn no_grant_given_by_mistake_or_by_default_privileges_survives_on_the_log(
         );
     }
 }
+
+/// Waits until the backend `pid` waits for a lock.
+fn waits_for_a_lock(db: &TestDb, pid: i32) {
+    common::wait::until(
+        "a backend waiting for a lock",
+        std::time::Duration::from_secs(30),
+        || {
+            db.psql(&format!(
+                "SELECT count(*) FROM pg_locks WHERE pid = {pid} AND NOT granted"
+            ))
+            .trim()
+                != "0"
+        },
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_is_made_while_rows_of_its_day_are_being_written_into_default() {
+    let db = TestDb::new("store_move");
+    install_audit_log(&db);
+    let writer = db.client().await;
+    let upkeep = db.client().await;
+    let pid: i32 = upkeep
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // A writer of a day without a partition, still in its transaction.
+    writer
+        .batch_execute(
+            "BEGIN; INSERT INTO audit.log (changed_at, op, actor) VALUES ('2031-03-04 10:00', 'PAUSE', 'w')",
+        )
+        .await
+        .unwrap();
+    let made = tokio::spawn(async move {
+        upkeep
+            .query_one("SELECT audit.create_log_partition('2031-03-04')", &[])
+            .await
+            .map(|r| r.get::<_, bool>(0))
+    });
+    waits_for_a_lock(&db, pid);
+    writer.batch_execute("COMMIT").await.unwrap();
+    // Before, the row committed after the move made the ATTACH fail ("updated partition
+    // constraint for default partition would be violated").
+    assert!(made.await.unwrap().expect("the partition is made"));
+    assert_eq!(
+        scalar(
+            &writer,
+            "SELECT string_agg(tableoid::regclass::text, ',') FROM audit.log WHERE actor = 'w'"
+        )
+        .await,
+        "audit.log_20310304"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_nightly_export_survives_a_failed_upkeep_and_retention_waits_for_no_long_reader() {
+    let db = TestDb::new("store_upkeep");
+    let dir = install_audit_log(&db);
+    let client = db.client().await;
+    // A table in the way of a partition due: the upkeep fails, the export is written anyway.
+    let due = scalar(&client, "SELECT to_char(audit.log_today() + 3, 'YYYYMMDD')").await;
+    client
+        .batch_execute(&format!(
+            "DROP TABLE audit.log_{due}; CREATE TABLE audit.log_{due} (x int); \
+             INSERT INTO audit.log (changed_at, op, actor) VALUES ('2020-01-01 10:00', 'PAUSE', 'a'); \
+             SELECT audit.create_log_partition('2020-01-01'); \
+             UPDATE audit.log_settings SET retention = '1 day';"
+        ))
+        .await
+        .unwrap();
+    let (ok, notices) = psql_notices(&db, "SELECT audit.nightly_log('2020-01-01')");
+    assert!(ok, "the run succeeds: {notices}");
+    assert!(
+        notices.contains(
+            "the nightly upkeep of audit.log's partitions failed, the export of 2020-01-01 goes on"
+        ) && notices.contains("is not that partition"),
+        "{notices}"
+    );
+    assert!(dir.join("audit_log_export_20200101.csv").exists());
+    assert!(notices.contains("dropped 2020-01-01"), "{notices}");
+
+    // A long reader of the log: retention does not queue every write behind its DETACH, it
+    // keeps the day for a later run.
+    client
+        .batch_execute(
+            "INSERT INTO audit.log (changed_at, op, actor) VALUES ('2020-01-02 10:00', 'PAUSE', 'b'); \
+             SELECT audit.create_log_partition('2020-01-02'); SELECT audit.export_log('2020-01-02');",
+        )
+        .await
+        .unwrap();
+    let reader = db.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM audit.log")
+        .await
+        .unwrap();
+    let (ok, notices) = psql_notices(&db, "SELECT audit.retain('1 day')");
+    assert!(ok, "{notices}");
+    assert!(
+        notices.contains(
+            "kept 2020-01-02 (audit.log_20200102): audit.log was in use for longer than 2s"
+        ),
+        "{notices}"
+    );
+    reader.batch_execute("COMMIT").await.unwrap();
+    let (ok, notices) = psql_notices(&db, "SELECT audit.retain('1 day')");
+    assert!(ok && notices.contains("dropped 2020-01-02"), "{notices}");
+}
