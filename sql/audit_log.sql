@@ -221,9 +221,13 @@ $$;
 
 -- The partitions of the log: one row per day partition (day, its table, its rows are not
 -- counted here), in order of day. DEFAULT is not listed.
+-- The day is read from the partition's bound, which pg_get_expr writes in the DateStyle in
+-- effect: pinned to ISO here (and on every function of the storage that writes or reads a day
+-- as text), so that a session's DateStyle ('SQL, DMY' say) breaks nothing.
 CREATE OR REPLACE FUNCTION audit.log_days() RETURNS TABLE (day DATE, partition REGCLASS)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
 AS $$
     SELECT substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \(''([0-9-]+)')::date, c.oid::regclass
     FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
@@ -409,6 +413,7 @@ CREATE OR REPLACE FUNCTION audit.retention_plan(keep INTERVAL)
 RETURNS TABLE (day DATE, partition REGCLASS, rows BIGINT, path TEXT, droppable BOOLEAN, why TEXT)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -511,6 +516,7 @@ CREATE OR REPLACE FUNCTION audit.log_storage() RETURNS JSONB
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
 AS $$
 DECLARE
     s RECORD;

@@ -431,3 +431,61 @@ async fn the_nightly_export_survives_a_failed_upkeep_and_retention_waits_for_no_
     let (ok, notices) = psql_notices(&db, "SELECT audit.retain('1 day')");
     assert!(ok && notices.contains("dropped 2020-01-02"), "{notices}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sessions_datestyle_and_isolation_level_break_no_upkeep() {
+    let db = TestDb::new("store_style");
+    install_audit_log(&db);
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "SET datestyle = 'SQL, DMY'; \
+             INSERT INTO audit.log (changed_at, op, actor) VALUES ('2031-02-03 10:00', 'PAUSE', 'a'), \
+                                                                  ('2020-01-01 10:00', 'PAUSE', 'b'); \
+             SELECT audit.log_partitions(); \
+             SELECT audit.nightly_log('2020-01-01'); \
+             SELECT audit.retain('1 day');",
+        )
+        .await
+        .expect("upkeep under DateStyle SQL, DMY");
+    let storage = scalar(&client, "SELECT audit.log_storage()::text").await;
+    let storage: serde_json::Value = serde_json::from_str(&storage).unwrap();
+    assert_eq!(storage["default_rows"], 0, "{storage}");
+    assert!(
+        storage["partitions"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("2031-02-03")),
+        "{storage}"
+    );
+    assert_eq!(
+        scalar(
+            &client,
+            "SELECT count(*)::text FROM audit.retention_plan('1 day')"
+        )
+        .await,
+        "0",
+        "2020-01-01 was exported and dropped"
+    );
+
+    // A REPEATABLE READ transaction whose snapshot predates a partition made meanwhile finds it
+    // made, not "a table ... exists and is not that partition".
+    let other = db.client().await;
+    client
+        .batch_execute(
+            "RESET datestyle; BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM pg_class",
+        )
+        .await
+        .unwrap();
+    other
+        .batch_execute("SELECT audit.create_log_partition('2032-01-01')")
+        .await
+        .unwrap();
+    let made: bool = client
+        .query_one("SELECT audit.create_log_partition('2032-01-01')", &[])
+        .await
+        .expect("no false table in the way")
+        .get(0);
+    assert!(!made);
+    client.batch_execute("COMMIT").await.unwrap();
+}
