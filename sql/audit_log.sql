@@ -406,9 +406,11 @@ SELECT audit.log_partitions();
 
 -- What retention with keep would do to each day that ended more than keep ago (DEFAULT is never
 -- dropped): droppable only when audit.log_exports shows the day exported, by an export that ran
--- after the day had ended and wrote as many rows as the partition holds now. Any other day is
--- kept: never exported (the job did not run, or failed), exported while the day was still
--- running (a manual export_log(current_date)), or rows added or removed since. why says which.
+-- after the day had ended and wrote exactly the rows the partition holds now (their fingerprint:
+-- count, lowest and highest id, sum of ids and of their hashes). Any other day is kept: never
+-- exported (the job did not run, or failed), exported while the day was still running (a manual
+-- export_log(audit.log_today())), other rows than were exported, or rows written after retention
+-- dropped the day (its export file holds the dropped ones). why says which.
 CREATE OR REPLACE FUNCTION audit.retention_plan(keep INTERVAL)
 RETURNS TABLE (day DATE, partition REGCLASS, rows BIGINT, path TEXT, droppable BOOLEAN, why TEXT)
 LANGUAGE plpgsql
@@ -1125,7 +1127,10 @@ AS $$ SELECT * FROM audit.log WHERE changed_at >= $1 AND changed_at < $1 + 1 $$;
 --     TO STDOUT WITH (FORMAT csv, HEADER)
 -- in a session with the default settings, whatever the caller's DateStyle, IntervalStyle or
 -- client_encoding, as for export_audit_data. audit_settings is in install.sql's schema, found
--- here at install time and named in the body.
+-- here at install time and named in the body. It records the rows' fingerprint in
+-- audit.log_exports (for retention), holding the day's partition in SHARE mode meanwhile, and
+-- refuses to overwrite the file of a day whose partition retention dropped.
+-- (Inside format() below, a literal % is written %%.)
 DO $do$
 DECLARE
     settings REGCLASS := to_regclass(format('%I.audit_settings', current_schema()));
@@ -1266,9 +1271,9 @@ REVOKE ALL ON FUNCTION audit.nightly_log(DATE) FROM PUBLIC;
 -- whose command install.sql extends, once this file has been run, with audit.nightly_log:
 --     SELECT <schema>.export_audit_data(current_date - 1), audit.nightly_log(audit.log_today() - 1)
 -- (users_audit's day in the job's session TimeZone, as before; the log's in its own zone).
--- One statement, one transaction: if the log's part fails, the run is marked failed in
+-- One statement, one transaction: if the log's export fails, the run is marked failed in
 -- cron.job_run_details and the day is not recorded as exported (users_audit's file is written
--- first, byte-identical as before). The log's own job of an earlier install
+-- first, byte-identical as before); a failure of the upkeep is a WARNING (see nightly_log). The log's own job of an earlier install
 -- (export-daily-audit-log[-<database>]) is removed. Installed in the cron database it upserts the
 -- job, keeping its schedule; anywhere else it says in a NOTICE the statement to run there.
 DO $$
@@ -1290,7 +1295,9 @@ BEGIN
             cron_db, cron_db,
             format('SELECT cron.schedule_in_database(%L, %L, %L, %L);',
                    job_name, '0 3 * * *', job_command, current_database())
-            USING HINT = format('an earlier install scheduled the log''s own job %s: remove it there with SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %L',
+            USING DETAIL = format('pg_cron must be created in "%s" first, once: CREATE EXTENSION IF NOT EXISTS pg_cron; '
+                                  'This statement replaces the one sql/install.sql gave: one job exports both users_audit and audit.log.', cron_db),
+                  HINT = format('only after an upgrade from a version that scheduled the log''s own job %s: remove that job there with SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %L',
                                 old_job, old_job);
     ELSE
         CREATE EXTENSION IF NOT EXISTS pg_cron;

@@ -475,7 +475,11 @@ BEGIN
             cron_db, cron_db,
             format('SELECT cron.schedule_in_database(%L, %L, %L, %L);',
                    job_name, '0 3 * * *', job_command, current_database())
-            USING HINT = format('each database has its own job; a job of an earlier install that exports this database under another name (such as export-daily-audit-data) would export it twice: find it with SELECT jobid, jobname FROM cron.job WHERE database = %L and remove it with SELECT cron.unschedule(jobid)',
+            USING DETAIL = format('pg_cron must be created in "%s" first, once: CREATE EXTENSION IF NOT EXISTS pg_cron;', cron_db)
+                           || CASE WHEN to_regprocedure('audit.nightly_log(date)') IS NULL
+                                   THEN ' If you install sql/audit_log.sql too (audit-tail setup does, right after this), run the statement its NOTICE gives instead: the same job, which exports audit.log as well.'
+                                   ELSE '' END,
+                  HINT = format('each database has its own job; a job of an earlier install that exports this database under another name (such as export-daily-audit-data) would export it twice: find it with SELECT jobid, jobname FROM cron.job WHERE database = %L and remove it with SELECT cron.unschedule(jobid)',
                                 current_database());
     ELSE
         CREATE EXTENSION IF NOT EXISTS pg_cron;

@@ -489,3 +489,46 @@ async fn a_sessions_datestyle_and_isolation_level_break_no_upkeep() {
     assert!(!made);
     client.batch_execute("COMMIT").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_setup_outside_the_cron_database_says_what_to_run_there() {
+    let db = TestDb::new("store_first");
+    let out = db
+        .cluster
+        .client_command("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &db.name, "-c"])
+        .arg(db.set_export_dir())
+        .arg("-f")
+        .arg(common::repo_path("sql/install.sql"))
+        .arg("-f")
+        .arg(common::repo_path("sql/audit_log.sql"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    let details: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("DETAIL:  pg_cron must be created"))
+        .collect();
+    assert_eq!(details.len(), 2, "one per script: {stderr}");
+    for detail in &details {
+        assert!(
+            detail.contains("in \"postgres\" first, once: CREATE EXTENSION IF NOT EXISTS pg_cron;"),
+            "{detail}"
+        );
+    }
+    assert!(
+        details[0].contains("run the statement its NOTICE gives instead"),
+        "install.sql points to audit_log.sql's statement: {}",
+        details[0]
+    );
+    assert!(
+        details[1].contains("replaces the one sql/install.sql gave"),
+        "{}",
+        details[1]
+    );
+    assert!(
+        !stderr.contains("HINT:  an earlier install scheduled"),
+        "a first install hears of no earlier one: {stderr}"
+    );
+}
