@@ -527,6 +527,7 @@ BEGIN
     RETURN jsonb_build_object(
         'days_ahead', s.days_ahead,
         'retention', s.retention::text,
+        'time_zone', s.time_zone,
         'partitions', (SELECT coalesce(jsonb_agg(d.day::text ORDER BY d.day), '[]') FROM audit.log_days() d),
         'due', (SELECT coalesce(jsonb_agg(n.day::text ORDER BY n.day), '[]')
                 FROM (SELECT audit.log_today() + i AS day FROM generate_series(-1, s.days_ahead) AS i) n

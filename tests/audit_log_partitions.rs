@@ -229,6 +229,13 @@ async fn a_reinstall_moves_an_unpartitioned_log_keeping_rows_and_ids() {
         notices.contains("audit.log is now partitioned by day: its 2 rows were moved"),
         "{notices}"
     );
+    assert!(
+        notices.contains(
+            "export them again (the same rows into the same files): \
+             SELECT audit.export_log(day) FROM audit.log_days() WHERE day < audit.log_today()"
+        ),
+        "days exported by the earlier version: how to let retention drop them: {notices}"
+    );
     assert_eq!(
         scalar(
             &client,

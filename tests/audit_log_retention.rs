@@ -408,6 +408,7 @@ async fn status_lists_partitions_due_days_default_rows_and_what_retention_would_
     let storage = &json["log_storage"];
     assert_eq!(storage["due"], serde_json::json!([due]));
     assert_eq!(storage["default_rows"], 1);
+    assert_eq!(storage["time_zone"], "UTC", "the log's zone");
     assert_eq!(storage["retention_plan"][0]["drop"], true);
     assert_eq!(storage["retention_plan"][1]["drop"], false);
     // status changed nothing, and the consumer's role may ask too.
