@@ -69,8 +69,11 @@ $$;
 -- sequence, which only the log's owner can override (OVERRIDING SYSTEM VALUE); the key does not
 -- check it by itself: two rows of different days with one id would not be refused.
 --
--- changed_at is the transaction's time as a timestamp in the session's TimeZone, exactly like
--- users_audit.changed_at: the stream's file of a row is the date of this column, for both tables.
+-- changed_at is the transaction's start as a timestamp in the log's own zone,
+-- audit.log_settings.time_zone (fixed at install, see there), whatever the writing session's
+-- TimeZone: no session can move its rows into another day. The stream's file of a row is the date
+-- of this column, as users_audit's is the date of users_audit.changed_at (which keeps its
+-- reference rule: the session's TimeZone).
 CREATE TABLE IF NOT EXISTS audit.log (
     id               BIGINT GENERATED ALWAYS AS IDENTITY,
     changed_at       TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
@@ -123,35 +126,140 @@ CREATE INDEX IF NOT EXISTS log_table_idx ON audit.log (schema_name, table_name, 
 
 -- How the log's storage is kept: days_ahead, how many days after today have their partition
 -- made by the install and by the nightly job; retention, how long the nightly job keeps a day
--- (NULL: for ever) when it calls audit.retain. One row.
+-- (NULL: for ever) when it calls audit.retain; time_zone, the zone of changed_at, and so of every
+-- day of the log (partitions, exports, retention, the stream's files). One row.
 CREATE TABLE IF NOT EXISTS audit.log_settings (
     one        BOOLEAN PRIMARY KEY DEFAULT true CONSTRAINT log_settings_one_row CHECK (one),
     days_ahead INTEGER NOT NULL DEFAULT 7 CONSTRAINT log_settings_days_ahead CHECK (days_ahead BETWEEN 0 AND 366),
-    retention  INTERVAL CONSTRAINT log_settings_retention CHECK (retention >= INTERVAL '1 day')
+    retention  INTERVAL CONSTRAINT log_settings_retention CHECK (retention >= INTERVAL '1 day'),
+    time_zone  TEXT
 );
 INSERT INTO audit.log_settings DEFAULT VALUES ON CONFLICT DO NOTHING;
 
--- The days whose nightly export was written: audit.export_log records the day, the file and how
--- many rows it wrote, once COPY has written all of them (a failed export records nothing).
--- Retention drops only a day recorded here, exported after the day ended, with as many rows as
--- its partition holds now.
+-- time_zone is fixed at the first install: the server's TimeZone as configured, that is the
+-- value postgresql.conf (or ALTER SYSTEM) gives it, read from pg_file_settings, never the
+-- installer's session (PGTZ, SET TimeZone, ALTER ROLE/DATABASE ... SET). Where pg_file_settings
+-- cannot be read (an installer that is not a superuser) or sets no TimeZone: log_timezone, which
+-- initdb sets to the same zone and which no session can change. A re-install keeps it. Changing
+-- it later (UPDATE audit.log_settings SET time_zone = ...) takes effect at once (the trigger below
+-- replaces audit.changed_at()), for new rows only: choose it before tracking tables.
+DO $$
+DECLARE
+    zone TEXT;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'audit.log_settings'::regclass
+                   AND attname = 'time_zone' AND NOT attisdropped) THEN
+        ALTER TABLE audit.log_settings ADD COLUMN time_zone TEXT;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conrelid = 'audit.log_settings'::regclass
+                   AND conname = 'log_settings_time_zone') THEN
+        -- AT TIME ZONE refuses a zone PostgreSQL does not know: so does the row. (NULL only
+        -- until the UPDATE below; the trigger below refuses to set it back to NULL.)
+        ALTER TABLE audit.log_settings ADD CONSTRAINT log_settings_time_zone
+            CHECK (time_zone IS NULL OR (now() AT TIME ZONE time_zone) IS NOT NULL);
+    END IF;
+    IF (SELECT time_zone FROM audit.log_settings) IS NULL THEN
+        BEGIN
+            SELECT f.setting INTO zone FROM pg_file_settings f
+            WHERE f.name = 'timezone' AND f.applied AND f.error IS NULL
+            ORDER BY f.seqno DESC LIMIT 1;
+        EXCEPTION WHEN insufficient_privilege THEN
+            zone := NULL;
+        END;
+        UPDATE audit.log_settings SET time_zone = coalesce(zone, current_setting('log_timezone'));
+    END IF;
+END
+$$;
+
+-- The log's current date and time, in its zone (audit.log_settings.time_zone): what decides
+-- which partitions are due, which day the nightly job exports and how old a day is.
+CREATE OR REPLACE FUNCTION audit.log_now() RETURNS TIMESTAMP
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT now() AT TIME ZONE (SELECT s.time_zone FROM audit.log_settings s) $$;
+
+CREATE OR REPLACE FUNCTION audit.log_today() RETURNS DATE
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT audit.log_now()::date $$;
+
+-- The days whose nightly export was written: audit.export_log records the day, the file, how
+-- many rows it wrote and a fingerprint of their ids (lowest, highest, sum, and sum of a hash of
+-- each), once COPY has written all of them (a failed export records nothing). Retention drops
+-- only a day recorded here, exported after the day ended, whose partition holds now exactly the
+-- rows of that fingerprint; it then sets dropped_at, so that rows of the day written later (in a
+-- partition made again) count as never exported, and export_log does not overwrite the file of
+-- the dropped rows.
 CREATE TABLE IF NOT EXISTS audit.log_exports (
     day         DATE PRIMARY KEY,
     path        TEXT NOT NULL,
     rows        BIGINT NOT NULL,
     exported_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'audit.log_exports'::regclass
+                   AND attname = 'dropped_at' AND NOT attisdropped) THEN
+        ALTER TABLE audit.log_exports ADD COLUMN min_id BIGINT, ADD COLUMN max_id BIGINT,
+            ADD COLUMN id_sum NUMERIC, ADD COLUMN id_hash NUMERIC, ADD COLUMN dropped_at TIMESTAMPTZ;
+    END IF;
+END
+$$;
+
+-- The fingerprint of a set of log rows, as audit.log_exports keeps it: compared column by column.
+CREATE OR REPLACE FUNCTION audit.log_fingerprint(rel REGCLASS, day DATE,
+    OUT rows BIGINT, OUT min_id BIGINT, OUT max_id BIGINT, OUT id_sum NUMERIC, OUT id_hash NUMERIC)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('SELECT count(*), min(id), max(id), coalesce(sum(id), 0), coalesce(sum(hashint8extended(id, 0)), 0) '
+                   'FROM %s WHERE changed_at >= $1 AND changed_at < $1 + 1', rel)
+    INTO rows, min_id, max_id, id_sum, id_hash USING day;
+END
+$$;
 
 -- The partitions of the log: one row per day partition (day, its table, its rows are not
 -- counted here), in order of day. DEFAULT is not listed.
+-- The day is read from the partition's bound, which pg_get_expr writes in the DateStyle in
+-- effect: pinned to ISO here (and on every function of the storage that writes or reads a day
+-- as text), so that a session's DateStyle ('SQL, DMY' say) breaks nothing.
 CREATE OR REPLACE FUNCTION audit.log_days() RETURNS TABLE (day DATE, partition REGCLASS)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
 AS $$
     SELECT substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \(''([0-9-]+)')::date, c.oid::regclass
     FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
     WHERE i.inhparent = 'audit.log'::regclass AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
     ORDER BY 1
+$$;
+
+-- Takes every privilege on a table of the log away from every role but its owner, PUBLIC
+-- included, column privileges too: a grant given by mistake (GRANT ALL) or by default privileges
+-- (ALTER DEFAULT PRIVILEGES ... GRANT ALL ON TABLES) would let a role write, or add a trigger that
+-- runs as whoever writes the log (its owner: the trigger function is SECURITY DEFINER). With
+-- keep_select, a role that could SELECT keeps that (a reader someone chose), and nothing else.
+CREATE OR REPLACE FUNCTION audit.revoke_grants(tbl REGCLASS, keep_select BOOLEAN) RETURNS VOID
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    g RECORD;
+BEGIN
+    EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', tbl);
+    FOR g IN SELECT a.grantee::regrole::text AS grantee, bool_or(a.privilege_type = 'SELECT') AS reads
+             FROM (SELECT (aclexplode(c.relacl)).* FROM pg_class c WHERE c.oid = tbl
+                   UNION ALL
+                   SELECT (aclexplode(t.attacl)).* FROM pg_attribute t WHERE t.attrelid = tbl AND t.attacl IS NOT NULL) a
+             WHERE a.grantee <> 0 AND a.grantee <> (SELECT relowner FROM pg_class WHERE oid = tbl)
+             GROUP BY a.grantee LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM %s', tbl, g.grantee);
+        IF keep_select AND g.reads THEN
+            EXECUTE format('GRANT SELECT ON %s TO %s', tbl, g.grantee);
+        END IF;
+    END LOOP;
+END
 $$;
 
 -- Creates the partition of day (audit.log_YYYYMMDD) unless it exists; returns whether it did.
@@ -162,6 +270,8 @@ $$;
 CREATE OR REPLACE FUNCTION audit.create_log_partition(day DATE) RETURNS BOOLEAN
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
+SET lock_timeout = '10s'
 AS $$
 DECLARE
     name TEXT := 'log_' || to_char(day, 'YYYYMMDD');
@@ -170,11 +280,23 @@ BEGIN
     IF day IS NULL THEN
         RAISE EXCEPTION 'audit.create_log_partition: day must not be NULL';
     END IF;
-    -- The install and the job may run at once: one creates, the other then finds it.
+    -- The install and the job may run at once: one creates, the other then finds it. The checks
+    -- read the catalog as it is now (to_regclass, pg_partition_root), not through this
+    -- transaction's snapshot: a REPEATABLE READ caller would not see a partition made meanwhile.
     PERFORM pg_advisory_xact_lock(hashtext('audit-tail: audit.log partitions'));
-    IF EXISTS (SELECT FROM audit.log_days() d WHERE d.day = create_log_partition.day) THEN
+    IF pg_partition_root(to_regclass(format('audit.%I', name))) = 'audit.log'::regclass
+       OR EXISTS (SELECT FROM audit.log_days() d WHERE d.day = create_log_partition.day) THEN
         RETURN false;
     END IF;
+    -- Writes of days without a partition wait (reads go on) until the partition is attached: a
+    -- row of the day written into DEFAULT after the move below would make the ATTACH fail.
+    BEGIN
+        LOCK TABLE audit.log_default IN EXCLUSIVE MODE;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE EXCEPTION 'audit-tail: cannot create the partition of % of audit.log: audit.log_default was written by a transaction that lasted longer than % (lock_timeout)',
+                        day, current_setting('lock_timeout')
+            USING HINT = 'nothing is lost meanwhile: a day without a partition is written into audit.log_default. Run SELECT audit.log_partitions() again once that transaction has ended (pg_stat_activity shows it)';
+    END;
     IF to_regclass(format('audit.%I', name)) IS NOT NULL THEN
         RAISE EXCEPTION 'audit-tail: cannot create the partition of % of audit.log: a table audit.% exists and is not that partition', day, name
             USING HINT = format('a partition detached by hand? attach it again (ALTER TABLE audit.log ATTACH PARTITION audit.%I FOR VALUES FROM (%L) TO (%L)), or rename or drop it',
@@ -193,7 +315,8 @@ BEGIN
                    name, day::timestamp, (day + 1)::timestamp);
     -- The check only spared ATTACH a scan: the partition's bound says the same.
     EXECUTE format('ALTER TABLE audit.%I DROP CONSTRAINT %I', name, name || '_day');
-    EXECUTE format('REVOKE ALL ON audit.%I FROM PUBLIC', name);
+    -- Default privileges of the creating role (ALTER DEFAULT PRIVILEGES) gave it grants: none.
+    PERFORM audit.revoke_grants(format('audit.%I', name)::regclass, false);
     IF moved > 0 THEN
         RAISE NOTICE 'audit-tail: moved % rows of % from audit.log_default into its new partition audit.%', moved, day, name;
     END IF;
@@ -201,18 +324,21 @@ BEGIN
 END
 $$;
 
--- The partitions of today and the next days_ahead days (audit.log_settings), and of every day
--- that has rows in DEFAULT, created where missing: run by the install and by the nightly job.
--- Returns how many were created.
+-- The partitions of yesterday, today and the next days_ahead days (audit.log_settings), in the
+-- log's zone (audit.log_today()), and of every day that has rows in DEFAULT, created where
+-- missing: run by the install and by the nightly job. Yesterday's, so that a transaction that
+-- began before midnight and commits after finds its day's partition. Returns how many were
+-- created.
 CREATE OR REPLACE FUNCTION audit.log_partitions() RETURNS INTEGER
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
 AS $$
 DECLARE
     d DATE;
     made INTEGER := 0;
 BEGIN
-    FOR d IN SELECT current_date + n FROM generate_series(0, (SELECT days_ahead FROM audit.log_settings)) AS n
+    FOR d IN SELECT audit.log_today() + n FROM generate_series(-1, (SELECT days_ahead FROM audit.log_settings)) AS n
              UNION SELECT DISTINCT changed_at::date FROM audit.log_default ORDER BY 1 LOOP
         IF audit.create_log_partition(d) THEN
             made := made + 1;
@@ -269,7 +395,10 @@ BEGIN
     END LOOP;
     DROP TABLE audit.log_unpartitioned;
     RAISE NOTICE 'audit-tail: audit.log is now partitioned by day: its % rows were moved into it with their ids', moved
-        USING DETAIL = 'one partition per day, audit.log_YYYYMMDD, and audit.log_default for a day that has none';
+        USING DETAIL = 'one partition per day, audit.log_YYYYMMDD, and audit.log_default for a day that has none. '
+                       'Days exported before the move are not recorded as exported (audit.log_exports), so retention keeps them.',
+              HINT = 'to let retention drop them, export them again (the same rows into the same files): '
+                     'SELECT audit.export_log(day) FROM audit.log_days() WHERE day < audit.log_today()';
 END
 $$;
 
@@ -277,37 +406,49 @@ SELECT audit.log_partitions();
 
 -- What retention with keep would do to each day that ended more than keep ago (DEFAULT is never
 -- dropped): droppable only when audit.log_exports shows the day exported, by an export that ran
--- after the day had ended and wrote as many rows as the partition holds now. Any other day is
--- kept: never exported (the job did not run, or failed), exported while the day was still
--- running (a manual export_log(current_date)), or rows added or removed since. why says which.
+-- after the day had ended and wrote exactly the rows the partition holds now (their fingerprint:
+-- count, lowest and highest id, sum of ids and of their hashes). Any other day is kept: never
+-- exported (the job did not run, or failed), exported while the day was still running (a manual
+-- export_log(audit.log_today())), other rows than were exported, or rows written after retention
+-- dropped the day (its export file holds the dropped ones). why says which.
 CREATE OR REPLACE FUNCTION audit.retention_plan(keep INTERVAL)
 RETURNS TABLE (day DATE, partition REGCLASS, rows BIGINT, path TEXT, droppable BOOLEAN, why TEXT)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
 AS $$
 #variable_conflict use_column
 DECLARE
     p RECORD;
     e RECORD;
+    f RECORD;
 BEGIN
     IF keep IS NULL OR keep < INTERVAL '1 day' THEN
         RAISE EXCEPTION 'audit.retain: keep must be at least one day, not %', coalesce(keep::text, 'NULL')
             USING HINT = 'for example audit.retain(''90 days'')';
     END IF;
     FOR p IN SELECT d.day, d.partition FROM audit.log_days() d
-             WHERE (d.day + 1)::timestamp <= localtimestamp - keep ORDER BY d.day LOOP
+             WHERE (d.day + 1)::timestamp <= audit.log_now() - keep ORDER BY d.day LOOP
         day := p.day;
         partition := p.partition;
-        EXECUTE format('SELECT count(*) FROM %s', p.partition) INTO rows;
+        SELECT * INTO f FROM audit.log_fingerprint(p.partition, p.day);
+        rows := f.rows;
         SELECT x.* INTO e FROM audit.log_exports x WHERE x.day = p.day;
         path := e.path;
         droppable := false;
-        IF e IS NULL THEN
+        IF NOT FOUND THEN
             why := 'it was never exported';
-        ELSIF (e.exported_at AT TIME ZONE current_setting('TimeZone')) < (p.day + 1)::timestamp THEN
+        ELSIF e.dropped_at IS NOT NULL THEN
+            why := format('its rows were written after retention dropped the day at %s: they were never exported (%s holds the dropped ones)',
+                          e.dropped_at, e.path);
+        ELSIF (e.exported_at AT TIME ZONE (SELECT time_zone FROM audit.log_settings)) < (p.day + 1)::timestamp THEN
             why := format('its export (%s) ran before the day ended', e.path);
         ELSIF rows <> e.rows THEN
             why := format('it holds %s rows, its export %s wrote %s', rows, e.path, e.rows);
+        ELSIF e.id_sum IS NULL THEN
+            why := format('its export %s has no fingerprint of its rows (an earlier version wrote it)', e.path);
+        ELSIF (f.min_id, f.max_id, f.id_sum, f.id_hash) IS DISTINCT FROM (e.min_id, e.max_id, e.id_sum, e.id_hash) THEN
+            why := format('it holds other rows than its export %s wrote (as many, not the same ids)', e.path);
         ELSE
             droppable := true;
             why := format('exported to %s at %s', e.path, e.exported_at);
@@ -324,29 +465,45 @@ $$;
 CREATE OR REPLACE FUNCTION audit.retain(keep INTERVAL) RETURNS INTEGER
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
+SET lock_timeout = '2s'
 AS $$
 DECLARE
     p RECORD;
-    n BIGINT;
+    f RECORD;
+    e RECORD;
     dropped INTEGER := 0;
 BEGIN
     FOR p IN SELECT * FROM audit.retention_plan(keep) LOOP
         IF NOT p.droppable THEN
             RAISE NOTICE 'audit-tail: kept % (%): %', p.day, p.partition, p.why
-                USING HINT = format('export it %s: SELECT audit.export_log(%L)',
-                                    CASE WHEN p.path IS NULL THEN 'first' ELSE 'again' END, p.day);
+                USING HINT = CASE
+                    WHEN p.why LIKE '%after retention dropped%' THEN
+                        format('move %s aside (it holds the rows dropped before), then export the day again: SELECT audit.export_log(%L)',
+                               p.path, p.day)
+                    ELSE format('export it %s: SELECT audit.export_log(%L)',
+                                CASE WHEN p.path IS NULL THEN 'first' ELSE 'again' END, p.day) END;
             CONTINUE;
         END IF;
-        -- No row may arrive between the count and the drop.
-        EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', p.partition);
-        EXECUTE format('SELECT count(*) FROM %s', p.partition) INTO n;
-        IF n <> p.rows THEN
-            RAISE NOTICE 'audit-tail: kept % (%): rows arrived while retention ran', p.day, p.partition;
+        BEGIN
+            -- No row may arrive between the fingerprint and the drop.
+            EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', p.partition);
+            SELECT * INTO f FROM audit.log_fingerprint(p.partition, p.day);
+            SELECT * INTO e FROM audit.log_exports x WHERE x.day = p.day;
+            IF (f.rows, f.min_id, f.max_id, f.id_sum, f.id_hash) IS DISTINCT FROM (e.rows, e.min_id, e.max_id, e.id_sum, e.id_hash) THEN
+                RAISE NOTICE 'audit-tail: kept % (%): rows arrived while retention ran', p.day, p.partition;
+                CONTINUE;
+            END IF;
+            EXECUTE format('ALTER TABLE audit.log DETACH PARTITION %s', p.partition);
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE NOTICE 'audit-tail: kept % (%): audit.log was in use for longer than % (a long query or transaction on the log); it is dropped by a later run',
+                p.day, p.partition, current_setting('lock_timeout')
+                USING HINT = 'detaching needs a moment alone with audit.log; waiting longer would hold up every write of every tracked table. See pg_stat_activity for what holds it.';
             CONTINUE;
-        END IF;
-        RAISE NOTICE 'audit-tail: dropped % (%, % rows): %', p.day, p.partition, n, p.why;
-        EXECUTE format('ALTER TABLE audit.log DETACH PARTITION %s', p.partition);
+        END;
+        RAISE NOTICE 'audit-tail: dropped % (%, % rows): %', p.day, p.partition, p.rows, p.why;
         EXECUTE format('DROP TABLE %s', p.partition);
+        UPDATE audit.log_exports x SET dropped_at = clock_timestamp() WHERE x.day = p.day;
         dropped := dropped + 1;
     END LOOP;
     RETURN dropped;
@@ -361,6 +518,7 @@ CREATE OR REPLACE FUNCTION audit.log_storage() RETURNS JSONB
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
 AS $$
 DECLARE
     s RECORD;
@@ -369,9 +527,10 @@ BEGIN
     RETURN jsonb_build_object(
         'days_ahead', s.days_ahead,
         'retention', s.retention::text,
+        'time_zone', s.time_zone,
         'partitions', (SELECT coalesce(jsonb_agg(d.day::text ORDER BY d.day), '[]') FROM audit.log_days() d),
         'due', (SELECT coalesce(jsonb_agg(n.day::text ORDER BY n.day), '[]')
-                FROM (SELECT current_date + i AS day FROM generate_series(0, s.days_ahead) AS i) n
+                FROM (SELECT audit.log_today() + i AS day FROM generate_series(-1, s.days_ahead) AS i) n
                 WHERE n.day NOT IN (SELECT d.day FROM audit.log_days() d)),
         'default_rows', (SELECT count(*) FROM audit.log_default),
         'default_days', (SELECT coalesce(jsonb_agg(x.day::text ORDER BY x.day), '[]')
@@ -417,22 +576,54 @@ AS $$
 $$;
 
 -- The changed_at of the log rows of this transaction: its start (CURRENT_TIMESTAMP) as a timestamp
--- in the TimeZone of the transaction's first log row. Converting in the zone of each row instead
--- would put the rows of one transaction into two days' files when the session changes TimeZone
--- midway (SET LOCAL TimeZone): the midnight rule is one transaction, one day. The zone is kept
--- in a transaction-local setting; setting it by hand gives no more than SET TimeZone does.
+-- in the log's zone, audit.log_settings.time_zone, which is written into the body as a constant
+-- by audit.define_changed_at(): no lookup per row, and nothing a session sets (TimeZone, a
+-- custom setting) can move its rows into another day. One transaction, one day: the midnight
+-- rule. audit.define_changed_at() runs at install and whenever time_zone changes (trigger below).
+CREATE OR REPLACE FUNCTION audit.define_changed_at() RETURNS VOID
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $def$
+BEGIN
+    EXECUTE format($f$
 CREATE OR REPLACE FUNCTION audit.changed_at() RETURNS TIMESTAMP
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    zone TEXT := nullif(current_setting('audit.txn_timezone', true), '');
+AS $body$
 BEGIN
-    IF zone IS NULL THEN
-        zone := current_setting('TimeZone');
-        PERFORM set_config('audit.txn_timezone', zone, true);
+    RETURN CURRENT_TIMESTAMP AT TIME ZONE %L;
+END
+$body$
+$f$, (SELECT s.time_zone FROM audit.log_settings s));
+END
+$def$;
+SELECT audit.define_changed_at();
+
+CREATE OR REPLACE FUNCTION audit.log_settings_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.time_zone IS NULL THEN
+        RAISE EXCEPTION 'audit-tail: audit.log_settings.time_zone must not be NULL'
+            USING HINT = 'name a zone, such as ''UTC'' or ''Europe/Paris'' (see pg_timezone_names)';
     END IF;
-    RETURN CURRENT_TIMESTAMP AT TIME ZONE zone;
+    PERFORM audit.define_changed_at();
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER log_settings_time_zone AFTER UPDATE OF time_zone ON audit.log_settings
+    FOR EACH ROW WHEN (OLD.time_zone IS DISTINCT FROM NEW.time_zone)
+    EXECUTE FUNCTION audit.log_settings_changed();
+
+-- A row written into audit.log by hand (the owner's, or a test's) gets the same changed_at.
+DO $$
+BEGIN
+    IF (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a
+        ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+        WHERE d.adrelid = 'audit.log'::regclass AND a.attname = 'changed_at') IS DISTINCT FROM 'audit.changed_at()' THEN
+        ALTER TABLE audit.log ALTER COLUMN changed_at SET DEFAULT audit.changed_at();
+    END IF;
 END
 $$;
 
@@ -1124,30 +1315,30 @@ FROM audit.tracked_tables t
 JOIN pg_class c ON c.oid = t.tbl
 JOIN pg_namespace n ON n.oid = c.relnamespace;
 
--- Tamper resistance, as for users_audit: only the owner writes the log and the options; write
--- grants that anyone was ever given are revoked, so a re-install repairs a loosened table.
+-- Tamper resistance, as for users_audit: only the owner writes the log and the options. Every
+-- privilege anyone was ever given on them, but SELECT on a table as a whole, is revoked (a
+-- re-install repairs a loosened table); on a partition and DEFAULT every privilege, SELECT too
+-- (read the log through audit.log); and the identity sequence of the log's ids.
 DO $$
 DECLARE
     t TEXT;
-    grantee_name TEXT;
+    seq TEXT := pg_get_serial_sequence('audit.log', 'id');
 BEGIN
-    -- Every partition too: a partition is a table of its own, which a role could be granted.
     FOR t IN SELECT unnest(ARRAY['audit.log', 'audit.tracked_tables', 'audit.pauses',
-                                 'audit.log_settings', 'audit.log_exports'])
-             UNION ALL SELECT inhrelid::regclass::text FROM pg_inherits
-             WHERE inhparent = 'audit.log'::regclass LOOP
-        EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', t);
-        FOR grantee_name IN
-            SELECT DISTINCT a.grantee::regrole::text
-            FROM pg_class c, aclexplode(c.relacl) a
-            WHERE c.oid = t::regclass AND a.grantee <> 0 AND a.grantee <> c.relowner
-              AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
-        LOOP
-            EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %s FROM %s', t, grantee_name);
-        END LOOP;
+                                 'audit.log_settings', 'audit.log_exports']) LOOP
+        PERFORM audit.revoke_grants(t::regclass, true);
+    END LOOP;
+    FOR t IN SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'audit.log'::regclass LOOP
+        PERFORM audit.revoke_grants(t::regclass, false);
+    END LOOP;
+    EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM PUBLIC', seq);
+    FOR t IN SELECT DISTINCT a.grantee::regrole::text FROM pg_class c, aclexplode(c.relacl) a
+             WHERE c.oid = seq::regclass AND a.grantee <> 0 AND a.grantee <> c.relowner LOOP
+        EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM %s', seq, t);
     END LOOP;
 END
 $$;
+REVOKE ALL ON FUNCTION audit.revoke_grants(REGCLASS, BOOLEAN) FROM PUBLIC;
 REVOKE ALL ON audit.tracked FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.log_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.log_switch(TEXT, TEXT) FROM PUBLIC;
@@ -1159,6 +1350,8 @@ REVOKE ALL ON FUNCTION audit.log_partitions() FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.retain(INTERVAL) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.retention_plan(INTERVAL) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.log_storage() FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.define_changed_at() FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.log_fingerprint(REGCLASS, DATE) FROM PUBLIC;
 GRANT USAGE ON SCHEMA audit TO audit_admin;
 GRANT EXECUTE ON FUNCTION audit.pause(TEXT), audit.resume() TO audit_admin;
 REVOKE ALL ON FUNCTION audit.track(REGCLASS, TEXT[], TEXT[], TEXT[], TEXT) FROM PUBLIC;
@@ -1218,7 +1411,10 @@ AS $$ SELECT * FROM audit.log WHERE changed_at >= $1 AND changed_at < $1 + 1 $$;
 --     TO STDOUT WITH (FORMAT csv, HEADER)
 -- in a session with the default settings, whatever the caller's DateStyle, IntervalStyle or
 -- client_encoding, as for export_audit_data. audit_settings is in install.sql's schema, found
--- here at install time and named in the body.
+-- here at install time and named in the body. It records the rows' fingerprint in
+-- audit.log_exports (for retention), holding the day's partition in SHARE mode meanwhile, and
+-- refuses to overwrite the file of a day whose partition retention dropped.
+-- (Inside format() below, a literal % is written %%.)
 DO $do$
 DECLARE
     settings REGCLASS := to_regclass(format('%I.audit_settings', current_schema()));
@@ -1239,10 +1435,14 @@ AS $body$
 DECLARE
     path TEXT;
     n BIGINT;
+    holder REGCLASS;
+    done RECORD;
+    f RECORD;
+    on_disk BOOLEAN;
 BEGIN
     IF day IS NULL THEN
         RAISE EXCEPTION 'audit.export_log: day must not be NULL'
-            USING HINT = 'pass the date to export, for example audit.export_log(current_date - 1)';
+            USING HINT = 'pass the date to export, for example audit.export_log(audit.log_today() - 1)';
     END IF;
     SELECT rtrim(export_dir, '/') || '/'
            || CASE WHEN export_name ~ '^users_audit_export(_|$)'
@@ -1251,14 +1451,42 @@ BEGIN
            || '_' || to_char(day, 'YYYYMMDD') || '.csv'
     INTO STRICT path
     FROM %s;
+    -- Retention dropped this day after exporting it to this file: the file holds rows that are
+    -- nowhere else now. Never overwrite it (with the rows written since, or none).
+    SELECT x.* INTO done FROM audit.log_exports x WHERE x.day = export_log.day AND x.dropped_at IS NOT NULL;
+    IF FOUND AND done.path = path THEN
+        BEGIN
+            on_disk := (pg_stat_file(path, true)).size IS NOT NULL;
+        EXCEPTION WHEN insufficient_privilege THEN
+            on_disk := true;  -- cannot tell: keep the file safe
+        END;
+        IF on_disk THEN
+            RAISE EXCEPTION 'audit.export_log: will not overwrite %%: it holds the %%s rows of %%s that retention dropped from the database at %%s',
+                path, done.rows, day, done.dropped_at
+                USING HINT = 'move the file aside (keep it: those rows are nowhere else), then run audit.export_log again to export the rows of the day written since';
+        END IF;
+    END IF;
+    -- The rows of the day are in its partition, or in DEFAULT when it has none. Writes into them
+    -- wait until the fingerprint below is taken, so that it describes exactly what COPY wrote.
+    holder := coalesce((SELECT d.partition FROM audit.log_days() d WHERE d.day = export_log.day),
+                       'audit.log_default'::regclass);
+    EXECUTE format('LOCK TABLE %%s IN SHARE MODE', holder);
     EXECUTE format(
         'COPY (SELECT * FROM audit.log_rows(%%L::date) ORDER BY id) TO %%L WITH (FORMAT csv, HEADER, ENCODING %%L)',
         day, path, 'UTF8');
     GET DIAGNOSTICS n = ROW_COUNT;
+    SELECT * INTO f FROM audit.log_fingerprint('audit.log', day);
+    IF f.rows <> n THEN
+        RAISE EXCEPTION 'audit.export_log: the rows of %%s changed while they were exported (%%s written, %%s now)', day, n, f.rows
+            USING HINT = 'run it again';
+    END IF;
     -- Recorded once every row is written: what retention (audit.retain) trusts.
-    INSERT INTO audit.log_exports AS e (day, path, rows) VALUES (day, path, n)
+    INSERT INTO audit.log_exports AS e (day, path, rows, min_id, max_id, id_sum, id_hash, dropped_at)
+    VALUES (day, path, n, f.min_id, f.max_id, f.id_sum, f.id_hash, NULL)
     ON CONFLICT ON CONSTRAINT log_exports_pkey DO UPDATE
-        SET path = EXCLUDED.path, rows = EXCLUDED.rows, exported_at = EXCLUDED.exported_at;
+        SET path = EXCLUDED.path, rows = EXCLUDED.rows, exported_at = EXCLUDED.exported_at,
+            min_id = EXCLUDED.min_id, max_id = EXCLUDED.max_id, id_sum = EXCLUDED.id_sum,
+            id_hash = EXCLUDED.id_hash, dropped_at = NULL;
     RETURN path;
 END
 $body$
@@ -1286,18 +1514,36 @@ $$;
 -- audit.nightly_log(day): the log's part of the one nightly job (install.sql): the partitions
 -- of the days ahead (and of days left in DEFAULT), the export of day, then retention when
 -- audit.log_settings.retention is set. Returns the export's path.
+-- The upkeep (partitions, retention) runs in sub-blocks of its own: its failure is a WARNING in
+-- the job's log and never rolls back the night's export; only a failed export fails the run.
 CREATE OR REPLACE FUNCTION audit.nightly_log(day DATE) RETURNS TEXT
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
 AS $$
 DECLARE
     path TEXT;
     keep INTERVAL := (SELECT retention FROM audit.log_settings);
+    msg TEXT;
+    hint TEXT;
 BEGIN
-    PERFORM audit.log_partitions();
+    BEGIN
+        PERFORM audit.log_partitions();
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+        RAISE WARNING 'audit-tail: the nightly upkeep of audit.log''s partitions failed, the export of % goes on: %', day, msg
+            USING HINT = coalesce(nullif(hint, '') || '. ', '')
+                         || 'Writes never fail meanwhile (a day without a partition is written into audit.log_default); run SELECT audit.log_partitions() as the log''s owner to retry';
+    END;
     path := audit.export_log(day);
     IF keep IS NOT NULL THEN
-        PERFORM audit.retain(keep);
+        BEGIN
+            PERFORM audit.retain(keep);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            RAISE WARNING 'audit-tail: retention of audit.log failed, the export of % is kept: %', day, msg
+                USING HINT = format('nothing was dropped; run SELECT audit.retain(%L) as the log''s owner to retry', keep);
+        END;
     END IF;
     RETURN path;
 END
@@ -1307,10 +1553,11 @@ REVOKE ALL ON FUNCTION audit.nightly_log(DATE) FROM PUBLIC;
 -- One nightly job per database exports both tables: install.sql's job (export-daily-audit-data
 -- in the cron database, export-daily-audit-data-<database> elsewhere; see install.sql for why),
 -- whose command install.sql extends, once this file has been run, with audit.nightly_log:
---     SELECT <schema>.export_audit_data(current_date - 1), audit.nightly_log(current_date - 1)
--- One statement, one transaction: if the log's part fails, the run is marked failed in
+--     SELECT <schema>.export_audit_data(current_date - 1), audit.nightly_log(audit.log_today() - 1)
+-- (users_audit's day in the job's session TimeZone, as before; the log's in its own zone).
+-- One statement, one transaction: if the log's export fails, the run is marked failed in
 -- cron.job_run_details and the day is not recorded as exported (users_audit's file is written
--- first, byte-identical as before). The log's own job of an earlier install
+-- first, byte-identical as before); a failure of the upkeep is a WARNING (see nightly_log). The log's own job of an earlier install
 -- (export-daily-audit-log[-<database>]) is removed. Installed in the cron database it upserts the
 -- job, keeping its schedule; anywhere else it says in a NOTICE the statement to run there.
 DO $$
@@ -1318,7 +1565,7 @@ DECLARE
     cron_db TEXT := current_setting('cron.database_name', true);
     job_name TEXT := 'export-daily-audit-data';
     old_job TEXT := 'export-daily-audit-log';
-    job_command TEXT := format('SELECT %I.export_audit_data(current_date - 1), audit.nightly_log(current_date - 1)',
+    job_command TEXT := format('SELECT %I.export_audit_data(current_date - 1), audit.nightly_log(audit.log_today() - 1)',
                                current_schema());
     old RECORD;
 BEGIN
@@ -1332,7 +1579,9 @@ BEGIN
             cron_db, cron_db,
             format('SELECT cron.schedule_in_database(%L, %L, %L, %L);',
                    job_name, '0 3 * * *', job_command, current_database())
-            USING HINT = format('an earlier install scheduled the log''s own job %s: remove it there with SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %L',
+            USING DETAIL = format('pg_cron must be created in "%s" first, once: CREATE EXTENSION IF NOT EXISTS pg_cron; '
+                                  'This statement replaces the one sql/install.sql gave: one job exports both users_audit and audit.log.', cron_db),
+                  HINT = format('only after an upgrade from a version that scheduled the log''s own job %s: remove that job there with SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %L',
                                 old_job, old_job);
     ELSE
         CREATE EXTENSION IF NOT EXISTS pg_cron;

@@ -457,7 +457,10 @@ DECLARE
     old RECORD;
 BEGIN
     -- Once sql/audit_log.sql is installed, the same job exports the log too (see there).
-    IF to_regprocedure('audit.nightly_log(date)') IS NOT NULL THEN
+    -- The log's day is yesterday in the log's own zone (audit.log_today(), sql/audit_log.sql).
+    IF to_regprocedure('audit.nightly_log(date)') IS NOT NULL AND to_regprocedure('audit.log_today()') IS NOT NULL THEN
+        job_command := job_command || ', audit.nightly_log(audit.log_today() - 1)';
+    ELSIF to_regprocedure('audit.nightly_log(date)') IS NOT NULL THEN
         job_command := job_command || ', audit.nightly_log(current_date - 1)';
     END IF;
     IF NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_cron') THEN
@@ -472,7 +475,11 @@ BEGIN
             cron_db, cron_db,
             format('SELECT cron.schedule_in_database(%L, %L, %L, %L);',
                    job_name, '0 3 * * *', job_command, current_database())
-            USING HINT = format('each database has its own job; a job of an earlier install that exports this database under another name (such as export-daily-audit-data) would export it twice: find it with SELECT jobid, jobname FROM cron.job WHERE database = %L and remove it with SELECT cron.unschedule(jobid)',
+            USING DETAIL = format('pg_cron must be created in "%s" first, once: CREATE EXTENSION IF NOT EXISTS pg_cron;', cron_db)
+                           || CASE WHEN to_regprocedure('audit.nightly_log(date)') IS NULL
+                                   THEN ' If you install sql/audit_log.sql too (audit-tail setup does, right after this), run the statement its NOTICE gives instead: the same job, which exports audit.log as well.'
+                                   ELSE '' END,
+                  HINT = format('each database has its own job; a job of an earlier install that exports this database under another name (such as export-daily-audit-data) would export it twice: find it with SELECT jobid, jobname FROM cron.job WHERE database = %L and remove it with SELECT cron.unschedule(jobid)',
                                 current_database());
     ELSE
         CREATE EXTENSION IF NOT EXISTS pg_cron;

@@ -45,7 +45,7 @@ async fn the_log_is_partitioned_by_day_with_days_ahead_and_a_default() {
     let days = partition_days(&client).await;
     let want: Vec<String> = client
         .query(
-            "SELECT (current_date + n)::text FROM generate_series(0, 7) AS n",
+            "SELECT (current_date + n)::text FROM generate_series(-1, 7) AS n",
             &[],
         )
         .await
@@ -53,7 +53,7 @@ async fn the_log_is_partitioned_by_day_with_days_ahead_and_a_default() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(days, want, "today and the next 7 days");
+    assert_eq!(days, want, "yesterday, today and the next 7 days");
     assert_eq!(
         scalar(
             &client,
@@ -228,6 +228,13 @@ async fn a_reinstall_moves_an_unpartitioned_log_keeping_rows_and_ids() {
     assert!(
         notices.contains("audit.log is now partitioned by day: its 2 rows were moved"),
         "{notices}"
+    );
+    assert!(
+        notices.contains(
+            "export them again (the same rows into the same files): \
+             SELECT audit.export_log(day) FROM audit.log_days() WHERE day < audit.log_today()"
+        ),
+        "days exported by the earlier version: how to let retention drop them: {notices}"
     );
     assert_eq!(
         scalar(

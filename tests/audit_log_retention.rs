@@ -230,7 +230,7 @@ async fn one_nightly_job_exports_both_and_replaces_the_logs_own_job() {
             )
             .unwrap()
     };
-    let one = "export-daily-audit-data|0 3 * * *|SELECT public.export_audit_data(current_date - 1), audit.nightly_log(current_date - 1)";
+    let one = "export-daily-audit-data|0 3 * * *|SELECT public.export_audit_data(current_date - 1), audit.nightly_log(audit.log_today() - 1)";
     let got = jobs();
     assert!(
         stderr.contains("unscheduled pg_cron job export-daily-audit-log"),
@@ -357,12 +357,12 @@ async fn status_lists_partitions_due_days_default_rows_and_what_retention_would_
         (stdout, stderr)
     };
     let client = db.client().await;
-    let today = scalar(&client, "SELECT current_date::text").await;
+    let yesterday = scalar(&client, "SELECT (current_date - 1)::text").await;
     let last = scalar(&client, "SELECT (current_date + 7)::text").await;
     let (text, _) = status("text");
     assert!(
         text.contains(&format!(
-            "log partitions: 8 days ({today} .. {last}), 7 days ahead; due: none\n  retention: not set"
+            "log partitions: 9 days ({yesterday} .. {last}), 7 days ahead; due: none\n  retention: not set"
         )),
         "{text}"
     );
@@ -385,7 +385,7 @@ async fn status_lists_partitions_due_days_default_rows_and_what_retention_would_
     let (text, stderr) = status("text");
     assert!(
         text.contains(&format!(
-            "log partitions: 9 days (2020-01-01 .. {last}), 7 days ahead; due: {due} (run SELECT audit.log_partitions()"
+            "log partitions: 10 days (2020-01-01 .. {last}), 7 days ahead; due: {due} (run SELECT audit.log_partitions()"
         )),
         "{text}"
     );
@@ -408,10 +408,11 @@ async fn status_lists_partitions_due_days_default_rows_and_what_retention_would_
     let storage = &json["log_storage"];
     assert_eq!(storage["due"], serde_json::json!([due]));
     assert_eq!(storage["default_rows"], 1);
+    assert_eq!(storage["time_zone"], "UTC", "the log's zone");
     assert_eq!(storage["retention_plan"][0]["drop"], true);
     assert_eq!(storage["retention_plan"][1]["drop"], false);
     // status changed nothing, and the consumer's role may ask too.
-    assert_eq!(partition_days(&client).await.len(), 9);
+    assert_eq!(partition_days(&client).await.len(), 10);
     assert_eq!(
         scalar(
             &client,

@@ -173,7 +173,7 @@ async fn the_nightly_job_of_the_log_is_explained_outside_the_cron_database() {
     assert_eq!(
         job.trim(),
         format!(
-            "0 3 * * *|SELECT public.export_audit_data(current_date - 1), audit.nightly_log(current_date - 1)|{}",
+            "0 3 * * *|SELECT public.export_audit_data(current_date - 1), audit.nightly_log(audit.log_today() - 1)|{}",
             db.name
         )
     );
