@@ -16,6 +16,7 @@ pub mod gaps;
 pub mod latency;
 pub mod layout;
 pub mod lsn;
+pub mod nats_server;
 pub mod pgoutput;
 pub mod replication;
 pub mod sink;
