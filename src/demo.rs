@@ -63,6 +63,7 @@ pub async fn run(keep: bool) -> Result<(), Error> {
         status_interval: stream::STATUS_INTERVAL,
         cells: Default::default(),
         accept_gap: false,
+        nats: None,
     };
     let (stop, shutdown) = watch::channel(false);
     let streaming = tokio::spawn(stream::run(config, shutdown, std::io::stdout()));

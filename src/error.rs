@@ -256,7 +256,21 @@ impl Classify for StreamError {
                 // it is output that failed.
                 crate::sink::FailureKind::Fatal | crate::sink::FailureKind::Closed => Kind::Io,
             },
+            StreamError::Nats(e) => nats(e),
         }
+    }
+}
+
+fn nats(error: &crate::sink::nats::NatsError) -> Kind {
+    use crate::sink::nats::NatsError;
+    match error {
+        // Credentials, TLS, permissions: someone must change them.
+        NatsError::Refused { .. } => Kind::Refused,
+        NatsError::Creds { .. } => Kind::Usage,
+        // No JetStream on the account, a stream that cannot be made or read.
+        NatsError::Stream { .. } => Kind::Setup,
+        NatsError::Runtime(_) => Kind::Io,
+        NatsError::Publish(_) => Kind::Refused,
     }
 }
 

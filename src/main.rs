@@ -148,6 +148,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             status_interval,
             safe_csv,
             accept_gap,
+            nats,
         } => {
             let config = StreamConfig {
                 conn: ConnParams::resolve(dsn.dsn.as_deref(), &env)?,
@@ -159,6 +160,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 status_interval: std::time::Duration::from_secs(status_interval),
                 cells: if safe_csv { Cells::Safe } else { Cells::Exact },
                 accept_gap,
+                nats: nats.config(),
             };
             let shutdown = shutdown_on_signal();
             audit_tail::stream::run(config, shutdown, std::io::stdout()).await?;

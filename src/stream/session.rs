@@ -132,6 +132,7 @@ impl Session<'_, '_> {
             // Sampled from here on: the slot now sends everything that commits later.
             sampler: Sampler::spawn(cfg.conn.clone(), cfg.status_interval),
         };
+        let waker = self.progress.waker();
         loop {
             if state.unchecked >= CHECK_EVERY || !conn.has_buffered_message() {
                 state.unchecked = 0;
@@ -163,6 +164,13 @@ impl Session<'_, '_> {
                         }
                         _ = sleep_until(flush_at.unwrap_or(status_at)), if flush_at.is_some() => {
                             self.make_durable(&mut conn, &mut state).await?;
+                            continue;
+                        }
+                        _ = notified(waker.as_deref()), if waker.is_some() => {
+                            // A later-durable sink (JetStream) moved: acknowledge at once.
+                            if self.progress.ack_due() {
+                                self.send_status(&mut conn, &mut state, false).await?;
+                            }
                             continue;
                         }
                         _ = sleep_until(status_at) => {
@@ -455,6 +463,14 @@ impl Session<'_, '_> {
         state.live.status_sent(Instant::now());
         tracing::trace!(%written, %flushed, "status update");
         Ok(())
+    }
+}
+
+/// Resolves when `waker` is notified (never without one).
+async fn notified(waker: Option<&tokio::sync::Notify>) {
+    match waker {
+        Some(waker) => waker.notified().await,
+        None => std::future::pending().await,
     }
 }
 
