@@ -70,6 +70,26 @@ pub enum Command {
         #[command(flatten)]
         nats: Box<NatsArgs>,
     },
+    /// Read what `stream --nats` published to JetStream and write the same rolling daily CSV
+    /// files as `stream --out-dir`, exactly once (a durable consumer; fsync, then acknowledge),
+    /// on any machine. `verify --out-dir` works on them.
+    Archive {
+        /// Directory of the CSV files and the state file.
+        #[arg(long, default_value = "./audit-archive")]
+        out_dir: PathBuf,
+        /// The durable consumer's name (one per archive).
+        #[arg(long, default_value = "audit-tail-archive", value_name = "NAME")]
+        nats_consumer: String,
+        /// The subjects to archive, such as audit.mydb.> for one database (default: all under
+        /// the subject prefix). One database per out-dir.
+        #[arg(long, value_name = "SUBJECT")]
+        nats_filter: Option<String>,
+        /// Write the files as `stream --safe-csv` does.
+        #[arg(long)]
+        safe_csv: bool,
+        #[command(flatten)]
+        nats: Box<NatsArgs>,
+    },
     /// Apply sql/install.sql, then sql/audit_log.sql (both embedded in this binary), to the database.
     Setup {
         #[command(flatten)]

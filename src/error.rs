@@ -274,6 +274,19 @@ fn nats(error: &crate::sink::nats::NatsError) -> Kind {
     }
 }
 
+impl Classify for crate::archive::ArchiveError {
+    fn kind(&self) -> Kind {
+        use crate::archive::ArchiveError;
+        match self {
+            ArchiveError::Files(e) => e.kind(),
+            ArchiveError::Nats(e) => nats(e),
+            // What JetStream holds is not what `stream --nats` writes.
+            ArchiveError::Foreign(_) | ArchiveError::Order { .. } => Kind::Data,
+            ArchiveError::Link(_) => Kind::Transient,
+        }
+    }
+}
+
 impl Classify for VerifyError {
     fn kind(&self) -> Kind {
         match self {
@@ -342,6 +355,7 @@ impl Classify for crate::Error {
             Error::Params(e) => e.kind(),
             Error::Verify(e) => e.kind(),
             Error::Status(e) => e.kind(),
+            Error::Archive(e) => e.kind(),
             Error::Io { .. } | Error::Output(_) => Kind::Io,
             Error::Internal(_) => Kind::Internal,
         }

@@ -4,6 +4,7 @@
 //! with pg_cron. The consumer streams the same rows through logical replication into rolling daily
 //! CSV files. See docs/architecture.md for the flow, module by module.
 
+pub mod archive;
 pub mod capture;
 pub mod checkpoint;
 pub mod cli;
@@ -43,6 +44,8 @@ pub enum Error {
     Verify(#[from] verify::VerifyError),
     #[error(transparent)]
     Status(#[from] status::StatusError),
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
     #[error("{context}: {source}")]
     Io {
         context: String,
