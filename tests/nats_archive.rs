@@ -50,16 +50,18 @@ async fn the_archive_writes_the_streams_files_byte_for_byte_and_verify_accepts_t
     db.psql("UPDATE users SET name = name || E' \"2\"', email = coalesce(email, '') || ',x'");
     catch_up_with_nats(&db, stream_out.path(), &nats.url());
 
-    let archive = archive_command(&nats.url(), archive_out.path(), &[])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut archive = common::Consumer {
+        child: archive_command(&nats.url(), archive_out.path(), &[])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    };
     wait_same_files(stream_out.path(), archive_out.path());
     // More rows while the archive runs.
     db.psql("UPDATE users SET role = 'later' WHERE id % 3 = 0");
     catch_up_with_nats(&db, stream_out.path(), &nats.url());
     wait_same_files(stream_out.path(), archive_out.path());
-    let (code, stderr) = terminate(archive);
+    let (code, stderr) = terminate(&mut archive.child);
     assert_eq!(code, Some(0), "archive stops on SIGTERM with 0: {stderr}");
 
     let rows = common::assert_files_equal_table(&db, archive_out.path()).await;
@@ -69,16 +71,18 @@ async fn the_archive_writes_the_streams_files_byte_for_byte_and_verify_accepts_t
     assert_eq!(code, Some(0), "verify on the archive's files: {out}{err}");
 
     // Restarted, it adds nothing.
-    let archive = archive_command(&nats.url(), archive_out.path(), &[])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut archive = common::Consumer {
+        child: archive_command(&nats.url(), archive_out.path(), &[])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    };
     common::wait::until(
         "the restarted archive to read its consumer",
         std::time::Duration::from_secs(30),
         || nats_support::consumer_waiting(&nats),
     );
-    let (code, _) = terminate(archive);
+    let (code, _) = terminate(&mut archive.child);
     assert_eq!(code, Some(0));
     assert_eq!(csv_files(stream_out.path()), csv_files(archive_out.path()));
 }

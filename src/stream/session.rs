@@ -167,7 +167,9 @@ impl Session<'_, '_> {
                             continue;
                         }
                         _ = notified(waker.as_deref()), if waker.is_some() => {
-                            // A later-durable sink (JetStream) moved: acknowledge at once.
+                            // A later-durable sink (JetStream) moved, or failed: acknowledge
+                            // at once, or stop on its failure even if no row comes any more.
+                            self.progress.flush()?;
                             if self.progress.ack_due() {
                                 self.send_status(&mut conn, &mut state, false).await?;
                             }

@@ -113,7 +113,7 @@ pub fn wait_same_files(stream_out: &std::path::Path, archive_out: &std::path::Pa
 }
 
 /// Stops a child with SIGTERM and returns its exit code and stderr.
-pub fn terminate(mut child: std::process::Child) -> (Option<i32>, String) {
+pub fn terminate(child: &mut std::process::Child) -> (Option<i32>, String) {
     use std::io::Read;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
