@@ -106,3 +106,51 @@ async fn rows_are_published_once_with_their_ids_and_bodies() {
         rows2
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_slot_is_acknowledged_promptly_once_jetstream_has_acknowledged() {
+    let nats = NatsServer::start().expect("start nats-server");
+    let db = TestDb::new("nats_wake");
+    let out = tempfile::tempdir().unwrap();
+    db.install();
+    catch_up_with_nats(&db, out.path(), &nats.url());
+    db.psql("INSERT INTO users (name, role) SELECT 'u' || g, 'user' FROM generate_series(1, 50) g");
+    // Status updates only each hour: the slot must move on the publish acknowledgements (the
+    // files' own durable point comes before JetStream has acknowledged). The server's keepalives
+    // while our flush position lags also lead there, so this does not isolate the wake-up.
+    let _consumer = common::Consumer::spawn(
+        &db,
+        out.path(),
+        &[
+            "--format",
+            "none",
+            "--status-interval",
+            "3600",
+            "--nats",
+            &nats.url(),
+        ],
+    );
+    common::wait::streaming(&db, &db.name);
+    db.psql("UPDATE users SET role = 'woken'");
+    // Well before the server's own keepalive (half of wal_sender_timeout, 30 s) would ask.
+    let target = db.psql("SELECT pg_current_wal_lsn()").trim().to_string();
+    common::wait::until(
+        "the slot to be acknowledged",
+        std::time::Duration::from_secs(10),
+        || {
+            db.psql(&format!(
+                "SELECT confirmed_flush_lsn >= '{target}'::pg_lsn FROM pg_replication_slots \
+             WHERE slot_name = '{}'",
+                db.name
+            ))
+            .trim()
+                == "t"
+        },
+    );
+    let rows: u64 = db
+        .psql("SELECT count(*) FROM users_audit")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(nats_support::count(&nats.url(), "AUDIT").await, rows);
+}
