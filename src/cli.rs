@@ -345,6 +345,19 @@ mod tests {
     use super::Cli;
 
     #[test]
+    fn nats_max_age_takes_days_hours_minutes_seconds_or_zero() {
+        use std::time::Duration;
+        assert_eq!(
+            super::parse_age("30d"),
+            Ok(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(super::parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(super::parse_age("0"), Ok(Duration::ZERO));
+        assert!(super::parse_age("30").unwrap_err().contains("30d, 12h"));
+        assert!(super::parse_age("d").is_err());
+    }
+
+    #[test]
     fn every_option_of_every_command_says_what_it_is_for() {
         let cli = Cli::command();
         for command in cli.get_subcommands() {
