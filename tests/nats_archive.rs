@@ -86,3 +86,42 @@ async fn the_archive_writes_the_streams_files_byte_for_byte_and_verify_accepts_t
     assert_eq!(code, Some(0));
     assert_eq!(csv_files(stream_out.path()), csv_files(archive_out.path()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_archive_rides_out_a_nats_restart_and_stops_on_sigterm_while_nats_is_down() {
+    let nats = NatsServer::start().expect("start nats-server");
+    let db = TestDb::new("nats_archive_down");
+    let stream_out = tempfile::tempdir().unwrap();
+    let archive_out = tempfile::tempdir().unwrap();
+    db.install();
+    catch_up_with_nats(&db, stream_out.path(), &nats.url());
+    db.psql(
+        "INSERT INTO users (name, role) SELECT 'u' || g, 'user' FROM generate_series(1, 100) g",
+    );
+    db.psql("UPDATE users SET role = 'one'");
+    catch_up_with_nats(&db, stream_out.path(), &nats.url());
+    let mut archive = common::Consumer {
+        child: archive_command(&nats.url(), archive_out.path(), &[])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    };
+    wait_same_files(stream_out.path(), archive_out.path());
+    // The server goes away under a waiting fetch and comes back: the archive goes on.
+    nats.kill();
+    nats.restart().unwrap();
+    db.psql("UPDATE users SET role = 'two'");
+    catch_up_with_nats(&db, stream_out.path(), &nats.url());
+    wait_same_files(stream_out.path(), archive_out.path());
+    // Down again: SIGTERM still ends it at once, with 0.
+    nats.kill();
+    let started = std::time::Instant::now();
+    let (code, stderr) = terminate(&mut archive.child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{stderr}"
+    );
+    let rows = common::assert_files_equal_table(&db, archive_out.path()).await;
+    assert!(rows >= 200, "{rows}");
+}

@@ -29,6 +29,8 @@ use crate::sink::nats::{NatsConfig, NatsError};
 const BATCH: usize = 2000;
 /// How long a fetch waits for messages when none are there.
 const FETCH_WAIT: Duration = Duration::from_millis(200);
+/// How long a fetch may go without a message or its end before NATS is taken for gone.
+const STALL: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -155,9 +157,30 @@ impl Archive {
                 batch = consumer.fetch().max_messages(BATCH).expires(FETCH_WAIT).messages() => batch,
             };
             let mut batch = batch.map_err(|e| ArchiveError::Link(e.to_string()))?;
-            while let Some(message) = batch.next().await {
-                let message = message.map_err(|e| ArchiveError::Link(e.to_string()))?;
-                self.take(message)?;
+            loop {
+                // While NATS is down a fetch neither ends nor fails: give up on it after STALL
+                // and connect again, and stop on a signal at any message.
+                let next = tokio::select! {
+                    biased;
+                    _ = stopped(shutdown) => {
+                        self.durable_point().await?;
+                        tracing::info!(durable = %self.files.durable_lsn(), rows = self.rows, "stopped on signal");
+                        return Ok(());
+                    }
+                    next = tokio::time::timeout(STALL, batch.next()) => next,
+                };
+                match next {
+                    Err(_) => {
+                        return Err(ArchiveError::Link(format!(
+                            "no answer from NATS for {} s",
+                            STALL.as_secs()
+                        )));
+                    }
+                    Ok(None) => break,
+                    Ok(Some(message)) => {
+                        self.take(message.map_err(|e| ArchiveError::Link(e.to_string()))?)?
+                    }
+                }
             }
             self.durable_point().await?;
         }
