@@ -81,6 +81,28 @@ pub enum Command {
         /// docs/operations.md lists them with alert rules.
         #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
         metrics: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        nats: Box<NatsArgs>,
+    },
+    /// Read what `stream --nats` published to JetStream and write the same rolling daily CSV
+    /// files as `stream --out-dir`, exactly once (a durable consumer; fsync, then acknowledge),
+    /// on any machine. `verify --out-dir` works on them.
+    Archive {
+        /// Directory of the CSV files and the state file.
+        #[arg(long, default_value = "./audit-archive")]
+        out_dir: PathBuf,
+        /// The durable consumer's name (one per archive).
+        #[arg(long, default_value = "audit-tail-archive", value_name = "NAME")]
+        nats_consumer: String,
+        /// The subjects to archive, such as audit.mydb.> for one database (default: all under
+        /// the subject prefix). One database per out-dir.
+        #[arg(long, value_name = "SUBJECT")]
+        nats_filter: Option<String>,
+        /// Write the files as `stream --safe-csv` does.
+        #[arg(long)]
+        safe_csv: bool,
+        #[command(flatten)]
+        nats: Box<NatsArgs>,
     },
     /// Apply sql/install.sql, then sql/audit_log.sql (both embedded in this binary), to the database.
     Setup {
@@ -365,6 +387,99 @@ impl QueryArgs {
     }
 }
 
+/// `--nats` and its options, shared by `stream` and `archive`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// Publish every row to NATS JetStream at this URL too (nats://host:4222); the slot is then
+    /// acknowledged only up to what JetStream has acknowledged.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// The first token of the subjects: <prefix>.<database>.<schema>.<table>.
+    #[arg(long, default_value = "audit", value_name = "PREFIX")]
+    pub nats_subject_prefix: String,
+    /// The JetStream stream; created with file storage when missing (taking <prefix>.>), used
+    /// as it is otherwise.
+    #[arg(long, default_value = "AUDIT", value_name = "NAME")]
+    pub nats_stream: String,
+    /// How long a stream created by audit-tail keeps messages, such as 30d or 12h (0: for ever).
+    #[arg(long, default_value = "0", value_parser = parse_age, value_name = "AGE")]
+    pub nats_max_age: std::time::Duration,
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "NATS_USER", value_name = "USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (better through NATS_PASSWORD; never printed).
+    #[arg(
+        long,
+        env = "NATS_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub nats_password: Option<String>,
+    /// NATS token (better through NATS_TOKEN; never printed).
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub nats_token: Option<String>,
+    /// NATS credentials file (JWT and nkey seed), as `nats --creds` takes it.
+    #[arg(long, env = "NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificate to verify the NATS server with (turns TLS on).
+    #[arg(long, env = "NATS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate for NATS TLS (with --nats-tls-key).
+    #[arg(
+        long,
+        env = "NATS_CERT",
+        value_name = "FILE",
+        requires = "nats_tls_key"
+    )]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Client key for NATS TLS (with --nats-tls-cert).
+    #[arg(
+        long,
+        env = "NATS_KEY",
+        value_name = "FILE",
+        requires = "nats_tls_cert"
+    )]
+    pub nats_tls_key: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// The sink's configuration, if --nats was given.
+    pub fn config(self: Box<Self>) -> Option<crate::sink::nats::NatsConfig> {
+        let url = self.nats?;
+        Some(crate::sink::nats::NatsConfig {
+            url,
+            subject_prefix: self.nats_subject_prefix,
+            stream: self.nats_stream,
+            max_age: self.nats_max_age,
+            user: self.nats_user,
+            password: self.nats_password,
+            token: self.nats_token,
+            creds: self.nats_creds,
+            tls_ca: self.nats_tls_ca,
+            tls_cert: self.nats_tls_cert,
+            tls_key: self.nats_tls_key,
+        })
+    }
+}
+
+/// A duration like 30d, 12h, 90m, 45s or 0.
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not an age like 30d, 12h, 90m or 45s");
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let (number, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => return Err(bad()),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
+}
+
 /// `--format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
@@ -457,6 +572,19 @@ mod tests {
             let e = parse_listen(bad).unwrap_err();
             assert!(e.contains("is not an address to listen on"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn nats_max_age_takes_days_hours_minutes_seconds_or_zero() {
+        use std::time::Duration;
+        assert_eq!(
+            super::parse_age("30d"),
+            Ok(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(super::parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(super::parse_age("0"), Ok(Duration::ZERO));
+        assert!(super::parse_age("30").unwrap_err().contains("30d, 12h"));
+        assert!(super::parse_age("d").is_err());
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub async fn run(keep: bool) -> Result<(), Error> {
         accept_gap: false,
         signing_key: None,
         digest_interval: crate::integrity::writer::DIGEST_INTERVAL,
+        nats: None,
     };
     let (stop, shutdown) = watch::channel(false);
     let streaming = tokio::spawn(stream::run(config, shutdown, std::io::stdout()));

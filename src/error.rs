@@ -273,6 +273,33 @@ impl Classify for StreamError {
                 // it is output that failed.
                 crate::sink::FailureKind::Fatal | crate::sink::FailureKind::Closed => Kind::Io,
             },
+            StreamError::Nats(e) => nats(e),
+        }
+    }
+}
+
+fn nats(error: &crate::sink::nats::NatsError) -> Kind {
+    use crate::sink::nats::NatsError;
+    match error {
+        // Credentials, TLS, permissions: someone must change them.
+        NatsError::Refused { .. } => Kind::Refused,
+        NatsError::Creds { .. } => Kind::Usage,
+        // No JetStream on the account, a stream that cannot be made or read.
+        NatsError::Stream { .. } => Kind::Setup,
+        NatsError::Runtime(_) => Kind::Io,
+        NatsError::Publish(_) => Kind::Refused,
+    }
+}
+
+impl Classify for crate::archive::ArchiveError {
+    fn kind(&self) -> Kind {
+        use crate::archive::ArchiveError;
+        match self {
+            ArchiveError::Files(e) => e.kind(),
+            ArchiveError::Nats(e) => nats(e),
+            // What JetStream holds is not what `stream --nats` writes.
+            ArchiveError::Foreign(_) | ArchiveError::Order { .. } => Kind::Data,
+            ArchiveError::Link(_) => Kind::Transient,
         }
     }
 }
@@ -360,6 +387,7 @@ impl Classify for crate::Error {
             Error::Integrity(e) => integrity(e),
             Error::History(e) => e.kind(),
             Error::Track(e) => track(e),
+            Error::Archive(e) => e.kind(),
             Error::Io { .. } | Error::Output(_) => Kind::Io,
             Error::Internal(_) => Kind::Internal,
             Error::Metrics(e) => e.kind(),

@@ -4,6 +4,7 @@
 //! with pg_cron. The consumer streams the same rows through logical replication into rolling daily
 //! CSV files. See docs/architecture.md for the flow, module by module.
 
+pub mod archive;
 pub mod capture;
 pub mod checkpoint;
 pub mod cli;
@@ -13,12 +14,13 @@ pub mod demo;
 pub mod durable;
 pub mod error;
 pub mod gaps;
-pub mod integrity;
 pub mod history;
+pub mod integrity;
 pub mod latency;
 pub mod layout;
 pub mod lsn;
 pub mod metrics;
+pub mod nats_server;
 pub mod pgoutput;
 pub mod replication;
 pub mod sink;
@@ -51,6 +53,8 @@ pub enum Error {
     History(history::HistoryError),
     #[error(transparent)]
     Track(#[from] track::TrackError),
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
     #[error("{context}: {source}")]
     Io {
         context: String,

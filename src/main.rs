@@ -223,6 +223,30 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             std::io::stdout().write_all(text.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Archive {
+            out_dir,
+            nats_consumer,
+            nats_filter,
+            safe_csv,
+            nats,
+        } => {
+            let Some(nats) = nats.config() else {
+                return Err(audit_tail::wire::params::ParamsError::Invalid(
+                    "archive needs --nats URL: the JetStream server `stream --nats` publishes to"
+                        .into(),
+                )
+                .into());
+            };
+            let config = audit_tail::archive::ArchiveConfig {
+                nats,
+                out_dir,
+                cells: if safe_csv { Cells::Safe } else { Cells::Exact },
+                consumer: nats_consumer,
+                filter: nats_filter,
+            };
+            audit_tail::archive::run(config, shutdown_on_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Setup { dsn, export_dir } => {
             let params = ConnParams::resolve(dsn.dsn.as_deref(), &env)?;
             tracing::info!(server = %params, "applying sql/install.sql and sql/audit_log.sql");
@@ -244,6 +268,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             signing_key,
             digest_interval,
             metrics,
+            nats,
         } => {
             if let Some(addr) = metrics {
                 audit_tail::metrics::install(addr)?;
@@ -260,6 +285,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 accept_gap,
                 signing_key,
                 digest_interval: std::time::Duration::from_secs(digest_interval),
+                nats: nats.config(),
             };
             let shutdown = shutdown_on_signal();
             audit_tail::stream::run(config, shutdown, std::io::stdout()).await?;

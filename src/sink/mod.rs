@@ -18,6 +18,7 @@ pub mod copy_csv;
 pub mod file_sink;
 pub mod files;
 pub mod memory;
+pub mod nats;
 pub mod seal;
 pub mod stdout;
 pub mod text;
@@ -67,6 +68,12 @@ pub trait Sink {
     /// Forgets everything that is not durable, before the server sends it again on a new
     /// connection.
     fn rewind(&mut self) -> Result<(), SinkFailure>;
+
+    /// For a sink that becomes durable later: notified whenever `durable` moves, so the stream
+    /// acknowledges at once rather than at its next durable point.
+    fn waker(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// What a sink failure means for the stream.

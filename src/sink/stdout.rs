@@ -53,23 +53,7 @@ impl<W: Write> Printer<W> {
                 )
             }
             Format::Json => {
-                let mut columns = Map::new();
-                for (name, value) in row.table.columns.iter().zip(&row.values) {
-                    let value = match value {
-                        Some(v) => Value::String(String::from_utf8_lossy(v).into_owned()),
-                        None => Value::Null,
-                    };
-                    columns.insert(name.clone(), value);
-                }
-                let mut object = Map::new();
-                object.insert("schema".into(), row.table.schema.clone().into());
-                object.insert("table".into(), row.table.name.clone().into());
-                object.insert("commit_lsn".into(), commit_lsn.to_string().into());
-                let time = commit_time
-                    .to_datetime()
-                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-                object.insert("commit_time".into(), time.into());
-                object.insert("row".into(), Value::Object(columns));
+                let object = json_object(row, commit_lsn, commit_time);
                 serde_json::to_writer(&mut self.out, &Value::Object(object))?;
                 self.out.write_all(b"\n")
             }
@@ -80,6 +64,28 @@ impl<W: Write> Printer<W> {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+/// The `json` format's object for a row (also the body of a NATS message, src/sink/nats/).
+pub fn json_object(row: &Row, commit_lsn: Lsn, commit_time: PgTimestamp) -> Map<String, Value> {
+    let mut columns = Map::new();
+    for (name, value) in row.table.columns.iter().zip(&row.values) {
+        let value = match value {
+            Some(v) => Value::String(String::from_utf8_lossy(v).into_owned()),
+            None => Value::Null,
+        };
+        columns.insert(name.clone(), value);
+    }
+    let mut object = Map::new();
+    object.insert("schema".into(), row.table.schema.clone().into());
+    object.insert("table".into(), row.table.name.clone().into());
+    object.insert("commit_lsn".into(), commit_lsn.to_string().into());
+    let time = commit_time
+        .to_datetime()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    object.insert("commit_time".into(), time.into());
+    object.insert("row".into(), Value::Object(columns));
+    object
 }
 
 /// Writing to stdout failed.

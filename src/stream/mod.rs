@@ -69,6 +69,8 @@ pub struct StreamConfig {
     pub signing_key: Option<PathBuf>,
     /// The longest between two digests while rows arrive (`--digest-interval`).
     pub digest_interval: Duration,
+    /// Publish every row to JetStream too (`--nats`).
+    pub nats: Option<crate::sink::nats::NatsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +94,9 @@ pub enum StreamError {
     /// A sink other than the files failed (the files' errors stay `Sink`).
     #[error(transparent)]
     Output(SinkFailure),
+    /// NATS could not be set up (`--nats`): refused credentials, no stream.
+    #[error(transparent)]
+    Nats(#[from] crate::sink::nats::NatsError),
 }
 
 impl From<SinkFailure> for StreamError {
@@ -102,7 +107,10 @@ impl From<SinkFailure> for StreamError {
         let kind = failure.kind;
         match failure.into_inner().downcast::<SinkError>() {
             Ok(files) => StreamError::Sink(*files),
-            Err(other) => StreamError::Output(SinkFailure::new(kind, other)),
+            Err(other) => match other.downcast::<crate::sink::nats::NatsError>() {
+                Ok(nats) => StreamError::Nats(*nats),
+                Err(other) => StreamError::Output(SinkFailure::new(kind, other)),
+            },
         }
     }
 }
@@ -146,6 +154,19 @@ pub async fn run<W: Write + Send>(
     let mut others: Vec<Box<dyn Sink + Send + '_>> = Vec::new();
     if config.format != Format::None {
         others.push(Box::new(Printer::new(config.format, out)));
+    }
+    if let Some(nats) = &config.nats {
+        let stop = shutdown.clone();
+        let sink =
+            crate::sink::nats::NatsSink::start(nats, &config.conn.dbname, move || *stop.borrow())
+                .await?;
+        match sink {
+            Some(sink) => others.push(Box::new(sink)),
+            None => {
+                tracing::info!("stopped on signal while waiting for NATS");
+                return Ok(());
+            }
+        }
     }
     let mut progress = Progress::new(files, others);
     let mut target = match config.until {

@@ -186,6 +186,13 @@ impl<'a, P: Sink> Progress<'a, P> {
         (self.received.max(self.accepted).max(flushed), flushed)
     }
 
+    /// What wakes the stream when a sink that becomes durable later moves its durable position
+    /// (a JetStream acknowledgement), so the slot is acknowledged without waiting for the next
+    /// commit. One notifier serves all: the stream re-reads every sink when woken.
+    pub fn waker(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        self.sinks().find_map(|s| s.waker())
+    }
+
     /// Before sending again on a new connection: every sink forgets what is not durable.
     pub fn rewind(&mut self) -> Result<(), SinkFailure> {
         self.txn = None;

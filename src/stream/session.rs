@@ -145,6 +145,7 @@ impl Session<'_, '_> {
             sampler: Sampler::spawn(cfg.conn.clone(), cfg.status_interval),
             backlog: Backlog::new(cfg.status_interval),
         };
+        let waker = self.progress.waker();
         loop {
             if state.unchecked >= CHECK_EVERY || !conn.has_buffered_message() {
                 state.unchecked = 0;
@@ -176,6 +177,15 @@ impl Session<'_, '_> {
                         }
                         _ = sleep_until(flush_at.unwrap_or(status_at)), if flush_at.is_some() => {
                             self.make_durable(&mut conn, &mut state).await?;
+                            continue;
+                        }
+                        _ = notified(waker.as_deref()), if waker.is_some() => {
+                            // A later-durable sink (JetStream) moved, or failed: acknowledge
+                            // at once, or stop on its failure even if no row comes any more.
+                            self.progress.flush()?;
+                            if self.progress.ack_due() {
+                                self.send_status(&mut conn, &mut state, false).await?;
+                            }
                             continue;
                         }
                         _ = sleep_until(status_at) => {
@@ -477,6 +487,14 @@ impl Session<'_, '_> {
         state.live.status_sent(Instant::now());
         tracing::trace!(%written, %flushed, "status update");
         Ok(())
+    }
+}
+
+/// Resolves when `waker` is notified (never without one).
+async fn notified(waker: Option<&tokio::sync::Notify>) {
+    match waker {
+        Some(waker) => waker.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,0 +1,189 @@
+//! Reaching JetStream: the options of `--nats*` (credentials as the nats CLI takes them, never
+//! printed), the connection with backoff while the server is unreachable, and the stream,
+//! created with file storage when missing or used as it is. Shared by the sink and the archiver.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_nats::{ConnectErrorKind, ConnectOptions};
+
+use super::NatsError;
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// `--nats` and its options.
+#[derive(Clone, Default)]
+pub struct NatsConfig {
+    /// `nats://host:port` (several, comma-separated).
+    pub url: String,
+    /// The first token of every subject (`audit`).
+    pub subject_prefix: String,
+    /// The JetStream stream's name.
+    pub stream: String,
+    /// The max age of a stream created by us (zero: keep for ever).
+    pub max_age: Duration,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub creds: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Credentials never show, not even with `{:?}`.
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = |o: bool| if o { "<set>" } else { "<none>" };
+        f.debug_struct("NatsConfig")
+            .field("url", &self.url)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("stream", &self.stream)
+            .field("max_age", &self.max_age)
+            .field("user", &self.user)
+            .field("password", &set(self.password.is_some()))
+            .field("token", &set(self.token.is_some()))
+            .field("creds", &self.creds)
+            .field("tls_ca", &self.tls_ca)
+            .finish()
+    }
+}
+
+/// Server errors the client reports beside the calls (a publish the account may not make):
+/// the sink turns the first into a fatal failure.
+pub type ServerErrors = Arc<Mutex<Option<String>>>;
+
+impl NatsConfig {
+    /// The subjects of the stream we create: everything under the prefix.
+    pub fn stream_subjects(&self) -> String {
+        format!("{}.>", self.subject_prefix)
+    }
+
+    async fn options(&self, errors: ServerErrors) -> Result<ConnectOptions, NatsError> {
+        let mut options = ConnectOptions::new()
+            .name("audit-tail")
+            .connection_timeout(Duration::from_secs(5))
+            // Keep reconnecting for ever while running: the slot waits meanwhile.
+            .max_reconnects(None)
+            .event_callback(move |event| {
+                let errors = errors.clone();
+                async move {
+                    match event {
+                        async_nats::Event::ServerError(e) => {
+                            tracing::warn!(error = %e, "the NATS server reported an error");
+                            errors
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e.to_string());
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("disconnected from NATS; reconnecting")
+                        }
+                        async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                        other => tracing::debug!(event = %other, "NATS client event"),
+                    }
+                }
+            });
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        if let Some(creds) = &self.creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|source| NatsError::Creds {
+                    path: creds.clone(),
+                    source,
+                })?;
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        Ok(options)
+    }
+
+    /// Connects, retrying with backoff while the server is unreachable (and saying so on
+    /// stderr) until `stopped` says to give up; refused credentials or TLS end at once.
+    pub async fn connect(
+        &self,
+        errors: ServerErrors,
+        stopped: &dyn Fn() -> bool,
+    ) -> Result<Option<async_nats::Client>, NatsError> {
+        let mut backoff = BACKOFF_FIRST;
+        let mut attempt = 0u32;
+        loop {
+            let options = self.options(errors.clone()).await?;
+            match options.connect(self.url.as_str()).await {
+                Ok(client) => return Ok(Some(client)),
+                Err(e) => {
+                    let fatal = matches!(
+                        e.kind(),
+                        ConnectErrorKind::Authentication
+                            | ConnectErrorKind::AuthorizationViolation
+                            | ConnectErrorKind::Tls
+                            | ConnectErrorKind::ServerParse
+                    );
+                    if fatal {
+                        return Err(NatsError::Refused {
+                            url: self.url.clone(),
+                            reason: e.to_string(),
+                        });
+                    }
+                    attempt += 1;
+                    tracing::warn!(url = %self.url, attempt, retry_in = ?backoff, error = %e,
+                        "NATS is unreachable; the slot stays where it is, retrying");
+                }
+            }
+            let mut waited = Duration::ZERO;
+            while waited < backoff {
+                if stopped() {
+                    return Ok(None);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                waited += Duration::from_millis(100);
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// The stream: created with file storage and the max age when missing, used as it is
+    /// otherwise (with a warning if it keeps messages only in memory).
+    pub async fn stream(&self, js: &jetstream::Context) -> Result<stream::Stream, NatsError> {
+        let config = stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![self.stream_subjects()],
+            storage: stream::StorageType::File,
+            max_age: self.max_age,
+            ..Default::default()
+        };
+        let mut stream = js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| NatsError::Stream {
+                stream: self.stream.clone(),
+                reason: e.to_string(),
+            })?;
+        let info = stream.info().await.map_err(|e| NatsError::Stream {
+            stream: self.stream.clone(),
+            reason: e.to_string(),
+        })?;
+        if info.config.storage == stream::StorageType::Memory {
+            tracing::warn!(stream = %self.stream,
+                "this JetStream stream keeps its messages in memory: they do not survive a restart \
+                 of the NATS server; recreate it with file storage to keep the copy");
+        }
+        Ok(stream)
+    }
+}

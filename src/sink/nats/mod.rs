@@ -1,0 +1,248 @@
+//! The NATS JetStream sink (`stream --nats URL`): one message per row, subject
+//! `<prefix>.<database>.<schema>.<table>`, body and headers as `message` says. It accepts at
+//! once and becomes durable later: a position is durable once JetStream acknowledged every
+//! publish before it, and each acknowledgement wakes the stream's progress so the slot is
+//! acknowledged without waiting for the next commit.
+//!
+//! Exactly once: within the server's duplicate window, `Nats-Msg-Id` drops a re-sent row; beyond
+//! it, the sink resumes after the last message of ours in the stream (read on start), skipping
+//! the rows of a transaction already published when the process died half way through it. A row
+//! is handed to the publisher one behind, so the last row of a transaction can carry its end
+//! LSN (the archiver commits its files there).
+//!
+//! Failures: an acknowledgement that does not come (NATS down, slow) is transient, the stream
+//! rewinds to what is durable and re-sends; a refusal (no permission, no stream) is fatal.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+
+use tokio::sync::Notify;
+
+use super::{FailureKind, Sink, SinkFailure, Txn};
+use crate::capture::Row;
+use crate::lsn::Lsn;
+
+pub mod connect;
+pub mod message;
+mod publisher;
+
+pub use connect::NatsConfig;
+use message::Position;
+use publisher::{Command, Shared};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error(
+        "the NATS server at {url} refused us: {reason}: check --nats-user/--nats-password, --nats-token, --nats-creds and the TLS options"
+    )]
+    Refused { url: String, reason: String },
+    #[error("could not read the NATS credentials file {path}: {source}")]
+    Creds {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("JetStream stream \"{stream}\": {reason}")]
+    Stream { stream: String, reason: String },
+    #[error("could not start the NATS client's thread: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("{0}")]
+    Publish(String),
+}
+
+/// The sink; see the module documentation.
+pub struct NatsSink {
+    prefix: String,
+    database: String,
+    shared: Arc<Shared>,
+    commands: mpsc::SyncSender<Command>,
+    /// The row waiting for the next one (or the commit) to learn whether it is its
+    /// transaction's last.
+    held: Option<(String, Row)>,
+    txn: Option<Txn>,
+    /// The index of the next row in the transaction.
+    index: u64,
+    /// A transaction published in part before the last stop: its commit LSN and the index of its
+    /// last row in the stream.
+    partial: Option<(Lsn, u64)>,
+}
+
+impl NatsSink {
+    /// Connects (waiting while NATS is unreachable), makes sure of the stream and reads where
+    /// the rows of `database` stop in it. `Ok(None)`: `stopped` turned true while waiting.
+    pub async fn start(
+        config: &NatsConfig,
+        database: &str,
+        stopped: impl Fn() -> bool + Send + 'static,
+    ) -> Result<Option<NatsSink>, NatsError> {
+        let shared = Arc::new(Shared::default());
+        let (commands, receiver) = mpsc::sync_channel(publisher::QUEUE);
+        // Relay the caller's stop to the thread while it waits for NATS.
+        let watch = shared.clone();
+        let relay = tokio::spawn(async move {
+            loop {
+                if stopped() {
+                    watch.stop.store(true, Ordering::Release);
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+        let started = publisher::start(
+            config.clone(),
+            database.to_string(),
+            shared.clone(),
+            receiver,
+        )
+        .await;
+        relay.abort();
+        let Some(started) = started? else {
+            return Ok(None);
+        };
+        let (resume, partial) = match started.last {
+            None => (Lsn(0), None),
+            Some(Position {
+                end_lsn: Some(end), ..
+            }) => (end, None),
+            Some(p) => (p.commit_lsn, Some((p.commit_lsn, p.index))),
+        };
+        shared.durable.store(resume.0, Ordering::Release);
+        tracing::info!(stream = %config.stream, %resume, partial = partial.is_some(),
+            "JetStream holds the rows of this database up to here");
+        Ok(Some(NatsSink {
+            prefix: config.subject_prefix.clone(),
+            database: database.to_string(),
+            shared,
+            commands,
+            held: None,
+            txn: None,
+            index: 0,
+            partial,
+        }))
+    }
+
+    /// What wakes the stream when an acknowledgement moves the durable position.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.shared.wake.clone()
+    }
+
+    fn check(&self) -> Result<(), SinkFailure> {
+        if !self.shared.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let failure = self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (kind, why) = failure
+            .clone()
+            .unwrap_or((FailureKind::Transient, "publishing failed".into()));
+        Err(SinkFailure::new(kind, NatsError::Publish(why)))
+    }
+
+    fn send(&self, command: Command) -> Result<(), SinkFailure> {
+        self.commands.send(command).map_err(|_| {
+            SinkFailure::fatal(NatsError::Publish("the NATS client's thread ended".into()))
+        })
+    }
+
+    /// Hands the held row over, as its transaction's last when `end` is given.
+    fn release(&mut self, end: Option<Lsn>) -> Result<(), SinkFailure> {
+        let (Some((subject, row)), Some(txn)) = (self.held.take(), self.txn) else {
+            return Ok(());
+        };
+        let position = Position {
+            commit_lsn: txn.commit_lsn,
+            commit_time: txn.commit_time,
+            index: self.index - 1,
+            end_lsn: end,
+        };
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .headers(message::headers(&self.database, &position))
+            .payload(message::body(&row, txn.commit_lsn, txn.commit_time));
+        self.send(Command::Publish { subject, message })
+    }
+}
+
+impl Sink for NatsSink {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn resume_point(&self) -> Option<Lsn> {
+        Some(Lsn(self.shared.durable.load(Ordering::Acquire)))
+    }
+
+    fn row(&mut self, row: &Row, txn: Txn) -> Result<(), SinkFailure> {
+        self.check()?;
+        if self.txn != Some(txn) {
+            self.txn = Some(txn);
+            self.index = 0;
+        }
+        let index = self.index;
+        if let Some((lsn, last)) = self.partial
+            && lsn == txn.commit_lsn
+            && index <= last
+        {
+            // Published before the last stop. A row goes out without the end header only once
+            // the next row of its transaction has come, so rows after `last` follow.
+            self.index += 1;
+            return Ok(());
+        }
+        self.release(None)?;
+        self.index += 1;
+        self.held = Some((
+            message::subject(&self.prefix, &self.database, &row.table),
+            row.clone(),
+        ));
+        Ok(())
+    }
+
+    fn commit(&mut self, txn: Txn, end_lsn: Lsn) -> Result<(), SinkFailure> {
+        self.check()?;
+        if self.txn == Some(txn) {
+            self.release(Some(end_lsn))?;
+        }
+        if self.partial.is_some_and(|(lsn, _)| lsn <= txn.commit_lsn) {
+            self.partial = None;
+        }
+        self.txn = None;
+        self.send(Command::Mark(end_lsn))
+    }
+
+    fn idle(&mut self, lsn: Lsn) {
+        let _ = self.send(Command::Mark(lsn));
+    }
+
+    fn flush(&mut self) -> Result<(), SinkFailure> {
+        self.check()
+    }
+
+    fn durable(&self) -> Option<Lsn> {
+        Some(Lsn(self.shared.durable.load(Ordering::Acquire)))
+    }
+
+    fn rewind(&mut self) -> Result<(), SinkFailure> {
+        self.held = None;
+        self.txn = None;
+        self.index = 0;
+        let (done, wait) = mpsc::sync_channel(1);
+        self.send(Command::Rewind(done))?;
+        // The thread answers between two publishes: at most a send's wait.
+        wait.recv().map_err(|_| {
+            SinkFailure::fatal(NatsError::Publish("the NATS client's thread ended".into()))
+        })
+    }
+
+    fn waker(&self) -> Option<Arc<Notify>> {
+        Some(self.shared.wake.clone())
+    }
+}
+
+impl Drop for NatsSink {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+    }
+}

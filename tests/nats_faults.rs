@@ -1,0 +1,368 @@
+//! `stream --nats` and `archive` when things break: kill -9 of both at random moments under
+//! load and a kill -9 of nats-server, a consumer down longer than JetStream's duplicate window,
+//! NATS unreachable at start, wrong credentials, a subject the account may not publish to.
+
+mod common;
+mod nats_support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use audit_tail::nats_server::{NatsServer, NatsServerOptions};
+use common::{Rng, TestDb, stream_command};
+
+fn stream_with_nats(db: &TestDb, out: &Path, url: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--until", "now", "--format", "none", "--nats", url];
+    args.extend(extra);
+    stream_command(db, out, &args)
+        .output()
+        .expect("run audit-tail stream")
+}
+
+fn catch_up_with_nats(db: &TestDb, out: &Path, url: &str) {
+    let out = stream_with_nats(db, out, url, &[]);
+    assert!(
+        out.status.success(),
+        "stream --nats failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn confirmed(db: &TestDb) -> String {
+    db.psql(&format!(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
+        db.name
+    ))
+    .trim()
+    .to_string()
+}
+
+fn audit_rows(db: &TestDb) -> u64 {
+    db.psql("SELECT count(*) FROM users_audit")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The slot exists and 300 users are there; the first changes come after.
+fn prepare(db: &TestDb, out: &Path) {
+    db.install();
+    db.psql(
+        "INSERT INTO users (name, role) SELECT 'u' || g, 'user' FROM generate_series(1, 3000) g",
+    );
+    common::catch_up(db, out);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_credentials_are_fatal_and_acknowledge_nothing() {
+    let nats = NatsServer::start_with(NatsServerOptions {
+        config: "authorization { user: audit, password: right-one }".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let db = TestDb::new("nats_creds");
+    let out = tempfile::tempdir().unwrap();
+    prepare(&db, out.path());
+    let before = confirmed(&db);
+    db.psql("UPDATE users SET role = 'x' WHERE id <= 10");
+    let run = stream_with_nats(
+        &db,
+        out.path(),
+        &nats.url(),
+        &[
+            "--nats-user",
+            "audit",
+            "--nats-password",
+            "secret-wrong-one",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused us"), "{stderr}");
+    assert!(
+        stderr.contains("--nats-password"),
+        "says what to check: {stderr}"
+    );
+    assert!(
+        !stderr.contains("secret-wrong-one"),
+        "the password is never printed: {stderr}"
+    );
+    assert_eq!(confirmed(&db), before, "nothing acknowledged");
+    // The right password streams.
+    let run = stream_with_nats(
+        &db,
+        out.path(),
+        &nats.url(),
+        &["--nats-user", "audit", "--nats-password", "right-one"],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_ne!(confirmed(&db), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subject_the_account_may_not_publish_to_is_fatal_and_acknowledges_nothing() {
+    let nats = NatsServer::start_with(NatsServerOptions {
+        config: "accounts { APP { jetstream: enabled, users: [ { user: audit, password: pw, \
+                 permissions: { publish: { deny: [\"audit.>\"] } } } ] } }"
+            .into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let db = TestDb::new("nats_perm");
+    let out = tempfile::tempdir().unwrap();
+    prepare(&db, out.path());
+    let before = confirmed(&db);
+    db.psql("UPDATE users SET role = 'x' WHERE id <= 10");
+    let log = out.path().join("stream.log");
+    let child = stream_command(
+        &db,
+        out.path(),
+        &[
+            "--until",
+            "now",
+            "--format",
+            "none",
+            "--nats",
+            &nats.url(),
+            "--nats-user",
+            "audit",
+            "--nats-password",
+            "pw",
+        ],
+    )
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let mut run = common::Consumer { child };
+    let mut status = None;
+    common::wait::until("the stream to stop", Duration::from_secs(40), || {
+        status = run.child.try_wait().unwrap();
+        status.is_some()
+    });
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let run = std::process::Output {
+        status: status.unwrap(),
+        stdout: vec![],
+        stderr: vec![],
+    };
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused a publish"), "{stderr}");
+    assert!(stderr.contains("Permissions Violation"), "{stderr}");
+    assert_eq!(confirmed(&db), before, "nothing acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_unreachable_at_start_is_waited_for_and_nothing_is_acknowledged_meanwhile() {
+    let nats = NatsServer::start().unwrap();
+    nats.kill();
+    let db = TestDb::new("nats_down");
+    let out = tempfile::tempdir().unwrap();
+    prepare(&db, out.path());
+    let before = confirmed(&db);
+    db.psql("UPDATE users SET role = 'x' WHERE id <= 10");
+    let log = out.path().join("stream.log");
+    let child = stream_command(
+        &db,
+        out.path(),
+        &["--until", "now", "--format", "none", "--nats", &nats.url()],
+    )
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let mut child = common::Consumer { child };
+    common::wait::until(
+        "the stream to say NATS is unreachable",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("NATS is unreachable")
+        },
+    );
+    assert_eq!(
+        confirmed(&db),
+        before,
+        "nothing acknowledged while NATS is down"
+    );
+    nats.restart().unwrap();
+    let status = child.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert_eq!(
+        nats_support::count(&nats.url(), "AUDIT").await,
+        audit_rows(&db)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_down_longer_than_the_duplicate_window_adds_no_duplicate() {
+    let nats = NatsServer::start().unwrap();
+    let db = TestDb::new("nats_window");
+    let out = tempfile::tempdir().unwrap();
+    prepare(&db, out.path());
+    // A stream whose duplicate window is 2 s, used as it is by the sink.
+    {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "AUDIT".into(),
+            subjects: vec!["audit.>".into()],
+            duplicate_window: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    // A second slot at today's position: it will send everything below again.
+    let again = format!("{}_again", db.name);
+    db.psql(&format!(
+        "SELECT pg_copy_logical_replication_slot('{}', '{again}')",
+        db.name
+    ));
+    db.psql("UPDATE users SET role = 'x' WHERE id <= 300");
+    catch_up_with_nats(&db, out.path(), &nats.url());
+    let rows = audit_rows(&db);
+    assert_eq!(nats_support::count(&nats.url(), "AUDIT").await, rows);
+    // Down for longer than the window: the server no longer knows the ids. (A wait on the
+    // clock is the point here.)
+    std::thread::sleep(Duration::from_secs(3));
+    let other = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_audit-tail"))
+        .args([
+            "stream",
+            "--dsn",
+            &db.cluster.conninfo(&db.name),
+            "--slot",
+            &again,
+        ])
+        .arg("--out-dir")
+        .arg(other.path())
+        .args(["--until", "now", "--format", "none", "--nats", &nats.url()])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        nats_support::count(&nats.url(), "AUDIT").await,
+        rows,
+        "the rows sent again were skipped: no duplicate"
+    );
+    db.psql(&format!("SELECT pg_drop_replication_slot('{again}')"));
+}
+
+/// Single-row and bulk updates of `users` until `stop`.
+fn spawn_writer(db: &TestDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    let config = db.cluster.config(&db.name);
+    tokio::spawn(async move {
+        let mut rng = Rng::from_env_or_clock("nats-writer");
+        let mut transactions = 0;
+        let client = audit_tail::sql::connect(&config).await.unwrap();
+        while !stop.load(Ordering::SeqCst) {
+            let sql = if rng.below(10) == 0 {
+                format!(
+                    "UPDATE users SET role = 'bulk-{}' WHERE id <= 1500",
+                    rng.below(1_000_000)
+                )
+            } else {
+                format!(
+                    "UPDATE users SET name = 'n-{}', email = CASE WHEN random() < 0.5 THEN NULL ELSE 'e' END WHERE id = {}",
+                    rng.below(1_000_000),
+                    1 + rng.below(3000)
+                )
+            };
+            client.batch_execute(&sql).await.unwrap();
+            transactions += 1;
+        }
+        transactions
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_stream_archive_and_nats_server_loses_and_doubles_nothing() {
+    let nats = NatsServer::start().unwrap();
+    let db = TestDb::new("nats_kill9");
+    let out = tempfile::tempdir().unwrap();
+    let archive_out = tempfile::tempdir().unwrap();
+    prepare(&db, out.path());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(&db, stop.clone());
+    let mut rng = Rng::from_env_or_clock("nats-kill9");
+    let seed = rng.seed;
+    let kills = 16;
+    for i in 0..kills {
+        let mut stream = common::Consumer::spawn(
+            &db,
+            out.path(),
+            &["--format", "none", "--nats", &nats.url()],
+        );
+        let mut archive = common::Consumer {
+            child: nats_support::archive_command(&nats.url(), archive_out.path(), &[])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        };
+        std::thread::sleep(Duration::from_millis(200 + rng.below(600)));
+        if i == kills / 2 {
+            // Once, the server itself: its store is on disk, what it acknowledged stays.
+            nats.kill();
+            std::thread::sleep(Duration::from_millis(rng.below(500)));
+            nats.restart().unwrap();
+            std::thread::sleep(Duration::from_millis(200 + rng.below(600)));
+        }
+        // Kill them in a random order.
+        if rng.below(2) == 0 {
+            stream.child.kill().unwrap();
+            archive.child.kill().unwrap();
+        } else {
+            archive.child.kill().unwrap();
+            stream.child.kill().unwrap();
+        }
+        let _ = stream.child.wait();
+        let _ = archive.child.wait();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let transactions = writer.await.unwrap();
+    assert!(
+        transactions > 30,
+        "only {transactions} transactions (seed {seed})"
+    );
+    catch_up_with_nats(&db, out.path(), &nats.url());
+    let mut archive = common::Consumer {
+        child: nats_support::archive_command(&nats.url(), archive_out.path(), &[])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    };
+    nats_support::wait_same_files(out.path(), archive_out.path());
+    let (code, stderr) = nats_support::terminate(&mut archive.child);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let rows = common::assert_files_equal_table(&db, archive_out.path()).await;
+    assert!(rows > 1000, "only {rows} rows compared (seed {seed})");
+    let stored = nats_support::read_all(&nats.url(), "AUDIT").await;
+    let ids: std::collections::HashSet<&str> = stored.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        stored.len(),
+        "a row twice in JetStream (seed {seed})"
+    );
+    assert_eq!(
+        stored.len() as u64,
+        audit_rows(&db),
+        "JetStream holds every row once (seed {seed})"
+    );
+}

@@ -1,0 +1,145 @@
+//! What the NATS tests share: reading back what JetStream holds.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::StreamExt;
+
+/// One stored message: subject, headers we read, body.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub subject: String,
+    pub id: String,
+    pub end_lsn: Option<String>,
+    pub body: serde_json::Value,
+}
+
+/// Every message of `stream`, in order, read through an ephemeral consumer.
+pub async fn read_all(url: &str, stream: &str) -> Vec<Stored> {
+    let client = async_nats::connect(url).await.expect("connect to nats");
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream(stream).await.expect("the stream exists");
+    let total = stream.info().await.unwrap().state.messages as usize;
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(message) = batch.next().await {
+            let message = message.unwrap();
+            let headers = message.headers.clone().unwrap_or_default();
+            let get = |n: &str| headers.get(n).map(|v| v.as_str().to_string());
+            out.push(Stored {
+                subject: message.subject.to_string(),
+                id: get("Nats-Msg-Id").unwrap_or_default(),
+                end_lsn: get("Audit-Tail-End-Lsn"),
+                body: serde_json::from_slice(&message.payload).unwrap(),
+            });
+        }
+    }
+    out
+}
+
+/// How many messages `stream` holds.
+pub async fn count(url: &str, stream: &str) -> u64 {
+    let client = async_nats::connect(url).await.expect("connect to nats");
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream(stream).await.expect("the stream exists");
+    stream.info().await.unwrap().state.messages
+}
+
+/// The stream files of `dir` (name → bytes), as src/layout.rs lists them.
+pub fn csv_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    audit_tail::layout::list(dir)
+        .unwrap()
+        .into_iter()
+        .map(|f| {
+            let name = f.name();
+            let bytes = std::fs::read(dir.join(&name)).unwrap();
+            (name, bytes)
+        })
+        .collect()
+}
+
+/// `audit-tail archive` from `url` into `out`, with `extra` arguments.
+pub fn archive_command(url: &str, out: &std::path::Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_audit-tail"));
+    cmd.arg("archive")
+        .arg("--nats")
+        .arg(url)
+        .arg("--out-dir")
+        .arg(out)
+        .args(extra)
+        .env("RUST_LOG", "audit_tail=debug");
+    cmd
+}
+
+/// Waits until the archive's files are byte for byte the stream's files (and there are some).
+pub fn wait_same_files(stream_out: &std::path::Path, archive_out: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let expected = csv_files(stream_out);
+        let got = csv_files(archive_out);
+        if !expected.is_empty() && expected == got {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let sizes = |m: &std::collections::BTreeMap<String, Vec<u8>>| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}: {}", v.len()))
+                    .collect::<Vec<_>>()
+            };
+            panic!(
+                "timed out waiting for the archive's files to equal the stream's: stream {:?}, archive {:?}",
+                sizes(&expected),
+                sizes(&got)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops a child with SIGTERM and returns its exit code and stderr.
+pub fn terminate(child: &mut std::process::Child) -> (Option<i32>, String) {
+    use std::io::Read;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).unwrap();
+    }
+    (status.code(), err)
+}
+
+/// Whether a consumer of the server has a pull request waiting: it has taken everything there
+/// was and asks for more.
+pub fn consumer_waiting(nats: &audit_tail::nats_server::NatsServer) -> bool {
+    let Ok(text) = nats.monitor("/jsz?consumers=true") else {
+        return false;
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    json["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+        .flat_map(|s| s["consumer_detail"].as_array().into_iter().flatten())
+        .any(|c| c["num_pending"] == 0 && c["num_waiting"].as_u64().unwrap_or(0) > 0)
+}
