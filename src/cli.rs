@@ -171,6 +171,10 @@ pub enum Command {
         /// "NEW.status <> 'draft'" (applied to the operations that have the row it names).
         #[arg(long, value_name = "EXPR")]
         when: Option<String>,
+        /// Statement-level triggers, for a table written by big statements (one log INSERT per
+        /// statement); without it, row-level triggers, cheapest for one-row statements.
+        #[arg(long, conflicts_with = "when")]
+        bulk: bool,
         #[command(flatten)]
         dsn: DsnArg,
     },
