@@ -3,7 +3,8 @@
 //! `orders(id bigint primary key, status text, total numeric, note text, updated_at timestamptz)`
 //! and each workload runs on it
 //! - untracked (no trigger),
-//! - tracked by `audit.track('orders')` (sql/audit_log.sql),
+//! - tracked by `audit.track('orders')` (sql/audit_log.sql: row-level triggers, the default),
+//! - tracked by `audit.track('orders', bulk => true)` (statement-level triggers),
 //! - with PostgreSQL-Audit's row-level triggers,
 //! - with PostgreSQL-Audit's statement-level triggers (transition tables),
 //!
@@ -12,7 +13,7 @@
 //! UPDATE and DELETE of every row as one statement each, for BENCH_ROWS rows (default 10000 and
 //! 500000 × BENCH_SCALE, default 1: the issue's 10k and 500k-row statements). For each it prints
 //! the time the trigger adds to the untracked statement (per transaction for pgbench) and the
-//! ratio ours / the cheaper of PostgreSQL-Audit's two.
+//! ratios ours / the cheaper of PostgreSQL-Audit's two, for each of our two paths.
 //!
 //! PostgreSQL-Audit is fetched at bench time (`pip download PostgreSQL-Audit --no-deps` into the
 //! cluster's directory; set BENCH_PGA_DIR to a directory holding its templates/ instead) and
@@ -36,6 +37,7 @@ use support::{bench_cluster, env_list, env_or, median_f64, pgbench, psql_file};
 enum Mode {
     Untracked,
     Ours,
+    OursBulk,
     PgaRow,
     PgaStmt,
 }
@@ -45,6 +47,7 @@ impl Mode {
         match self {
             Mode::Untracked => "untracked",
             Mode::Ours => "audit.track",
+            Mode::OursBulk => "track bulk",
             Mode::PgaRow => "PGA row-level",
             Mode::PgaStmt => "PGA stmt-level",
         }
@@ -54,7 +57,7 @@ impl Mode {
     fn log(self) -> Option<&'static str> {
         match self {
             Mode::Untracked => None,
-            Mode::Ours => Some("audit.log"),
+            Mode::Ours | Mode::OursBulk => Some("audit.log"),
             Mode::PgaRow => Some("pga_row.activity"),
             Mode::PgaStmt => Some("pga_stmt.activity"),
         }
@@ -83,7 +86,7 @@ fn main() {
          updated_at timestamptz)",
     );
 
-    let mut modes = vec![Mode::Untracked, Mode::Ours];
+    let mut modes = vec![Mode::Untracked, Mode::Ours, Mode::OursBulk];
     match postgresql_audit_templates(&cluster) {
         Ok(templates) => {
             install_postgresql_audit(&cluster, &templates);
@@ -91,7 +94,8 @@ fn main() {
         }
         Err(why) => println!("audit_log: PostgreSQL-Audit left out: {why}"),
     }
-    let logs: Vec<&str> = modes.iter().filter_map(|m| m.log()).collect();
+    let mut logs: Vec<&str> = modes.iter().filter_map(|m| m.log()).collect();
+    logs.dedup();
     let truncate_logs = format!(
         "TRUNCATE {}{}",
         logs.join(", "),
@@ -121,6 +125,7 @@ fn main() {
         match mode {
             Mode::Untracked => {}
             Mode::Ours => psql("SELECT audit.track('orders')"),
+            Mode::OursBulk => psql("SELECT audit.track('orders', bulk => true)"),
             Mode::PgaRow => psql("SELECT pga_row.audit_table('orders')"),
             Mode::PgaStmt => psql("SELECT pga_stmt.audit_table('orders')"),
         }
@@ -237,8 +242,9 @@ fn main() {
     for mode in &modes[1..] {
         header += &format!(" {:>26}", format!("{} (added)", mode.label()));
     }
-    if modes.len() == 4 {
-        header += &format!(" {:>14}", "ours/cheaper");
+    let pga = modes.len() == 5;
+    if pga {
+        header += &format!(" {:>14} {:>14}", "row/cheaper", "bulk/cheaper");
     }
     println!("{header}");
     for (name, per_mode) in &results {
@@ -251,8 +257,9 @@ fn main() {
                 format!("{} (+{})", show(medians[i]), show(added[i]))
             );
         }
-        if modes.len() == 4 {
-            line += &format!(" {:>14.2}", added[1] / added[2].min(added[3]));
+        if pga {
+            let cheaper = added[3].min(added[4]);
+            line += &format!(" {:>14.2} {:>14.2}", added[1] / cheaper, added[2] / cheaper);
         }
         println!("{line}");
     }

@@ -554,6 +554,9 @@ CREATE TABLE IF NOT EXISTS audit.tracked_tables (
     tracked_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     tracked_by TEXT NOT NULL DEFAULT session_user
 );
+-- track(..., bulk => true): statement-level triggers over transition tables, for tables written
+-- by big statements; false (the default): row-level triggers, cheapest for one-row statements.
+ALTER TABLE audit.tracked_tables ADD COLUMN IF NOT EXISTS bulk BOOLEAN NOT NULL DEFAULT false;
 
 -- A tracked table's row as the log shows it: with --only, the listed and key columns alone; with
 -- --ignore, without the ignored ones; a redacted column's value replaced by "[redacted]", so the
@@ -739,22 +742,30 @@ $$;
 -- nothing and clears it.
 --
 -- The images need no function call per row: the columns a mode drops and the redacted
--- columns' "[redacted]" values are worked out once per statement, so an image is
+-- columns' "[redacted]" values are worked out by track() and passed as arguments, so an image is
 -- `row - dropped || redacted`, equal to audit.row_image()'s (jsonb has one canonical form).
 CREATE OR REPLACE FUNCTION audit.log_changes() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- Hash joins over the transition tables, never a nested loop, and no JIT (see log_user_changes()
+-- in install.sql): as attributes of the function, not set_config() calls per statement.
+SET enable_nestloop = off
+SET jit = off
 AS $$
 DECLARE
-    mode TEXT := TG_ARGV[0];
-    cols TEXT[] := TG_ARGV[1]::text[];
+    -- TG_ARGV[0..3] as for audit.log_change(); then, worked out by track() from the table's
+    -- columns so that no statement queries the catalog (re-tracked by ALTER TABLE):
+    --   TG_ARGV[4] the non-key columns (an image minus them is the key)
+    --   TG_ARGV[5] the audited columns, in the table's order
+    --   TG_ARGV[6] the columns the mode drops from an image
+    --   TG_ARGV[7] the redacted columns' replacement, a jsonb object of "[redacted]" values
     redact TEXT[] := coalesce(TG_ARGV[2]::text[], '{}');
-    key_cols TEXT[] := TG_ARGV[3]::text[];
-    non_key TEXT[];
-    dropped TEXT[];
-    audited TEXT[];
-    redacted JSONB;
+    non_key TEXT[] := TG_ARGV[4]::text[];
+    audited TEXT[] := TG_ARGV[5]::text[];
+    dropped TEXT[] := TG_ARGV[6]::text[];
+    redacted JSONB := TG_ARGV[7]::jsonb;
+    plain BOOLEAN := cardinality(dropped) = 0 AND cardinality(redact) = 0;
     actor TEXT := coalesce(nullif(current_setting('audit.actor', true), ''), session_user::text);
     reason TEXT := nullif(current_setting('audit.reason', true), '');
     request_id TEXT := nullif(current_setting('audit.request_id', true), '');
@@ -765,9 +776,6 @@ DECLARE
     pause_token TEXT := nullif(current_setting('audit.pause_token', true), '');
     paired BIGINT;
     changed_rows BIGINT;
-    plain BOOLEAN;
-    nestloop TEXT;
-    jit TEXT;
 BEGIN
     IF TG_OP = 'UPDATE' AND current_setting('audit.row_path', true) = TG_RELID::text THEN
         PERFORM set_config('audit.row_path', '', true);
@@ -777,21 +785,6 @@ BEGIN
         SELECT FROM audit.pauses p
         WHERE p.txid = txid_current() AND p.token::text = pause_token AND p.resumed_at IS NULL) THEN
         RETURN NULL;
-    END IF;
-    -- The table's columns now, in their order (the changed columns are listed in it): in one
-    -- query, since each query costs more than the rows of a one-row statement.
-    SELECT coalesce(array_agg(c ORDER BY n) FILTER (WHERE NOT c = ANY (key_cols)), '{}'),
-           coalesce(array_agg(c ORDER BY n) FILTER (WHERE audited_col), '{}'),
-           coalesce(array_agg(c ORDER BY n) FILTER (WHERE NOT audited_col), '{}')
-    INTO non_key, audited, dropped
-    FROM (SELECT attname::text AS c, attnum AS n,
-                 CASE mode WHEN 'only' THEN attname = ANY (cols)
-                           WHEN 'ignore' THEN NOT attname = ANY (cols)
-                           ELSE true END AS audited_col
-          FROM pg_attribute WHERE attrelid = TG_RELID AND attnum > 0 AND NOT attisdropped) AS a;
-    plain := cardinality(dropped) = 0 AND cardinality(redact) = 0;
-    IF NOT plain THEN
-        redacted := coalesce((SELECT jsonb_object_agg(c, '"[redacted]"'::jsonb) FROM unnest(redact) AS c), '{}');
     END IF;
     IF TG_OP = 'INSERT' THEN
         INSERT INTO audit.log (changed_at, op, schema_name, table_name, key, new_row, actor, reason,
@@ -810,12 +803,6 @@ BEGIN
         FROM (SELECT to_jsonb(orw.*) AS j, row_number() OVER () AS ord FROM old_rows orw) AS r
         ORDER BY r.ord;
     ELSE
-        -- Hash joins over the transition tables, never a nested loop, and no JIT (see
-        -- log_user_changes() in install.sql); set back below.
-        nestloop := current_setting('enable_nestloop');
-        PERFORM set_config('enable_nestloop', 'off', true);
-        jit := current_setting('jit');
-        PERFORM set_config('jit', 'off', true);
         WITH n AS MATERIALIZED (
             SELECT to_jsonb(nr.*) AS j, row_number() OVER () AS ord FROM new_rows nr
         ), o AS MATERIALIZED (
@@ -847,8 +834,6 @@ BEGIN
             RETURNING 1
         )
         SELECT (SELECT count(*) FROM joined), (SELECT count(*) FROM n) INTO paired, changed_rows;
-        PERFORM set_config('enable_nestloop', nestloop, true);
-        PERFORM set_config('jit', jit, true);
         IF paired <> changed_rows THEN
             -- A key changed without the UPDATE naming it (a BEFORE trigger changed it): such a
             -- row has no old row of its key. Never fail the application's write for it.
@@ -991,7 +976,9 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    cond TEXT := concat_ws(' AND ', '(' || own_when || ')', '(' || user_when || ')');
+    -- The user's condition selects the rows it is not false for: a NULL (NEW.st <> 'draft' with
+    -- st NULL) audits the row rather than losing it silently.
+    cond TEXT := concat_ws(' AND ', '(' || own_when || ')', '((' || user_when || ') IS NOT FALSE)');
     sql TEXT := 'CREATE TRIGGER %I AFTER %s ON %s FOR EACH ROW %s EXECUTE FUNCTION audit.log_change(%s)';
 BEGIN
     IF user_when IS NOT NULL THEN
@@ -1038,9 +1025,11 @@ $$;
 -- the table into audit.log. Running it again replaces the options. SECURITY INVOKER: the caller
 -- needs the right to create triggers on the table and to write audit.tracked_tables (the
 -- installer, or a superuser).
+DROP FUNCTION IF EXISTS audit.track(REGCLASS, TEXT[], TEXT[], TEXT[], TEXT);
 CREATE OR REPLACE FUNCTION audit.track(tbl REGCLASS, "only" TEXT[] DEFAULT NULL,
                                        "ignore" TEXT[] DEFAULT NULL, redact TEXT[] DEFAULT NULL,
-                                       "when" TEXT DEFAULT NULL) RETURNS VOID
+                                       "when" TEXT DEFAULT NULL, bulk BOOLEAN DEFAULT false)
+RETURNS VOID
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1055,6 +1044,7 @@ DECLARE
     update_of TEXT := '';
     changed_when TEXT;
     args TEXT;
+    stmt_args TEXT;
 BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'audit.track: the table must not be NULL';
@@ -1063,6 +1053,11 @@ BEGIN
     "ignore" := nullif("ignore", '{}');
     redact := coalesce(redact, '{}');
     "when" := nullif(btrim("when"), '');
+    bulk := coalesce(bulk, false);
+    IF bulk AND "when" IS NOT NULL THEN
+        RAISE EXCEPTION 'audit.track: give bulk or when, not both'
+            USING HINT = 'a when condition is evaluated row by row: its table is logged by the row-level triggers';
+    END IF;
     SELECT c.relkind, n.nspname, c.relname INTO STRICT rel
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
     -- First: audit.log is itself partitioned, and a partition is a plain table.
@@ -1139,20 +1134,31 @@ BEGIN
                                (SELECT string_agg('NEW.' || quote_ident(c), ', ') FROM unnest(audited) AS c));
     END IF;
     args := format('%L, %L, %L, %L', mode, mode_cols, redact, key_cols);
+    -- The statement-level function's further arguments (see audit.log_changes()): everything it
+    -- needs of the table's columns, so that a statement costs no catalog query.
+    IF audited IS NULL THEN
+        audited := all_cols;
+    END IF;
+    stmt_args := format('%s, %L, %L, %L, %L', args,
+                        ARRAY(SELECT c FROM unnest(all_cols) AS c WHERE NOT c = ANY (key_cols)),
+                        audited,
+                        ARRAY(SELECT c FROM unnest(all_cols) AS c WHERE NOT c = ANY (audited)),
+                        coalesce((SELECT jsonb_object_agg(c, '"[redacted]"'::jsonb) FROM unnest(redact) AS c), '{}'));
     PERFORM audit.drop_triggers(tbl);
-    IF "when" IS NULL THEN
+    IF bulk THEN
         -- Statement-level INSERT, UPDATE and DELETE (one INSERT ... SELECT per statement, see
         -- audit.log_changes()), and the rows of an UPDATE that names a key column one by one.
-        IF audit.create_stmt_trigger(tbl, 'audit_log_update', 'UPDATE', args, 'UPDATE' || update_of, changed_when) THEN
+        IF audit.create_stmt_trigger(tbl, 'audit_log_update', 'UPDATE', stmt_args, 'UPDATE' || update_of, changed_when) THEN
             PERFORM audit.create_trigger(tbl, 'audit_log_update_key',
                                          'UPDATE OF ' || (SELECT string_agg(quote_ident(c), ', ') FROM unnest(key_cols) AS c),
                                          changed_when, NULL, args);
         END IF;
-        PERFORM audit.create_stmt_trigger(tbl, 'audit_log_insert', 'INSERT', args);
-        PERFORM audit.create_stmt_trigger(tbl, 'audit_log_delete', 'DELETE', args);
+        PERFORM audit.create_stmt_trigger(tbl, 'audit_log_insert', 'INSERT', stmt_args);
+        PERFORM audit.create_stmt_trigger(tbl, 'audit_log_delete', 'DELETE', stmt_args);
     ELSE
-        -- A when condition is on NEW and OLD of each row: row-level triggers, which evaluate it
-        -- before calling the function.
+        -- The default, and the path of a when condition (on NEW and OLD of each row): row-level
+        -- triggers, cheapest for one-row statements, which evaluate the condition before
+        -- calling the function.
         PERFORM audit.create_trigger(tbl, 'audit_log_insert', 'INSERT', NULL, "when", args);
         PERFORM audit.create_trigger(tbl, 'audit_log_update', 'UPDATE' || update_of, changed_when, "when", args);
         PERFORM audit.create_trigger(tbl, 'audit_log_delete', 'DELETE', NULL, "when", args);
@@ -1161,11 +1167,11 @@ BEGIN
                    'EXECUTE FUNCTION audit.log_change(%s)', tbl, args);
     -- Rows of tables dropped since (their oid names nothing now).
     DELETE FROM audit.tracked_tables t WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.tbl);
-    INSERT INTO audit.tracked_tables AS t (tbl, only_cols, ignore_cols, redact_cols, when_expr, key_cols)
-    VALUES (tbl, "only", "ignore", nullif(redact, '{}'), "when", key_cols)
+    INSERT INTO audit.tracked_tables AS t (tbl, only_cols, ignore_cols, redact_cols, when_expr, key_cols, bulk)
+    VALUES (tbl, "only", "ignore", nullif(redact, '{}'), "when", key_cols, bulk)
     ON CONFLICT ON CONSTRAINT tracked_tables_pkey DO UPDATE
         SET only_cols = EXCLUDED.only_cols, ignore_cols = EXCLUDED.ignore_cols,
-            redact_cols = EXCLUDED.redact_cols, when_expr = EXCLUDED.when_expr,
+            redact_cols = EXCLUDED.redact_cols, when_expr = EXCLUDED.when_expr, bulk = EXCLUDED.bulk,
             key_cols = EXCLUDED.key_cols, tracked_at = now(), tracked_by = session_user;
 END
 $$;
@@ -1190,20 +1196,21 @@ END
 $$;
 
 -- Triggers created before record_image_ne() (their WHEN cannot be restored from a pg_dump): made
--- again with the same options, keeping when and by whom the table was tracked.
+-- again with the same options, keeping when and by whom the table was tracked. So are triggers
+-- of the other path than the table's bulk option says (statement-level triggers made before the
+-- option, when every table without a when condition got them, become row-level ones), and
+-- statement-level triggers without the column arguments audit.log_changes() now takes.
 DO $$
 DECLARE
     t RECORD;
 BEGIN
-    FOR t IN SELECT tt.* FROM audit.tracked_tables tt JOIN pg_trigger g ON g.tgrelid = tt.tbl
+    FOR t IN SELECT DISTINCT tt.* FROM audit.tracked_tables tt JOIN pg_trigger g ON g.tgrelid = tt.tbl
              WHERE (g.tgname = 'audit_log_update' AND pg_get_triggerdef(g.oid) LIKE '%ROW(old.%*<>%')
-                -- Tracked without a when condition before the statement-level triggers: made
-                -- again with them (see audit.log_changes()).
-                OR (g.tgname = 'audit_log_insert' AND tt.when_expr IS NULL
-                    AND g.tgfoid = 'audit.log_change()'::regprocedure AND g.tgtype & 1 = 1
-                    AND g.tgnewtable IS NULL AND NOT EXISTS (
-                        SELECT FROM pg_inherits WHERE inhrelid = tt.tbl)) LOOP
-        PERFORM audit.track(t.tbl, t.only_cols, t.ignore_cols, t.redact_cols, t.when_expr);
+                OR (g.tgname = 'audit_log_insert' AND NOT tt.bulk AND g.tgtype & 1 = 0)
+                OR (g.tgfoid = 'audit.log_changes()'::regprocedure AND g.tgnargs < 8)
+                OR (g.tgname = 'audit_log_insert' AND tt.bulk AND g.tgtype & 1 = 1
+                    AND NOT EXISTS (SELECT FROM pg_inherits WHERE inhrelid = tt.tbl)) LOOP
+        PERFORM audit.track(t.tbl, t.only_cols, t.ignore_cols, t.redact_cols, t.when_expr, t.bulk);
         UPDATE audit.tracked_tables SET tracked_at = t.tracked_at, tracked_by = t.tracked_by
         WHERE tbl = t.tbl;
     END LOOP;
@@ -1267,7 +1274,7 @@ BEGIN
         END IF;
         states := coalesce((SELECT jsonb_object_agg(g.tgname, g.tgenabled::text) FROM pg_trigger g
                             WHERE g.tgrelid = t.tbl AND g.tgname LIKE 'audit\_log\_%' AND g.tgenabled <> 'O'), '{}');
-        PERFORM audit.track(t.tbl, new_only, new_ignore, t.redact_cols, t.when_expr);
+        PERFORM audit.track(t.tbl, new_only, new_ignore, t.redact_cols, t.when_expr, t.bulk);
         UPDATE audit.tracked_tables SET tracked_at = t.tracked_at, tracked_by = t.tracked_by WHERE tbl = t.tbl;
         PERFORM set_config('audit.retracking', 'on', true);
         FOR disabled IN SELECT * FROM jsonb_each_text(states) AS s(tgname, tgenabled)
@@ -1310,7 +1317,8 @@ SELECT format('%I.%I', n.nspname, c.relname) AS "table",
        t.redact_cols AS redact,
        t.when_expr AS "when",
        t.tracked_at,
-       t.tracked_by
+       t.tracked_by,
+       t.bulk
 FROM audit.tracked_tables t
 JOIN pg_class c ON c.oid = t.tbl
 JOIN pg_namespace n ON n.oid = c.relnamespace;
@@ -1354,7 +1362,7 @@ REVOKE ALL ON FUNCTION audit.define_changed_at() FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.log_fingerprint(REGCLASS, DATE) FROM PUBLIC;
 GRANT USAGE ON SCHEMA audit TO audit_admin;
 GRANT EXECUTE ON FUNCTION audit.pause(TEXT), audit.resume() TO audit_admin;
-REVOKE ALL ON FUNCTION audit.track(REGCLASS, TEXT[], TEXT[], TEXT[], TEXT) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audit.track(REGCLASS, TEXT[], TEXT[], TEXT[], TEXT, BOOLEAN) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.untrack(REGCLASS) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.drop_triggers(REGCLASS) FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.create_trigger(REGCLASS, TEXT, TEXT, TEXT, TEXT, TEXT) FROM PUBLIC;

@@ -190,9 +190,14 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', value_parser = parse_name, value_name = "COLUMN,...")]
         redact: Option<Vec<String>>,
         /// Log only the rows for which this trigger condition holds, such as
-        /// "NEW.status <> 'draft'" (applied to the operations that have the row it names).
+        /// "NEW.status <> 'draft'" (applied to the operations that have the row it names; a
+        /// row for which it is NULL is logged, only false skips one).
         #[arg(long, value_name = "EXPR")]
         when: Option<String>,
+        /// Statement-level triggers, for a table written by big statements (one log INSERT per
+        /// statement); without it, row-level triggers, cheapest for one-row statements.
+        #[arg(long, conflicts_with = "when")]
+        bulk: bool,
         #[command(flatten)]
         dsn: DsnArg,
     },

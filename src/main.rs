@@ -185,6 +185,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             ignore,
             redact,
             when,
+            bulk,
             dsn,
         } => {
             let params = ConnParams::resolve(dsn.dsn.as_deref(), &env)?;
@@ -193,6 +194,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 ignore,
                 redact,
                 when,
+                bulk,
             };
             audit_tail::track::track(&params, &table, &options).await?;
             println!("{table} is tracked: its changes are written to audit.log");

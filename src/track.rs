@@ -26,6 +26,9 @@ pub struct Options {
     pub redact: Option<Vec<String>>,
     /// A trigger WHEN condition, such as `NEW.status <> 'draft'`.
     pub when: Option<String>,
+    /// Statement-level triggers over transition tables (for tables written by big statements);
+    /// false: row-level triggers, cheapest for one-row statements.
+    pub bulk: bool,
 }
 
 /// One row of audit.tracked.
@@ -125,19 +128,20 @@ async fn case_hint(
     }
 }
 
-/// Calls audit.track(table, only, ignore, redact, when): tracks `table` (`schema.table`, or a
+/// Calls audit.track(table, only, ignore, redact, when, bulk): tracks `table` (`schema.table`, or a
 /// name the server's search_path finds), replacing the options of an earlier track.
 pub async fn track(params: &ConnParams, table: &str, options: &Options) -> Result<(), TrackError> {
     let client = connect_installed(params).await?;
     let result = client
         .execute(
-            "SELECT audit.track($1::text::regclass, $2, $3, $4, $5)",
+            "SELECT audit.track($1::text::regclass, $2, $3, $4, $5, $6)",
             &[
                 &table,
                 &options.only,
                 &options.ignore,
                 &options.redact,
                 &options.when,
+                &options.bulk,
             ],
         )
         .await;
@@ -170,7 +174,7 @@ pub async fn tracked(params: &ConnParams) -> Result<Vec<Tracked>, TrackError> {
     let client = connect_installed(params).await?;
     let rows = client
         .query(
-            "SELECT \"table\", \"key\", \"only\", \"ignore\", redact, \"when\" \
+            "SELECT \"table\", \"key\", \"only\", \"ignore\", redact, \"when\", bulk \
              FROM audit.tracked ORDER BY schema_name, table_name",
             &[],
         )
@@ -186,12 +190,14 @@ pub async fn tracked(params: &ConnParams) -> Result<Vec<Tracked>, TrackError> {
                 ignore: r.get(3),
                 redact: r.get(4),
                 when: r.get(5),
+                bulk: r.get(6),
             },
         })
         .collect())
 }
 
-/// One line per table: `shop.orders  key id  ignore updated_at  redact card  when ...`.
+/// One line per table: `shop.orders  key id  ignore updated_at  redact card  when ...`, and
+/// `  bulk` for a table tracked with statement-level triggers.
 pub fn render_text(tables: &[Tracked]) -> String {
     if tables.is_empty() {
         return "no table is tracked (audit-tail track SCHEMA.TABLE starts one)\n".to_string();
@@ -212,12 +218,15 @@ pub fn render_text(tables: &[Tracked]) -> String {
         if let Some(when) = &t.options.when {
             let _ = write!(text, "  when {when}");
         }
+        if t.options.bulk {
+            text.push_str("  bulk");
+        }
         text.push('\n');
     }
     text
 }
 
-/// A JSON array of `{"table", "key", "only", "ignore", "redact", "when"}`.
+/// A JSON array of `{"table", "key", "only", "ignore", "redact", "when", "bulk"}`.
 pub fn render_json(tables: &[Tracked]) -> String {
     let list: Vec<Value> = tables
         .iter()
@@ -225,6 +234,7 @@ pub fn render_json(tables: &[Tracked]) -> String {
             json!({
                 "table": t.table, "key": t.key, "only": t.options.only,
                 "ignore": t.options.ignore, "redact": t.options.redact, "when": t.options.when,
+                "bulk": t.options.bulk,
             })
         })
         .collect();
@@ -251,5 +261,14 @@ mod tests {
             render_text(&[t]),
             "shop.orders  key a,b  ignore updated_at  when NEW.x\n"
         );
+        let bulk = Tracked {
+            table: "shop.events".into(),
+            key: vec!["id".into()],
+            options: Options {
+                bulk: true,
+                ..Options::default()
+            },
+        };
+        assert_eq!(render_text(&[bulk]), "shop.events  key id  bulk\n");
     }
 }

@@ -530,7 +530,7 @@ async fn track_untrack_and_tracked_commands() {
     assert_eq!(
         json,
         json!([{"table": "shop.orders", "key": ["id"], "only": null, "ignore": ["updated_at"],
-                "redact": ["card"], "when": "NEW.status <> 'draft'"}])
+                "redact": ["card"], "when": "NEW.status <> 'draft'", "bulk": false}])
     );
     // Again with other options: replaced.
     let (code, _, err) = run_audit_tail(&[
@@ -538,6 +538,7 @@ async fn track_untrack_and_tracked_commands() {
         "shop.orders",
         "--only",
         "status,card",
+        "--bulk",
         "--dsn",
         &dsn,
     ]);
@@ -546,6 +547,20 @@ async fn track_untrack_and_tracked_commands() {
     let json: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json[0]["only"], json!(["status", "card"]));
     assert_eq!(json[0]["ignore"], json!(null));
+    assert_eq!(json[0]["bulk"], json!(true));
+    let (_, out, _) = run_audit_tail(&["tracked", "--dsn", &dsn]);
+    assert!(out.contains("  bulk"), "{out}");
+    // --bulk and --when exclude each other (a when condition is evaluated row by row): exit 2.
+    let (code, _, err) = run_audit_tail(&[
+        "track",
+        "shop.orders",
+        "--bulk",
+        "--when",
+        "true",
+        "--dsn",
+        &dsn,
+    ]);
+    assert_eq!(code, Some(2), "{err}");
 
     // The server's refusal, in its words (with its hint): exit 1.
     let (code, _, err) = run_audit_tail(&["track", "shop.nokey", "--dsn", &dsn]);

@@ -128,3 +128,57 @@ async fn dropping_the_key_or_renaming_a_redacted_column_is_refused() {
         Some(r#"{"id": 1, "card": "[redacted]"}"#)
     );
 }
+
+/// A table tracked with bulk => true stays on the statement-level path after ALTER TABLE, and its
+/// triggers' column arguments (track() works them out, no statement reads the catalog) follow the
+/// new column and the new key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bulk_table_keeps_its_path_and_sees_its_new_columns() {
+    let db = TestDb::new("alter_bulk");
+    install_audit_log(&db);
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, a text); \
+             SELECT audit.track('t', bulk => true); \
+             INSERT INTO t VALUES (1, 'a'); \
+             ALTER TABLE t ADD COLUMN c text; \
+             UPDATE t SET c = 'new column';",
+        )
+        .await
+        .unwrap();
+    let changed: Vec<String> = client
+        .query_one(
+            "SELECT changed_columns FROM audit.log ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(changed, ["c"]);
+    client
+        .batch_execute(
+            "ALTER TABLE t DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (id, a); \
+             INSERT INTO t VALUES (2, 'x', 'z');",
+        )
+        .await
+        .unwrap();
+    let (op, key, new_row) = last_row(&client).await;
+    assert_eq!(
+        (op.as_str(), key.as_str()),
+        ("INSERT", r#"{"a": "x", "id": 2}"#)
+    );
+    assert_eq!(new_row.as_deref(), Some(r#"{"a": "x", "c": "z", "id": 2}"#));
+    let (bulk, statement_level): (bool, i64) = client
+        .query_one(
+            "SELECT (SELECT bulk FROM audit.tracked WHERE table_name = 't'), \
+                    (SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass \
+                     AND tgname IN ('audit_log_insert', 'audit_log_update', 'audit_log_delete') \
+                     AND tgtype & 1 = 0)",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((bulk, statement_level), (true, 3));
+}

@@ -1,8 +1,8 @@
-//! The statement-level triggers of a tracked table (audit.log_changes(), over the statement's
-//! transition tables) record exactly what the row-level path (audit.log_change(), the path of a
-//! table tracked with a when condition) records for the same statements: bulk statements,
-//! composite keys, key changes and swaps, NULL against '', no-op and ignore-only updates, every
-//! option.
+//! The statement-level triggers of a table tracked with bulk => true (audit.log_changes(), over
+//! the statement's transition tables) record exactly what the row-level path (audit.log_change(),
+//! the default, and the path of a table tracked with a when condition) records for the same
+//! statements: bulk statements, composite keys, key changes and swaps, NULL against '', no-op and
+//! ignore-only updates, every option. And a when condition that is NULL for a row audits it.
 
 mod common;
 
@@ -59,9 +59,10 @@ const STATEMENTS: &[&str] = &[
     "DELETE FROM {t}",
 ];
 
-/// Tracks `s` without and `r` with a when condition that is always true, with the same
-/// options; runs STATEMENTS on both; returns both tables' log rows.
-async fn both_paths(db: &TestDb, options: &str) -> (Vec<String>, Vec<String>) {
+/// Tracks `s` with bulk => true and `r` by default (row-level) or with a when condition that is
+/// always true (`r_extra`), with the same options; runs STATEMENTS on both; returns both tables'
+/// log rows.
+async fn both_paths(db: &TestDb, options: &str, r_extra: &str) -> (Vec<String>, Vec<String>) {
     let client = db.client().await;
     client
         .batch_execute(&format!(
@@ -70,8 +71,8 @@ async fn both_paths(db: &TestDb, options: &str) -> (Vec<String>, Vec<String>) {
                              PRIMARY KEY (a, b) DEFERRABLE INITIALLY DEFERRED); \
              CREATE TABLE r (a int, b text, v text, n int, card text, stamp timestamptz, \
                              PRIMARY KEY (a, b) DEFERRABLE INITIALLY DEFERRED); \
-             SELECT audit.track('s'{options}); \
-             SELECT audit.track('r'{options}, \"when\" => 'true');"
+             SELECT audit.track('s'{options}, bulk => true); \
+             SELECT audit.track('r'{options}{r_extra});"
         ))
         .await
         .unwrap();
@@ -113,12 +114,19 @@ async fn both_paths(db: &TestDb, options: &str) -> (Vec<String>, Vec<String>) {
 async fn statement_level_paths_record_what_the_row_level_path_records() {
     let db = TestDb::new("speedpaths");
     install_audit_log(&db);
-    for options in [
-        "",
-        ", \"ignore\" => ARRAY['stamp'], redact => ARRAY['card']",
-        ", \"only\" => ARRAY['v', 'card'], redact => ARRAY['card']",
+    for (options, r_extra) in [
+        ("", ""),
+        ("", ", \"when\" => 'true'"),
+        (
+            ", \"ignore\" => ARRAY['stamp'], redact => ARRAY['card']",
+            "",
+        ),
+        (
+            ", \"only\" => ARRAY['v', 'card'], redact => ARRAY['card']",
+            ", \"when\" => 'true'",
+        ),
     ] {
-        let (s, r) = both_paths(&db, options).await;
+        let (s, r) = both_paths(&db, options, r_extra).await;
         assert!(s.len() > 600, "track('s'{options}): only {} rows", s.len());
         for (i, (a, b)) in s.iter().zip(&r).enumerate() {
             assert_eq!(a, b, "track('s'{options}): log row {i} differs");
@@ -143,4 +151,94 @@ async fn statement_level_paths_record_what_the_row_level_path_records() {
             );
         }
     }
+}
+
+/// The row-level path is the default: every trigger of a table tracked without bulk is a row
+/// trigger (but TRUNCATE's), and audit.tracked says which path each table has.
+#[tokio::test(flavor = "multi_thread")]
+async fn row_level_is_the_default_and_tracked_shows_bulk() {
+    let db = TestDb::new("speedpaths_default");
+    install_audit_log(&db);
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE plain (id int PRIMARY KEY, v text); \
+             CREATE TABLE big (id int PRIMARY KEY, v text); \
+             SELECT audit.track('plain'); SELECT audit.track('big', bulk => true);",
+        )
+        .await
+        .unwrap();
+    let statement_level: Vec<(String, i64)> = client
+        .query(
+            "SELECT tgrelid::regclass::text, \
+                    count(*) FILTER (WHERE tgtype & 1 = 0 AND tgname <> 'audit_log_truncate') \
+             FROM pg_trigger WHERE tgrelid IN ('plain'::regclass, 'big'::regclass) \
+               AND NOT tgisinternal GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        statement_level,
+        [("big".to_string(), 3), ("plain".to_string(), 0)]
+    );
+    let shown: Vec<(String, bool)> = client
+        .query("SELECT \"table\", bulk FROM audit.tracked ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("public.big".to_string(), true),
+            ("public.plain".to_string(), false)
+        ]
+    );
+    let both = client
+        .batch_execute("SELECT audit.track('plain', bulk => true, \"when\" => 'true')")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{both:?}").contains("give bulk or when, not both"),
+        "{both:?}"
+    );
+}
+
+/// A when condition that is NULL for a row (NEW.st <> 'draft' with st NULL) audits the row: only
+/// a false condition skips it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_when_condition_that_is_null_audits_the_row() {
+    let db = TestDb::new("speedpaths_when_null");
+    install_audit_log(&db);
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, st text); \
+             SELECT audit.track('docs', \"when\" => 'NEW.st <> ''draft'''); \
+             INSERT INTO docs VALUES (1, 'draft'), (2, NULL), (3, 'final'); \
+             UPDATE docs SET st = NULL WHERE id = 3; \
+             UPDATE docs SET st = 'draft' WHERE id = 2;",
+        )
+        .await
+        .unwrap();
+    let logged: Vec<(String, String)> = client
+        .query(
+            "SELECT op, key ->> 'id' FROM audit.log WHERE table_name = 'docs' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected: Vec<(String, String)> = [("INSERT", "2"), ("INSERT", "3"), ("UPDATE", "3")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(logged, expected);
 }
