@@ -131,6 +131,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             since,
             until,
             out_dir,
+            nats,
             ..
         } => {
             let keys = public_key
@@ -138,7 +139,10 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 .map(|p| audit_tail::integrity::load_public_key(p))
                 .collect::<Result<Vec<_>, _>>()?;
             let scope = audit_tail::integrity::Scope { since, until };
-            let report = audit_tail::integrity::walk(&out_dir, &keys, scope)?;
+            let mut report = audit_tail::integrity::walk(&out_dir, &keys, scope)?;
+            if let Some(nats) = nats.config() {
+                audit_tail::integrity::nats::check(&out_dir, &nats, &mut report).await?;
+            }
             use std::io::Write;
             std::io::stdout().write_all(report.render().as_bytes())?;
             Ok(if report.intact() {
