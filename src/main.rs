@@ -157,8 +157,16 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             out_dir,
             dsn,
             format,
+            nats,
             ..
         } => {
+            if nats.nats.is_some() {
+                return Err(audit_tail::wire::params::ParamsError::Invalid(
+                    "verify --nats compares digests: give it with --integrity --public-key PUB"
+                        .into(),
+                )
+                .into());
+            }
             let Some(date) = date else {
                 return Err(Error::Internal(
                     "verify without --date nor --integrity".into(),

@@ -323,3 +323,22 @@ fn verify_nats_without_a_stream_identity_is_bad_input() {
     assert_eq!(code, Some(2), "{report}");
     assert!(report.contains("names no database"), "{report}");
 }
+
+#[test]
+fn verify_nats_without_integrity_is_bad_input() {
+    let out = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run_audit_tail(&[
+        "verify",
+        "--date",
+        "2026-01-01",
+        "--out-dir",
+        out.path().to_str().unwrap(),
+        "--nats",
+        "nats://127.0.0.1:1",
+    ]);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("verify --nats compares digests"),
+        "{stderr}"
+    );
+}
