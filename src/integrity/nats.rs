@@ -573,5 +573,13 @@ mod tests {
         let mut report = IntegrityReport::default();
         compare(dir.path(), "s", &[(1, copy("a\n", 1))].into(), &mut report).unwrap();
         assert!(report.intact(), "{:?}", report.breaks);
+
+        // A rebuilt digest 1 published after the genuine one: the first is the reference.
+        let mut first = copy("a\n", 1);
+        first.others.push(7);
+        let mut report = IntegrityReport::default();
+        compare(dir.path(), "s", &[(1, first)].into(), &mut report).unwrap();
+        assert_eq!(report.breaks.len(), 1, "{:?}", report.breaks);
+        assert!(report.breaks[0].what.contains("stream sequences [7]"));
     }
 }
