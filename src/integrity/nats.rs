@@ -12,10 +12,11 @@
 //! first sends the out-dir's digests newer than the newest on the subject (those a kill -9 or
 //! an outage left unsent); on a clean stop it waits a few seconds for the pending ones.
 //!
-//! `compare` (nats/compare.rs, `verify --integrity --nats`): the digests JetStream holds against the out-dir's. The first message of each
-//! sequence number is the reference (whoever holds the credentials can add messages, not take
-//! them away): one missing from the out-dir or different there is a break; one of the out-dir
-//! newer than everything on the subject is not yet published, not a break.
+//! `compare` (nats/compare.rs, `verify --integrity --nats`): the digests JetStream holds against
+//! the out-dir's. The first message of each sequence number is the reference (whoever holds the
+//! credentials can add messages, not take them away): one missing from the out-dir or different
+//! there is a break; one of the out-dir newer than everything on the subject is not yet
+//! published, not a break.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
