@@ -145,6 +145,10 @@ pub enum Command {
         /// Report for people (text) or programs (json).
         #[arg(long, value_enum, default_value_t = ReportArg::Text, conflicts_with = "integrity")]
         format: ReportArg,
+        /// With --integrity: compare the out-dir's digests with those `stream --signing-key
+        /// --nats` published to JetStream (docs/security.md).
+        #[command(flatten)]
+        nats: Box<NatsArgs>,
     },
     /// The slot, the WAL it keeps, the checkpoint in out-dir and the last runs of the nightly
     /// export.

@@ -252,6 +252,9 @@ fn integrity(error: &crate::integrity::IntegrityError) -> Kind {
         | IntegrityError::Range { .. } => Kind::Usage,
         IntegrityError::CorruptDigest { .. } => Kind::Data,
         IntegrityError::Rewritten { .. } => Kind::Data,
+        IntegrityError::NatsRead { .. } => Kind::Transient,
+        IntegrityError::Nats(e) => nats(e),
+        IntegrityError::NoDatabase(_) => Kind::Usage,
     }
 }
 

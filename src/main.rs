@@ -131,6 +131,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             since,
             until,
             out_dir,
+            nats,
             ..
         } => {
             let keys = public_key
@@ -138,7 +139,10 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 .map(|p| audit_tail::integrity::load_public_key(p))
                 .collect::<Result<Vec<_>, _>>()?;
             let scope = audit_tail::integrity::Scope { since, until };
-            let report = audit_tail::integrity::walk(&out_dir, &keys, scope)?;
+            let mut report = audit_tail::integrity::walk(&out_dir, &keys, scope)?;
+            if let Some(nats) = nats.config() {
+                audit_tail::integrity::nats::check(&out_dir, &nats, &mut report).await?;
+            }
             use std::io::Write;
             std::io::stdout().write_all(report.render().as_bytes())?;
             Ok(if report.intact() {
@@ -153,8 +157,16 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             out_dir,
             dsn,
             format,
+            nats,
             ..
         } => {
+            if nats.nats.is_some() {
+                return Err(audit_tail::wire::params::ParamsError::Invalid(
+                    "verify --nats compares digests: give it with --integrity --public-key PUB"
+                        .into(),
+                )
+                .into());
+            }
             let Some(date) = date else {
                 return Err(Error::Internal(
                     "verify without --date nor --integrity".into(),

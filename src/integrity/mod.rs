@@ -19,12 +19,14 @@
 //! - `resume`: on start, each open file re-hashed from disk and checked against its last digest.
 //! - `writer`: when a digest is due and writing it (the stream's side).
 //! - `walker`, `diagnose`, `report`: `verify --integrity`.
+//! - `nats`: the off-machine copy in JetStream (`--nats`): publishing, and comparing with it.
 
 pub mod chain;
 mod diagnose;
 pub mod digest;
 pub mod hasher;
 pub mod keys;
+pub mod nats;
 pub mod report;
 mod resume;
 pub mod walker;
@@ -84,6 +86,16 @@ pub enum IntegrityError {
     Rewritten { path: PathBuf, reason: String },
     #[error("{0} does not exist: give the out-dir of a stream that ran with --signing-key")]
     NoOutDir(PathBuf),
+    #[error(
+        "could not read the digests in JetStream at {url}: {reason}: check that NATS is up and the --nats* options are those the stream used"
+    )]
+    NatsRead { url: String, reason: String },
+    #[error(transparent)]
+    Nats(#[from] crate::sink::nats::NatsError),
+    #[error(
+        "{0} names no database (its state file has no stream identity): verify --nats needs the out-dir of a stream that has run; give that out-dir"
+    )]
+    NoDatabase(PathBuf),
     #[error("--since {since} is after --until {until}: give a range that is not empty")]
     Range {
         since: chrono::NaiveDate,

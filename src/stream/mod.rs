@@ -147,6 +147,18 @@ pub async fn run<W: Write + Send>(
         )
         .map_err(SinkError::from)?;
         tracing::info!(key = writer.key_id(), "signing digests of the files");
+        let mut writer = writer;
+        if let Some(nats) = &config.nats {
+            // Each digest to JetStream as well, off this machine (src/integrity/nats.rs).
+            writer.add_publisher(Box::new(
+                crate::integrity::nats::NatsDigests::start(
+                    nats.clone(),
+                    &config.conn.dbname,
+                    &config.out_dir,
+                )
+                .map_err(SinkError::from)?,
+            ));
+        }
         files.set_signer(writer);
     }
     let opened_at = files.durable_lsn();
