@@ -88,13 +88,22 @@ pub fn archive_command(url: &str, out: &std::path::Path, extra: &[&str]) -> std:
 }
 
 /// Waits until the archive's files are byte for byte the stream's files (and there are some).
+/// Gives up when the archive has made no progress for 60 s: a big backlog on a loaded machine
+/// takes longer than any fixed deadline, a stuck archive does not grow.
 pub fn wait_same_files(stream_out: &std::path::Path, archive_out: &std::path::Path) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let stall = Duration::from_secs(60);
+    let mut deadline = std::time::Instant::now() + stall;
+    let mut archived = 0;
     loop {
         let expected = csv_files(stream_out);
         let got = csv_files(archive_out);
         if !expected.is_empty() && expected == got {
             return;
+        }
+        let size: usize = got.values().map(Vec::len).sum();
+        if size > archived {
+            archived = size;
+            deadline = std::time::Instant::now() + stall;
         }
         if std::time::Instant::now() > deadline {
             let sizes = |m: &std::collections::BTreeMap<String, Vec<u8>>| {
@@ -103,7 +112,7 @@ pub fn wait_same_files(stream_out: &std::path::Path, archive_out: &std::path::Pa
                     .collect::<Vec<_>>()
             };
             panic!(
-                "timed out waiting for the archive's files to equal the stream's: stream {:?}, archive {:?}",
+                "the archive made no progress for 60 s before its files equalled the stream's: stream {:?}, archive {:?}",
                 sizes(&expected),
                 sizes(&got)
             );
