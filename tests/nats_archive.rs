@@ -8,7 +8,7 @@ use std::process::Stdio;
 
 use audit_tail::nats_server::{NatsServer, NatsServerOptions};
 use common::{TestDb, stream_command};
-use nats_support::{archive_command, csv_files, terminate, wait_same_files};
+use nats_support::{csv_files, wait_same_files};
 
 fn catch_up_with_nats(db: &TestDb, out: &std::path::Path, url: &str) {
     let out = stream_command(
@@ -50,18 +50,13 @@ async fn the_archive_writes_the_streams_files_byte_for_byte_and_verify_accepts_t
     db.psql("UPDATE users SET name = name || E' \"2\"', email = coalesce(email, '') || ',x'");
     catch_up_with_nats(&db, stream_out.path(), &nats.url());
 
-    let mut archive = common::Consumer {
-        child: archive_command(&nats.url(), archive_out.path(), &[])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    };
+    let mut archive = nats_support::Archive::spawn(&nats.url(), archive_out.path());
     wait_same_files(stream_out.path(), archive_out.path());
     // More rows while the archive runs.
     db.psql("UPDATE users SET role = 'later' WHERE id % 3 = 0");
     catch_up_with_nats(&db, stream_out.path(), &nats.url());
     wait_same_files(stream_out.path(), archive_out.path());
-    let (code, stderr) = terminate(&mut archive.child);
+    let (code, stderr) = archive.terminate();
     assert_eq!(code, Some(0), "archive stops on SIGTERM with 0: {stderr}");
 
     let rows = common::assert_files_equal_table(&db, archive_out.path()).await;
@@ -71,18 +66,13 @@ async fn the_archive_writes_the_streams_files_byte_for_byte_and_verify_accepts_t
     assert_eq!(code, Some(0), "verify on the archive's files: {out}{err}");
 
     // Restarted, it adds nothing.
-    let mut archive = common::Consumer {
-        child: archive_command(&nats.url(), archive_out.path(), &[])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    };
+    let mut archive = nats_support::Archive::spawn(&nats.url(), archive_out.path());
     common::wait::until(
         "the restarted archive to read its consumer",
         std::time::Duration::from_secs(30),
         || nats_support::consumer_waiting(&nats),
     );
-    let (code, _) = terminate(&mut archive.child);
+    let (code, _) = archive.terminate();
     assert_eq!(code, Some(0));
     assert_eq!(csv_files(stream_out.path()), csv_files(archive_out.path()));
 }
@@ -100,12 +90,7 @@ async fn the_archive_rides_out_a_nats_restart_and_stops_on_sigterm_while_nats_is
     );
     db.psql("UPDATE users SET role = 'one'");
     catch_up_with_nats(&db, stream_out.path(), &nats.url());
-    let mut archive = common::Consumer {
-        child: archive_command(&nats.url(), archive_out.path(), &[])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    };
+    let mut archive = nats_support::Archive::spawn(&nats.url(), archive_out.path());
     wait_same_files(stream_out.path(), archive_out.path());
     // The server goes away under a waiting fetch and comes back: the archive goes on.
     nats.kill();
@@ -116,7 +101,7 @@ async fn the_archive_rides_out_a_nats_restart_and_stops_on_sigterm_while_nats_is
     // Down again: SIGTERM still ends it at once, with 0.
     nats.kill();
     let started = std::time::Instant::now();
-    let (code, stderr) = terminate(&mut archive.child);
+    let (code, stderr) = archive.terminate();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(10),

@@ -341,14 +341,9 @@ async fn kill_9_of_stream_archive_and_nats_server_loses_and_doubles_nothing() {
         "only {transactions} transactions (seed {seed})"
     );
     catch_up_with_nats(&db, out.path(), &nats.url());
-    let mut archive = common::Consumer {
-        child: nats_support::archive_command(&nats.url(), archive_out.path(), &[])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    };
+    let mut archive = nats_support::Archive::spawn(&nats.url(), archive_out.path());
     nats_support::wait_same_files(out.path(), archive_out.path());
-    let (code, stderr) = nats_support::terminate(&mut archive.child);
+    let (code, stderr) = archive.terminate();
     assert_eq!(code, Some(0), "{stderr}");
 
     let rows = common::assert_files_equal_table(&db, archive_out.path()).await;

@@ -121,20 +121,54 @@ pub fn wait_same_files(stream_out: &std::path::Path, archive_out: &std::path::Pa
     }
 }
 
-/// Stops a child with SIGTERM and returns its exit code and stderr.
-pub fn terminate(child: &mut std::process::Child) -> (Option<i32>, String) {
-    use std::io::Read;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        e.read_to_string(&mut err).unwrap();
+/// A running `audit-tail archive` whose stderr is read as it is written: left in a pipe nobody
+/// reads, its debug log fills the pipe during a long catch-up and stops the archive.
+pub struct Archive {
+    pub child: std::process::Child,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Archive {
+    pub fn spawn(url: &str, out: &std::path::Path) -> Archive {
+        use std::io::Read;
+        let mut child = archive_command(url, out, &[])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut err = String::new();
+            let _ = pipe.read_to_string(&mut err);
+            err
+        });
+        Archive {
+            child,
+            stderr: Some(stderr),
+        }
     }
-    (status.code(), err)
+
+    /// Stops it with SIGTERM and returns its exit code and stderr.
+    pub fn terminate(&mut self) -> (Option<i32>, String) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = self.child.wait().unwrap();
+        let err = self
+            .stderr
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
+        (status.code(), err)
+    }
+}
+
+impl Drop for Archive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Whether a consumer of the server has a pull request waiting: it has taken everything there
