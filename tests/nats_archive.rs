@@ -4,8 +4,6 @@
 mod common;
 mod nats_support;
 
-use std::process::Stdio;
-
 use audit_tail::nats_server::{NatsServer, NatsServerOptions};
 use common::{TestDb, stream_command};
 use nats_support::{csv_files, wait_same_files};
