@@ -101,6 +101,10 @@ pub enum Command {
         /// Write the files as `stream --safe-csv` does.
         #[arg(long)]
         safe_csv: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics as `stream --metrics` does, with
+        /// audit_tail_archive_pending_messages: what JetStream holds that is not yet archived.
+        #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+        metrics: Option<std::net::SocketAddr>,
         #[command(flatten)]
         nats: Box<NatsArgs>,
     },

@@ -242,8 +242,12 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             nats_consumer,
             nats_filter,
             safe_csv,
+            metrics,
             nats,
         } => {
+            if let Some(addr) = metrics {
+                audit_tail::metrics::install(addr)?;
+            }
             let Some(nats) = nats.config() else {
                 return Err(audit_tail::wire::params::ParamsError::Invalid(
                     "archive needs --nats URL: the JetStream server `stream --nats` publishes to"

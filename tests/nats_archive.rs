@@ -4,9 +4,12 @@
 mod common;
 mod nats_support;
 
+use std::process::Stdio;
+use std::time::Duration;
+
 use audit_tail::nats_server::{NatsServer, NatsServerOptions};
 use common::{TestDb, stream_command};
-use nats_support::{csv_files, wait_same_files};
+use nats_support::{archive_command, csv_files, terminate, wait_same_files};
 
 fn catch_up_with_nats(db: &TestDb, out: &std::path::Path, url: &str) {
     let out = stream_command(
@@ -107,4 +110,118 @@ async fn the_archive_rides_out_a_nats_restart_and_stops_on_sigterm_while_nats_is
     );
     let rows = common::assert_files_equal_table(&db, archive_out.path()).await;
     assert!(rows >= 200, "{rows}");
+}
+
+/// GET /metrics at `addr`: the exposition's body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    body.to_string()
+}
+
+/// The sum of the samples of `name` (any labels).
+fn sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_archive_serves_its_pending_messages_rows_and_bytes_as_metrics() {
+    let nats = NatsServer::start().expect("start nats-server");
+    let db = TestDb::new("nats_archive_metrics");
+    let stream_out = tempfile::tempdir().unwrap();
+    let archive_out = tempfile::tempdir().unwrap();
+    db.install();
+    // The first run makes the slot: rows count from there.
+    catch_up_with_nats(&db, stream_out.path(), &nats.url());
+    db.psql("INSERT INTO users (name, role) SELECT 'u' || g, 'user' FROM generate_series(1, 50) g");
+    db.psql("UPDATE users SET role = 'one'");
+    catch_up_with_nats(&db, stream_out.path(), &nats.url());
+
+    let mut child = archive_command(
+        &nats.url(),
+        archive_out.path(),
+        &["--metrics", "127.0.0.1:0"],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // The log goes to a buffer the test reads the metrics URL from.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    let mut archive = common::Consumer { child };
+    let mut addr = None;
+    common::wait::until(
+        "the metrics URL in the log",
+        Duration::from_secs(30),
+        || {
+            addr = log.lock().unwrap().lines().find_map(|l| {
+                let url = l.split("url=http://").nth(1)?;
+                Some(url.trim_end_matches("/metrics").to_string())
+            });
+            addr.is_some()
+        },
+    );
+    let addr = addr.unwrap();
+    wait_same_files(stream_out.path(), archive_out.path());
+    let rows = common::assert_files_equal_table(&db, archive_out.path()).await;
+    assert!(rows >= 50, "{rows}");
+    let csv_bytes: u64 = std::fs::read_dir(archive_out.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".csv"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    let mut text = String::new();
+    common::wait::until(
+        "the archive's rows counted",
+        Duration::from_secs(30),
+        || {
+            text = scrape(&addr);
+            sum(&text, "audit_tail_rows_written_total") == rows as f64
+        },
+    );
+    assert_eq!(
+        sum(&text, "audit_tail_bytes_written_total"),
+        csv_bytes as f64,
+        "{text}"
+    );
+    assert_eq!(
+        sum(&text, "audit_tail_archive_pending_messages"),
+        0.0,
+        "{text}"
+    );
+    assert!(text.contains("audit_tail_reconnects_total"), "{text}");
+
+    // JetStream goes away and comes back: the archive counts the reconnection.
+    nats.kill();
+    nats.restart().unwrap();
+    common::wait::until("the reconnection counted", Duration::from_secs(60), || {
+        sum(&scrape(&addr), "audit_tail_reconnects_total") >= 1.0
+    });
+    let (code, stderr) = terminate(&mut archive.child);
+    assert_eq!(code, Some(0), "{stderr}{}", log.lock().unwrap());
 }

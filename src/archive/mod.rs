@@ -87,6 +87,9 @@ struct Archive {
     /// Whether anything waits for a durable point.
     dirty: bool,
     rows: u64,
+    /// `--metrics`: the consumer's pending messages (the row and byte counts go through the
+    /// file sink's hooks).
+    pending: Option<prometheus_client::metrics::gauge::Gauge>,
 }
 
 /// Archives until `shutdown` turns true (exit 0) or a fatal error.
@@ -95,6 +98,14 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ArchiveError> {
     let files = StreamFiles::open(&config.out_dir, config.cells)?;
+    let metrics = crate::metrics::get();
+    metrics.inspect(|m| m.files_opened(files.durable()));
+    let pending = metrics.map(|m| {
+        m.gauge(
+            "archive_pending_messages",
+            "messages in JetStream the archive's consumer has yet to deliver",
+        )
+    });
     tracing::info!(out_dir = %config.out_dir.display(), durable = %files.durable_lsn(), "archiving");
     let mut archive = Archive {
         files,
@@ -103,6 +114,7 @@ pub async fn run(
         to_ack: None,
         dirty: false,
         rows: 0,
+        pending,
     };
     let mut backoff = BACKOFF_FIRST;
     loop {
@@ -110,8 +122,12 @@ pub async fn run(
             Ok(()) => return Ok(()),
             Err(e) if e.is_retried() => {
                 // Keep what is complete, forget the rest: it is delivered again.
-                archive.files.make_durable()?;
+                archive.make_durable()?;
                 archive.files.rewind()?;
+                crate::metrics::get().inspect(|m| {
+                    m.rewound("files");
+                    m.reconnected();
+                });
                 archive.open = None;
                 archive.to_ack = None;
                 tracing::warn!(error = %e, retry_in = ?backoff, "archive interrupted; reconnecting");
@@ -122,7 +138,7 @@ pub async fn run(
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
             Err(e) => {
-                if let Err(files) = archive.files.make_durable() {
+                if let Err(files) = archive.make_durable() {
                     tracing::error!(error = %files, "could not make the last rows durable");
                 }
                 return Err(e);
@@ -146,6 +162,9 @@ impl Archive {
         let js = jetstream::new(client);
         let stream = config.nats.stream(&js).await?;
         let consumer = self.consumer(config, &stream).await?;
+        if let Some(pending) = &self.pending {
+            pending.set(consumer.cached_info().num_pending as i64);
+        }
         loop {
             let batch = tokio::select! {
                 biased;
@@ -237,7 +256,11 @@ impl Archive {
 
     /// One message: a row for the files, or one already there (skipped).
     fn take(&mut self, message: jetstream::Message) -> Result<(), ArchiveError> {
-        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let info = message.info().ok();
+        let sequence = info.as_ref().map_or(0, |i| i.stream_sequence);
+        if let (Some(pending), Some(info)) = (&self.pending, &info) {
+            pending.set(info.pending as i64);
+        }
         let what = format!("{} (stream sequence {sequence})", message.subject);
         let position = message::position(message.headers.as_ref(), &what)?;
         let order = |why: String| ArchiveError::Order { sequence, why };
@@ -282,11 +305,13 @@ impl Archive {
         }
         let row = message::decode_row(&message.payload, &mut self.tables, &what)?;
         self.files.append(&row, position.commit_time)?;
+        crate::metrics::get().inspect(|m| m.row("files", &row.table));
         self.rows += 1;
         self.dirty = true;
         match position.end_lsn {
             Some(end) => {
                 self.files.commit(end);
+                crate::metrics::get().inspect(|m| m.commit("files"));
                 self.open = None;
                 self.to_ack = Some(message);
             }
@@ -300,10 +325,17 @@ impl Archive {
         Ok(())
     }
 
+    /// fsync and store the checkpoint; what became durable is counted.
+    fn make_durable(&mut self) -> Result<(), SinkError> {
+        self.files.make_durable()?;
+        crate::metrics::get().inspect(|m| m.files_made_durable(self.files.durable()));
+        Ok(())
+    }
+
     /// fsync, store the checkpoint, then acknowledge up to the last complete transaction.
     async fn durable_point(&mut self) -> Result<(), ArchiveError> {
         if self.dirty {
-            self.files.make_durable()?;
+            self.make_durable()?;
             self.dirty = false;
         }
         if let Some(message) = self.to_ack.take() {

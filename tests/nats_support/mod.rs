@@ -87,34 +87,47 @@ pub fn archive_command(url: &str, out: &std::path::Path, extra: &[&str]) -> std:
     cmd
 }
 
+/// The lengths of the CSV files in `dir`, by name.
+fn csv_sizes(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".csv"))
+                .map(|e| {
+                    let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    (e.file_name().to_string_lossy().into_owned(), len)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Waits until the archive's files are byte for byte the stream's files (and there are some).
-/// Gives up when the archive has made no progress for 60 s: a big backlog on a loaded machine
-/// takes longer than any fixed deadline, a stuck archive does not grow.
+/// Gives up after 60 s in which the archive's files did not grow (a debug build catching up on
+/// tens of MB on a loaded machine takes longer than that, and is not stuck). The contents are
+/// read only once the lengths agree: reading both copies every poll slowed the archive down.
 pub fn wait_same_files(stream_out: &std::path::Path, archive_out: &std::path::Path) {
-    let stall = Duration::from_secs(60);
-    let mut deadline = std::time::Instant::now() + stall;
-    let mut archived = 0;
+    let patience = Duration::from_secs(60);
+    let mut deadline = std::time::Instant::now() + patience;
+    let mut last = csv_sizes(archive_out);
     loop {
-        let expected = csv_files(stream_out);
-        let got = csv_files(archive_out);
-        if !expected.is_empty() && expected == got {
+        let expected = csv_sizes(stream_out);
+        let got = csv_sizes(archive_out);
+        if !expected.is_empty()
+            && expected == got
+            && csv_files(stream_out) == csv_files(archive_out)
+        {
             return;
         }
-        let size: usize = got.values().map(Vec::len).sum();
-        if size > archived {
-            archived = size;
-            deadline = std::time::Instant::now() + stall;
+        if got != last {
+            last = got.clone();
+            deadline = std::time::Instant::now() + patience;
         }
         if std::time::Instant::now() > deadline {
-            let sizes = |m: &std::collections::BTreeMap<String, Vec<u8>>| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}: {}", v.len()))
-                    .collect::<Vec<_>>()
-            };
             panic!(
-                "the archive made no progress for 60 s before its files equalled the stream's: stream {:?}, archive {:?}",
-                sizes(&expected),
-                sizes(&got)
+                "timed out waiting for the archive's files to equal the stream's (no growth for \
+                 {} s): stream {expected:?}, archive {got:?}",
+                patience.as_secs()
             );
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -185,4 +198,21 @@ pub fn consumer_waiting(nats: &audit_tail::nats_server::NatsServer) -> bool {
         .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
         .flat_map(|s| s["consumer_detail"].as_array().into_iter().flatten())
         .any(|c| c["num_pending"] == 0 && c["num_waiting"].as_u64().unwrap_or(0) > 0)
+}
+
+/// Stops a child with SIGTERM and returns its exit code and what is left of its stderr (nothing
+/// when the caller reads it as it goes).
+pub fn terminate(child: &mut std::process::Child) -> (Option<i32>, String) {
+    use std::io::Read;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).unwrap();
+    }
+    (status.code(), err)
 }

@@ -60,6 +60,8 @@ pub struct NatsSink {
     /// The row waiting for the next one (or the commit) to learn whether it is its
     /// transaction's last.
     held: Option<(String, Row)>,
+    /// Encodes bodies and subjects without a JSON tree per row.
+    encoder: message::Encoder,
     txn: Option<Txn>,
     /// The index of the next row in the transaction.
     index: u64,
@@ -116,6 +118,7 @@ impl NatsSink {
             shared,
             commands,
             held: None,
+            encoder: message::Encoder::default(),
             txn: None,
             index: 0,
             partial,
@@ -161,7 +164,12 @@ impl NatsSink {
         };
         let message = async_nats::jetstream::message::PublishMessage::build()
             .headers(message::headers(&self.database, &position))
-            .payload(message::body(&row, txn.commit_lsn, txn.commit_time));
+            .payload(self.encoder.body(
+                (&self.prefix, &self.database),
+                &row,
+                txn.commit_lsn,
+                txn.commit_time,
+            ));
         self.send(Command::Publish { subject, message })
     }
 }
@@ -193,10 +201,8 @@ impl Sink for NatsSink {
         }
         self.release(None)?;
         self.index += 1;
-        self.held = Some((
-            message::subject(&self.prefix, &self.database, &row.table),
-            row.clone(),
-        ));
+        let subject = self.encoder.subject(&self.prefix, &self.database, row);
+        self.held = Some((subject.to_owned(), row.clone()));
         Ok(())
     }
 

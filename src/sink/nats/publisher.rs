@@ -23,7 +23,7 @@ use crate::sink::FailureKind;
 /// Commands queued between the sink and this thread.
 pub const QUEUE: usize = 4096;
 /// Publishes awaiting their acknowledgement at once.
-const IN_FLIGHT: usize = 2048;
+const IN_FLIGHT: usize = 8192;
 /// How long a publish waits for its acknowledgement before the link is taken for broken.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
