@@ -4,24 +4,10 @@
 
 mod common;
 
-use common::{TestDb, assert_files_equal, catch_up, install_audit_log};
+use common::sql::{partition_days, scalar, strings};
+use common::{TestDb, assert_files_equal, catch_up, install_audit_log, streamed_log};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-
-/// The days of the log's partitions (YYYY-MM-DD), in order.
-async fn partition_days(client: &Client) -> Vec<String> {
-    client
-        .query("SELECT day::text FROM audit.log_days()", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-async fn scalar(client: &Client, sql: &str) -> String {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
 
 /// The table (partition) that holds each log row, by id.
 async fn rows_by_partition(client: &Client) -> Vec<(i64, String)> {
@@ -43,16 +29,11 @@ async fn the_log_is_partitioned_by_day_with_days_ahead_and_a_default() {
     install_audit_log(&db);
     let client = db.client().await;
     let days = partition_days(&client).await;
-    let want: Vec<String> = client
-        .query(
-            "SELECT (current_date + n)::text FROM generate_series(-1, 7) AS n",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let want = strings(
+        &client,
+        "SELECT (current_date + n)::text FROM generate_series(-1, 7) AS n",
+    )
+    .await;
     assert_eq!(days, want, "yesterday, today and the next 7 days");
     assert_eq!(
         scalar(
@@ -127,11 +108,7 @@ async fn the_log_is_partitioned_by_day_with_days_ahead_and_a_default() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_in_default_move_into_their_days_partition_with_their_ids() {
-    let db = TestDb::new("part_default");
-    install_audit_log(&db);
-    let out = tempfile::tempdir().unwrap();
-    catch_up(&db, out.path());
-    let client = db.client().await;
+    let (db, out, client) = streamed_log("part_default").await;
     // A day far ahead has no partition: its rows land in DEFAULT, and the write does not fail.
     client
         .batch_execute(

@@ -4,48 +4,9 @@
 
 mod common;
 
+use common::sql::{partition_days, psql_ok, scalar};
 use common::{TestDb, install_audit_log};
 use std::time::Duration;
-
-use tokio_postgres::Client;
-
-/// The days of the log's partitions (YYYY-MM-DD), in order.
-async fn partition_days(client: &Client) -> Vec<String> {
-    client
-        .query("SELECT day::text FROM audit.log_days()", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-async fn scalar(client: &Client, sql: &str) -> String {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
-
-/// Runs `sql` with psql in `database`; returns its stderr (the NOTICEs) and stdout.
-fn psql_with_notices(db: &TestDb, database: &str, sql: &str) -> (String, String) {
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            database,
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{sql}: {stderr}");
-    (stderr, String::from_utf8_lossy(&out.stdout).to_string())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_drops_only_old_days_exported_in_full_after_they_ended() {
@@ -98,7 +59,7 @@ async fn retention_drops_only_old_days_exported_in_full_after_they_ended() {
             "{err:?}"
         );
     }
-    let (notices, dropped) = psql_with_notices(&db, &db.name, "SELECT audit.retain('30 days')");
+    let (notices, dropped) = psql_ok(&db, "SELECT audit.retain('30 days')");
     assert_eq!(dropped.trim(), "1", "{notices}");
     for (day, why) in [
         (
@@ -162,7 +123,7 @@ async fn the_nightly_part_of_the_log_makes_partitions_exports_and_retains_when_s
         .await
         .unwrap();
     // Without retention set, the job keeps every day; with it, it drops the exported ones.
-    let (_, path) = psql_with_notices(&db, &db.name, "SELECT audit.nightly_log('2020-01-01')");
+    let (_, path) = psql_ok(&db, "SELECT audit.nightly_log('2020-01-01')");
     assert_eq!(
         path.trim(),
         dir.join("audit_log_export_20200101.csv")
@@ -184,7 +145,7 @@ async fn the_nightly_part_of_the_log_makes_partitions_exports_and_retains_when_s
         .batch_execute("UPDATE audit.log_settings SET retention = '30 days'")
         .await
         .unwrap();
-    let (notices, _) = psql_with_notices(&db, &db.name, "SELECT audit.nightly_log('2020-01-02')");
+    let (notices, _) = psql_ok(&db, "SELECT audit.nightly_log('2020-01-02')");
     assert!(notices.contains("dropped 2020-01-01"), "{notices}");
     assert!(notices.contains("dropped 2020-01-02"), "{notices}");
     assert_eq!(

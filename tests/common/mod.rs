@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod sql;
 pub mod wait;
 
 use std::path::{Path, PathBuf};
@@ -510,4 +511,15 @@ pub fn install_audit_log(db: &TestDb) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     dir
+}
+
+/// A database with install.sql and audit_log.sql installed and its slot made by one catch-up
+/// (so all that follows is streamed), the stream's temporary out-dir, and a client as the owner.
+pub async fn streamed_log(test: &str) -> (TestDb, tempfile::TempDir, Client) {
+    let db = TestDb::new(test);
+    install_audit_log(&db);
+    let out = tempfile::tempdir().unwrap();
+    catch_up(&db, out.path());
+    let client = db.client().await;
+    (db, out, client)
 }
