@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{TestDb, catch_up, copy_out, csv_records, install_audit_log, run_audit_tail};
+use common::sql::strings;
+use common::{
+    TestDb, catch_up, copy_out, csv_records, install_audit_log, run_audit_tail, streamed_log,
+};
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -437,12 +440,8 @@ async fn an_application_role_is_logged_but_cannot_tamper() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_stream_writes_the_log_copy_identical() {
-    let db = TestDb::new("log_stream");
-    install_audit_log(&db);
-    let out = tempfile::tempdir().unwrap();
     // The slot exists from here on: what follows is streamed.
-    catch_up(&db, out.path());
-    let client = db.client().await;
+    let (db, out, client) = streamed_log("log_stream").await;
     client
         .batch_execute(
             "CREATE TABLE odd (a int, b text, c jsonb, d timestamptz, e numeric, f text[], \
@@ -460,16 +459,11 @@ async fn the_stream_writes_the_log_copy_identical() {
         .await
         .unwrap();
     catch_up(&db, out.path());
-    let days: Vec<String> = client
-        .query(
-            "SELECT DISTINCT to_char(changed_at, 'YYYYMMDD') FROM audit.log ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let days = strings(
+        &client,
+        "SELECT DISTINCT to_char(changed_at, 'YYYYMMDD') FROM audit.log ORDER BY 1",
+    )
+    .await;
     assert!(!days.is_empty());
     let mut rows = 0;
     for day in &days {
@@ -634,16 +628,11 @@ async fn setup_installs_the_log_and_can_run_again() {
         2,
         "the second setup kept the first row"
     );
-    let published: Vec<String> = client
-        .query(
-            "SELECT schemaname || '.' || tablename FROM pg_publication_tables \
+    let published = strings(
+        &client,
+        "SELECT schemaname || '.' || tablename FROM pg_publication_tables \
              WHERE pubname = 'users_audit_pub' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     assert_eq!(published, vec!["audit.log", "public.users_audit"]);
 }

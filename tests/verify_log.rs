@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestDb, catch_up, copy_out, install_audit_log, verify};
+use common::{TestDb, catch_up, copy_out, install_audit_log, streamed_log, verify};
 
 /// A tracked table whose rows carry awkward values into the log's jsonb: NULL and '', quotes,
 /// commas, CR/LF, `\.`, Cyrillic.
@@ -181,11 +181,7 @@ async fn the_nightly_job_of_the_log_is_explained_outside_the_cron_database() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_compares_users_audit_and_the_log_and_names_the_table_of_a_difference() {
-    let db = TestDb::new("verify_log");
-    install_audit_log(&db);
-    let out = tempfile::tempdir().unwrap();
-    catch_up(&db, out.path());
-    let client = db.client().await;
+    let (db, out, client) = streamed_log("verify_log").await;
     awkward_log_rows(&client).await;
     db.psql(&std::fs::read_to_string(common::repo_path("sql/demo_data.sql")).unwrap());
     catch_up(&db, out.path());
