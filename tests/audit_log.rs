@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::install::audit_log_sql_alone;
 use common::sql::strings;
 use common::{
     TestDb, catch_up, copy_out, csv_records, install_audit_log, run_audit_tail, streamed_log,
@@ -599,13 +600,7 @@ async fn setup_installs_the_log_and_can_run_again() {
     let dir = db.export_dir();
     let dir = dir.to_str().unwrap();
     // audit_log.sql alone says what to run first.
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &db.name, "-f"])
-        .arg(common::repo_path("sql/audit_log.sql"))
-        .output()
-        .unwrap();
+    let out = audit_log_sql_alone(&db, &db.name);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("run sql/install.sql first"), "{stderr}");

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::install::both_scripts_notices;
 use common::sql::{partition_days, scalar, strings};
 use common::{TestDb, assert_files_equal, catch_up, install_audit_log, streamed_log};
 use tokio_postgres::Client;
@@ -201,7 +202,7 @@ async fn a_reinstall_moves_an_unpartitioned_log_keeping_rows_and_ids() {
         "SELECT string_agg(to_jsonb(l)::text, E'\\n' ORDER BY id) FROM audit.log l",
     )
     .await;
-    let (notices, _) = psql_notices(&db);
+    let (notices, _) = both_scripts_notices(&db);
     assert!(
         notices.contains("audit.log is now partitioned by day: its 2 rows were moved"),
         "{notices}"
@@ -254,7 +255,7 @@ async fn a_reinstall_moves_an_unpartitioned_log_keeping_rows_and_ids() {
         "a SELECT grant of the old table is kept"
     );
     // A second re-install changes nothing and says nothing of a move.
-    let (notices, _) = psql_notices(&db);
+    let (notices, _) = both_scripts_notices(&db);
     assert!(!notices.contains("now partitioned"), "{notices}");
     assert_eq!(
         scalar(&client, "SELECT count(*)::text FROM audit.log").await,
@@ -263,31 +264,6 @@ async fn a_reinstall_moves_an_unpartitioned_log_keeping_rows_and_ids() {
     // The stream saw the rows once, before and after the move.
     catch_up(&db, out.path());
     assert_eq!(assert_files_equal(&db, out.path(), "audit", "log").await, 3);
-}
-
-/// Runs install.sql and audit_log.sql again with psql; returns (stderr, stdout).
-fn psql_notices(db: &TestDb) -> (String, String) {
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args([
-            "-X",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &db.name,
-            "-c",
-            &db.set_export_dir(),
-        ])
-        .arg("-f")
-        .arg(common::repo_path("sql/install.sql"))
-        .arg("-f")
-        .arg(common::repo_path("sql/audit_log.sql"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{stderr}");
-    (stderr, String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::install::audit_log_sql_alone;
 use common::sql::{partition_days, psql_ok, scalar};
 use common::{TestDb, install_audit_log};
 use std::time::Duration;
@@ -173,13 +174,7 @@ async fn one_nightly_job_exports_both_and_replaces_the_logs_own_job() {
             "SELECT cron.schedule('export-daily-audit-log', '0 3 * * *', 'SELECT audit.export_log(current_date - 1)')",
         )
         .unwrap();
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-f"])
-        .arg(common::repo_path("sql/audit_log.sql"))
-        .output()
-        .unwrap();
+    let out = audit_log_sql_alone(&db, "postgres");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{stderr}");
     let jobs = || {

@@ -5,23 +5,13 @@
 
 mod common;
 
+use common::install::{both_scripts, both_scripts_notices};
 use common::sql::{partition_days, psql_notices, scalar, strings};
 use common::{TestDb, assert_files_equal, catch_up, install_audit_log};
 
 /// Installs both scripts with psql from a session whose TimeZone is `pgtz` (libpq's PGTZ).
 fn install_with_pgtz(db: &TestDb, pgtz: &str) {
-    let out = db
-        .cluster
-        .client_command("psql")
-        .env("PGTZ", pgtz)
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &db.name, "-c"])
-        .arg(db.set_export_dir())
-        .arg("-f")
-        .arg(common::repo_path("sql/install.sql"))
-        .arg("-f")
-        .arg(common::repo_path("sql/audit_log.sql"))
-        .output()
-        .unwrap();
+    let out = both_scripts(db).env("PGTZ", pgtz).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -449,19 +439,7 @@ async fn a_sessions_datestyle_and_isolation_level_break_no_upkeep() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_first_setup_outside_the_cron_database_says_what_to_run_there() {
     let db = TestDb::new("store_first");
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &db.name, "-c"])
-        .arg(db.set_export_dir())
-        .arg("-f")
-        .arg(common::repo_path("sql/install.sql"))
-        .arg("-f")
-        .arg(common::repo_path("sql/audit_log.sql"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{stderr}");
+    let (stderr, _) = both_scripts_notices(&db);
     let details: Vec<&str> = stderr
         .lines()
         .filter(|l| l.starts_with("DETAIL:  pg_cron must be created"))

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::install::audit_log_sql_alone;
 use common::{TestDb, catch_up, copy_out, install_audit_log, streamed_log, verify};
 
 /// A tracked table whose rows carry awkward values into the log's jsonb: NULL and '', quotes,
@@ -140,13 +141,7 @@ async fn the_consumer_role_reads_the_days_rows_but_cannot_export() {
 async fn the_nightly_job_of_the_log_is_explained_outside_the_cron_database() {
     let db = TestDb::new("log_cron");
     db.install();
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &db.name, "-f"])
-        .arg(common::repo_path("sql/audit_log.sql"))
-        .output()
-        .unwrap();
+    let out = audit_log_sql_alone(&db, &db.name);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let marker = "audit.log, run in \"postgres\": ";

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod install;
 pub mod sql;
 pub mod wait;
 
@@ -493,24 +494,13 @@ pub async fn assert_files_equal(db: &TestDb, out_dir: &Path, schema: &str, table
 /// -f sql/install.sql -f sql/audit_log.sql`), the export directory set as by `TestDb::install`;
 /// panics if psql fails. Returns the export directory.
 pub fn install_audit_log(db: &TestDb) -> PathBuf {
-    let dir = db.export_dir();
-    let set = format!("SET audit.export_dir = '{}'", dir.display());
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &db.name, "-c", &set])
-        .arg("-f")
-        .arg(repo_path("sql/install.sql"))
-        .arg("-f")
-        .arg(repo_path("sql/audit_log.sql"))
-        .output()
-        .expect("run psql");
+    let out = install::both_scripts(db).output().expect("run psql");
     assert!(
         out.status.success(),
         "install.sql + audit_log.sql failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    dir
+    db.export_dir()
 }
 
 /// A database with install.sql and audit_log.sql installed and its slot made by one catch-up
