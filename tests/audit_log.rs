@@ -6,7 +6,8 @@ mod common;
 use common::install::audit_log_sql_alone;
 use common::sql::strings;
 use common::{
-    TestDb, catch_up, copy_out, csv_records, install_audit_log, run_audit_tail, streamed_log,
+    TestDb, catch_up, copy_out, csv_records, install_audit_log, log_with, run_audit_tail,
+    streamed_log,
 };
 use serde_json::{Value, json};
 use tokio_postgres::Client;
@@ -48,16 +49,12 @@ async fn count(client: &Client) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_operation_with_actor_context_and_row_images() {
-    let db = TestDb::new("log_ops");
-    install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text, note text, total numeric); \
+    let (_db, client) = log_with(
+        "log_ops",
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, note text, total numeric); \
              SELECT audit.track('public.orders');",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     client
         .batch_execute(
             "BEGIN; \
@@ -167,19 +164,15 @@ async fn every_operation_with_actor_context_and_row_images() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn composite_keys_and_key_changes() {
-    let db = TestDb::new("log_keys");
-    install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE lines (order_id int, n int, qty int, PRIMARY KEY (order_id, n)); \
+    let (_db, client) = log_with(
+        "log_keys",
+        "CREATE TABLE lines (order_id int, n int, qty int, PRIMARY KEY (order_id, n)); \
              SELECT audit.track('lines'); \
              INSERT INTO lines VALUES (1, 1, 5); \
              UPDATE lines SET qty = 6; \
              UPDATE lines SET n = 2, qty = 7;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let rows = log_rows(&client).await;
     let got: Vec<Value> = rows
         .iter()
@@ -200,18 +193,14 @@ async fn composite_keys_and_key_changes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ignore_only_redact_and_when() {
-    let db = TestDb::new("log_options");
-    install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE accounts (id int PRIMARY KEY, email text, card text, updated_at timestamp, \
+    let (_db, client) = log_with(
+        "log_options",
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text, card text, updated_at timestamp, \
                                     status text); \
              SELECT audit.track('accounts', ignore => ARRAY['updated_at'], redact => ARRAY['card']); \
              INSERT INTO accounts VALUES (1, 'a@x', '4111-1111-1111-1111', now(), 'draft');",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     assert_eq!(count(&client).await, 1);
     // An UPDATE of ignored columns alone writes nothing, and does not even call the function:
     // the trigger's WHEN decides.
@@ -489,16 +478,12 @@ async fn the_stream_writes_the_log_copy_identical() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn track_untrack_and_tracked_commands() {
-    let db = TestDb::new("log_cli");
-    install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE SCHEMA shop; CREATE TABLE shop.orders (id int PRIMARY KEY, status text, \
+    let (db, _client) = log_with(
+        "log_cli",
+        "CREATE SCHEMA shop; CREATE TABLE shop.orders (id int PRIMARY KEY, status text, \
              updated_at timestamp, card text); CREATE TABLE shop.nokey (a int)",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let dsn = db.cluster.conninfo(&db.name);
     let (code, _, err) = run_audit_tail(&[
         "track",

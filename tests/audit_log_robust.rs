@@ -5,7 +5,7 @@
 mod common;
 
 use common::sql::strings;
-use common::{TestDb, catch_up, install_audit_log, streamed_log};
+use common::{TestDb, catch_up, install_audit_log, log_with, streamed_log};
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -190,21 +190,17 @@ async fn tracked(client: &Client) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tracking_survives_pg_dump_and_pg_restore() {
-    let db = TestDb::new("robust_dump");
-    install_audit_log(&db);
-    let owner = db.client().await;
-    owner
-        .batch_execute(
-            "CREATE SCHEMA shop; \
+    let (db, owner) = log_with(
+        "robust_dump",
+        "CREATE SCHEMA shop; \
              CREATE TABLE shop.orders (id int PRIMARY KEY, status text, card text, updated_at timestamptz); \
              CREATE TABLE shop.items (a int, b text, qty int, PRIMARY KEY (a, b)); \
              SELECT audit.track('shop.orders', \"ignore\" => ARRAY['updated_at'], redact => ARRAY['card'], \
                                 \"when\" => $$NEW.status <> 'draft'$$); \
              SELECT audit.track('shop.items', \"only\" => ARRAY['qty']); \
              INSERT INTO shop.orders VALUES (1, 'paid', '4111', now());",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     // shop.items' update trigger as the first step's track() made it; a re-install repairs it.
     owner
         .batch_execute(

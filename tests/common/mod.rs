@@ -514,3 +514,13 @@ pub async fn streamed_log(test: &str) -> (TestDb, tempfile::TempDir, Client) {
     let client = db.client().await;
     (db, out, client)
 }
+
+/// A database with the log installed and `sql` run in it by the owner (the tables a test
+/// creates and tracks), and the owner's client.
+pub async fn log_with(test: &str, sql: &str) -> (TestDb, Client) {
+    let db = TestDb::new(test);
+    install_audit_log(&db);
+    let client = db.client().await;
+    client.batch_execute(sql).await.unwrap();
+    (db, client)
+}
