@@ -6,28 +6,24 @@ mod common;
 
 use common::install::audit_log_sql_alone;
 use common::sql::{partition_days, psql_ok, scalar};
-use common::{TestDb, install_audit_log};
+use common::{TestDb, install_audit_log, log_with};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_drops_only_old_days_exported_in_full_after_they_ended() {
-    let db = TestDb::new("part_retain");
-    install_audit_log(&db);
-    let client = db.client().await;
     // Four old days: exported; exported, then a row added; never exported; exported while the
     // day was running (as a manual export of the current day would be).
-    client
-        .batch_execute(
-            "INSERT INTO audit.log (changed_at, op, actor) VALUES \
+    let (db, client) = log_with(
+        "part_retain",
+        "INSERT INTO audit.log (changed_at, op, actor) VALUES \
                  ('2020-01-01 10:00', 'PAUSE', 'a'), ('2020-01-02 10:00', 'PAUSE', 'b'), \
                  ('2020-01-03 10:00', 'PAUSE', 'c'), ('2020-01-04 10:00', 'PAUSE', 'd'); \
              SELECT audit.log_partitions(); \
              SELECT audit.export_log('2020-01-01'), audit.export_log('2020-01-02'), audit.export_log('2020-01-04'); \
              INSERT INTO audit.log (changed_at, op, actor) VALUES ('2020-01-02 11:00', 'PAUSE', 'late'); \
              UPDATE audit.log_exports SET exported_at = '2020-01-04 12:00' WHERE day = '2020-01-04';",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     assert_eq!(
         scalar(
             &client,
@@ -112,17 +108,14 @@ async fn retention_drops_only_old_days_exported_in_full_after_they_ended() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_nightly_part_of_the_log_makes_partitions_exports_and_retains_when_set() {
-    let db = TestDb::new("part_nightly");
-    let dir = install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "INSERT INTO audit.log (changed_at, op, actor) VALUES \
+    let (db, client) = log_with(
+        "part_nightly",
+        "INSERT INTO audit.log (changed_at, op, actor) VALUES \
                  ('2020-01-01 10:00', 'PAUSE', 'a'), ('2020-01-02 10:00', 'PAUSE', 'b'); \
              UPDATE audit.log_settings SET days_ahead = 9;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
+    let dir = db.export_dir();
     // Without retention set, the job keeps every day; with it, it drops the exported ones.
     let (_, path) = psql_ok(&db, "SELECT audit.nightly_log('2020-01-01')");
     assert_eq!(

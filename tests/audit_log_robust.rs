@@ -149,19 +149,15 @@ async fn an_application_cannot_pause_nor_fake_a_pause() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reinstall_widens_the_op_check_of_an_older_log() {
-    let db = TestDb::new("robust_widen");
-    install_audit_log(&db);
-    let owner = db.client().await;
     // audit.log as the first step installed it.
-    owner
-        .batch_execute(
-            "INSERT INTO audit.log (op, schema_name, table_name, actor) VALUES ('INSERT', 's', 't', 'a'); \
+    let (db, owner) = log_with(
+        "robust_widen",
+        "INSERT INTO audit.log (op, schema_name, table_name, actor) VALUES ('INSERT', 's', 't', 'a'); \
              ALTER TABLE audit.log DROP CONSTRAINT log_op_check, \
                  ADD CONSTRAINT log_op_check CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')), \
                  ALTER COLUMN schema_name SET NOT NULL, ALTER COLUMN table_name SET NOT NULL;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     install_audit_log(&db);
     install_audit_log(&db);
     owner

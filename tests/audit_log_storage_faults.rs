@@ -7,7 +7,7 @@ mod common;
 
 use common::install::{both_scripts, both_scripts_notices};
 use common::sql::{partition_days, psql_notices, scalar, strings};
-use common::{TestDb, assert_files_equal, catch_up, install_audit_log};
+use common::{TestDb, assert_files_equal, catch_up, install_audit_log, log_with};
 
 /// Installs both scripts with psql from a session whose TimeZone is `pgtz` (libpq's PGTZ).
 fn install_with_pgtz(db: &TestDb, pgtz: &str) {
@@ -125,17 +125,14 @@ async fn changed_at_is_in_the_zone_fixed_at_install_whatever_the_session_sets() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_never_drops_rows_it_did_not_export_nor_overwrites_a_dropped_days_file() {
-    let db = TestDb::new("store_retain");
-    let dir = install_audit_log(&db);
-    let client = db.client().await;
     // Day 1: exported with row 1, then dropped by retention.
-    client
-        .batch_execute(
-            "INSERT INTO audit.log (changed_at, op, actor) VALUES ('2020-01-01 10:00', 'PAUSE', 'one'); \
+    let (db, client) = log_with(
+        "store_retain",
+        "INSERT INTO audit.log (changed_at, op, actor) VALUES ('2020-01-01 10:00', 'PAUSE', 'one'); \
              SELECT audit.log_partitions(); SELECT audit.export_log('2020-01-01');",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
+    let dir = db.export_dir();
     let (ok, notices, _) = psql_notices(&db, "SELECT audit.retain('1 day')");
     assert!(ok && notices.contains("dropped 2020-01-01"), "{notices}");
     let file = dir.join("audit_log_export_20200101.csv");
