@@ -3,7 +3,12 @@
 
 mod common;
 
-use common::{TestDb, catch_up, copy_out, csv_records, install_audit_log, run_audit_tail};
+use common::install::audit_log_sql_alone;
+use common::sql::strings;
+use common::{
+    TestDb, catch_up, copy_out, csv_records, install_audit_log, log_with, run_audit_tail,
+    streamed_log,
+};
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -44,16 +49,12 @@ async fn count(client: &Client) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_operation_with_actor_context_and_row_images() {
-    let db = TestDb::new("log_ops");
-    install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text, note text, total numeric); \
+    let (_db, client) = log_with(
+        "log_ops",
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, note text, total numeric); \
              SELECT audit.track('public.orders');",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     client
         .batch_execute(
             "BEGIN; \
@@ -163,19 +164,15 @@ async fn every_operation_with_actor_context_and_row_images() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn composite_keys_and_key_changes() {
-    let db = TestDb::new("log_keys");
-    install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE lines (order_id int, n int, qty int, PRIMARY KEY (order_id, n)); \
+    let (_db, client) = log_with(
+        "log_keys",
+        "CREATE TABLE lines (order_id int, n int, qty int, PRIMARY KEY (order_id, n)); \
              SELECT audit.track('lines'); \
              INSERT INTO lines VALUES (1, 1, 5); \
              UPDATE lines SET qty = 6; \
              UPDATE lines SET n = 2, qty = 7;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let rows = log_rows(&client).await;
     let got: Vec<Value> = rows
         .iter()
@@ -196,18 +193,14 @@ async fn composite_keys_and_key_changes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ignore_only_redact_and_when() {
-    let db = TestDb::new("log_options");
-    install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE accounts (id int PRIMARY KEY, email text, card text, updated_at timestamp, \
+    let (_db, client) = log_with(
+        "log_options",
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text, card text, updated_at timestamp, \
                                     status text); \
              SELECT audit.track('accounts', ignore => ARRAY['updated_at'], redact => ARRAY['card']); \
              INSERT INTO accounts VALUES (1, 'a@x', '4111-1111-1111-1111', now(), 'draft');",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     assert_eq!(count(&client).await, 1);
     // An UPDATE of ignored columns alone writes nothing, and does not even call the function:
     // the trigger's WHEN decides.
@@ -437,12 +430,8 @@ async fn an_application_role_is_logged_but_cannot_tamper() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_stream_writes_the_log_copy_identical() {
-    let db = TestDb::new("log_stream");
-    install_audit_log(&db);
-    let out = tempfile::tempdir().unwrap();
     // The slot exists from here on: what follows is streamed.
-    catch_up(&db, out.path());
-    let client = db.client().await;
+    let (db, out, client) = streamed_log("log_stream").await;
     client
         .batch_execute(
             "CREATE TABLE odd (a int, b text, c jsonb, d timestamptz, e numeric, f text[], \
@@ -460,16 +449,11 @@ async fn the_stream_writes_the_log_copy_identical() {
         .await
         .unwrap();
     catch_up(&db, out.path());
-    let days: Vec<String> = client
-        .query(
-            "SELECT DISTINCT to_char(changed_at, 'YYYYMMDD') FROM audit.log ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let days = strings(
+        &client,
+        "SELECT DISTINCT to_char(changed_at, 'YYYYMMDD') FROM audit.log ORDER BY 1",
+    )
+    .await;
     assert!(!days.is_empty());
     let mut rows = 0;
     for day in &days {
@@ -494,16 +478,12 @@ async fn the_stream_writes_the_log_copy_identical() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn track_untrack_and_tracked_commands() {
-    let db = TestDb::new("log_cli");
-    install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE SCHEMA shop; CREATE TABLE shop.orders (id int PRIMARY KEY, status text, \
+    let (db, _client) = log_with(
+        "log_cli",
+        "CREATE SCHEMA shop; CREATE TABLE shop.orders (id int PRIMARY KEY, status text, \
              updated_at timestamp, card text); CREATE TABLE shop.nokey (a int)",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let dsn = db.cluster.conninfo(&db.name);
     let (code, _, err) = run_audit_tail(&[
         "track",
@@ -605,13 +585,7 @@ async fn setup_installs_the_log_and_can_run_again() {
     let dir = db.export_dir();
     let dir = dir.to_str().unwrap();
     // audit_log.sql alone says what to run first.
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &db.name, "-f"])
-        .arg(common::repo_path("sql/audit_log.sql"))
-        .output()
-        .unwrap();
+    let out = audit_log_sql_alone(&db, &db.name);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("run sql/install.sql first"), "{stderr}");
@@ -634,16 +608,11 @@ async fn setup_installs_the_log_and_can_run_again() {
         2,
         "the second setup kept the first row"
     );
-    let published: Vec<String> = client
-        .query(
-            "SELECT schemaname || '.' || tablename FROM pg_publication_tables \
+    let published = strings(
+        &client,
+        "SELECT schemaname || '.' || tablename FROM pg_publication_tables \
              WHERE pubname = 'users_audit_pub' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     assert_eq!(published, vec!["audit.log", "public.users_audit"]);
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestDb, install_audit_log};
+use common::log_with;
 use tokio_postgres::Client;
 
 async fn last_row(client: &Client) -> (String, String, Option<String>) {
@@ -20,20 +20,16 @@ async fn last_row(client: &Client) -> (String, String, Option<String>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_column_and_a_new_key_are_tracked_with_the_options() {
-    let db = TestDb::new("alter_retrack");
-    install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, a text, b text); \
+    let (_db, client) = log_with(
+        "alter_retrack",
+        "CREATE TABLE t (id int PRIMARY KEY, a text, b text); \
              SELECT audit.track('t', \"ignore\" => ARRAY['b'], \"when\" => 'true'); \
              INSERT INTO t VALUES (1, 'a', 'b'); \
              ALTER TABLE t DISABLE TRIGGER audit_log_delete; \
              ALTER TABLE t ADD COLUMN c text; \
              UPDATE t SET c = 'new column';",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     // The UPDATE OF list of the row-level trigger now names c.
     let (op, key, new_row) = last_row(&client).await;
     assert_eq!(op, "UPDATE");
@@ -86,16 +82,12 @@ async fn a_new_column_and_a_new_key_are_tracked_with_the_options() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dropping_the_key_or_renaming_a_redacted_column_is_refused() {
-    let db = TestDb::new("alter_refused");
-    install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, card text); \
+    let (_db, client) = log_with(
+        "alter_refused",
+        "CREATE TABLE t (id int PRIMARY KEY, card text); \
              SELECT audit.track('t', redact => ARRAY['card']);",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     for (alter, words) in [
         (
             "ALTER TABLE t DROP CONSTRAINT t_pkey",
@@ -134,19 +126,15 @@ async fn dropping_the_key_or_renaming_a_redacted_column_is_refused() {
 /// new column and the new key.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bulk_table_keeps_its_path_and_sees_its_new_columns() {
-    let db = TestDb::new("alter_bulk");
-    install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, a text); \
+    let (_db, client) = log_with(
+        "alter_bulk",
+        "CREATE TABLE t (id int PRIMARY KEY, a text); \
              SELECT audit.track('t', bulk => true); \
              INSERT INTO t VALUES (1, 'a'); \
              ALTER TABLE t ADD COLUMN c text; \
              UPDATE t SET c = 'new column';",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let changed: Vec<String> = client
         .query_one(
             "SELECT changed_columns FROM audit.log ORDER BY id DESC LIMIT 1",

@@ -4,24 +4,11 @@
 
 mod common;
 
-use common::{TestDb, assert_files_equal, catch_up, install_audit_log};
+use common::install::both_scripts_notices;
+use common::sql::{partition_days, scalar, strings};
+use common::{TestDb, assert_files_equal, catch_up, install_audit_log, streamed_log};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-
-/// The days of the log's partitions (YYYY-MM-DD), in order.
-async fn partition_days(client: &Client) -> Vec<String> {
-    client
-        .query("SELECT day::text FROM audit.log_days()", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-async fn scalar(client: &Client, sql: &str) -> String {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
 
 /// The table (partition) that holds each log row, by id.
 async fn rows_by_partition(client: &Client) -> Vec<(i64, String)> {
@@ -43,16 +30,11 @@ async fn the_log_is_partitioned_by_day_with_days_ahead_and_a_default() {
     install_audit_log(&db);
     let client = db.client().await;
     let days = partition_days(&client).await;
-    let want: Vec<String> = client
-        .query(
-            "SELECT (current_date + n)::text FROM generate_series(-1, 7) AS n",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let want = strings(
+        &client,
+        "SELECT (current_date + n)::text FROM generate_series(-1, 7) AS n",
+    )
+    .await;
     assert_eq!(days, want, "yesterday, today and the next 7 days");
     assert_eq!(
         scalar(
@@ -127,11 +109,7 @@ async fn the_log_is_partitioned_by_day_with_days_ahead_and_a_default() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_in_default_move_into_their_days_partition_with_their_ids() {
-    let db = TestDb::new("part_default");
-    install_audit_log(&db);
-    let out = tempfile::tempdir().unwrap();
-    catch_up(&db, out.path());
-    let client = db.client().await;
+    let (db, out, client) = streamed_log("part_default").await;
     // A day far ahead has no partition: its rows land in DEFAULT, and the write does not fail.
     client
         .batch_execute(
@@ -224,7 +202,7 @@ async fn a_reinstall_moves_an_unpartitioned_log_keeping_rows_and_ids() {
         "SELECT string_agg(to_jsonb(l)::text, E'\\n' ORDER BY id) FROM audit.log l",
     )
     .await;
-    let (notices, _) = psql_notices(&db);
+    let (notices, _) = both_scripts_notices(&db);
     assert!(
         notices.contains("audit.log is now partitioned by day: its 2 rows were moved"),
         "{notices}"
@@ -277,7 +255,7 @@ async fn a_reinstall_moves_an_unpartitioned_log_keeping_rows_and_ids() {
         "a SELECT grant of the old table is kept"
     );
     // A second re-install changes nothing and says nothing of a move.
-    let (notices, _) = psql_notices(&db);
+    let (notices, _) = both_scripts_notices(&db);
     assert!(!notices.contains("now partitioned"), "{notices}");
     assert_eq!(
         scalar(&client, "SELECT count(*)::text FROM audit.log").await,
@@ -286,31 +264,6 @@ async fn a_reinstall_moves_an_unpartitioned_log_keeping_rows_and_ids() {
     // The stream saw the rows once, before and after the move.
     catch_up(&db, out.path());
     assert_eq!(assert_files_equal(&db, out.path(), "audit", "log").await, 3);
-}
-
-/// Runs install.sql and audit_log.sql again with psql; returns (stderr, stdout).
-fn psql_notices(db: &TestDb) -> (String, String) {
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args([
-            "-X",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &db.name,
-            "-c",
-            &db.set_export_dir(),
-        ])
-        .arg("-f")
-        .arg(common::repo_path("sql/install.sql"))
-        .arg("-f")
-        .arg(common::repo_path("sql/audit_log.sql"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{stderr}");
-    (stderr, String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,68 +4,26 @@
 
 mod common;
 
-use common::{TestDb, install_audit_log};
+use common::install::audit_log_sql_alone;
+use common::sql::{partition_days, psql_ok, scalar};
+use common::{TestDb, install_audit_log, log_with};
 use std::time::Duration;
-
-use tokio_postgres::Client;
-
-/// The days of the log's partitions (YYYY-MM-DD), in order.
-async fn partition_days(client: &Client) -> Vec<String> {
-    client
-        .query("SELECT day::text FROM audit.log_days()", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-async fn scalar(client: &Client, sql: &str) -> String {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
-
-/// Runs `sql` with psql in `database`; returns its stderr (the NOTICEs) and stdout.
-fn psql_with_notices(db: &TestDb, database: &str, sql: &str) -> (String, String) {
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            database,
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{sql}: {stderr}");
-    (stderr, String::from_utf8_lossy(&out.stdout).to_string())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_drops_only_old_days_exported_in_full_after_they_ended() {
-    let db = TestDb::new("part_retain");
-    install_audit_log(&db);
-    let client = db.client().await;
     // Four old days: exported; exported, then a row added; never exported; exported while the
     // day was running (as a manual export of the current day would be).
-    client
-        .batch_execute(
-            "INSERT INTO audit.log (changed_at, op, actor) VALUES \
+    let (db, client) = log_with(
+        "part_retain",
+        "INSERT INTO audit.log (changed_at, op, actor) VALUES \
                  ('2020-01-01 10:00', 'PAUSE', 'a'), ('2020-01-02 10:00', 'PAUSE', 'b'), \
                  ('2020-01-03 10:00', 'PAUSE', 'c'), ('2020-01-04 10:00', 'PAUSE', 'd'); \
              SELECT audit.log_partitions(); \
              SELECT audit.export_log('2020-01-01'), audit.export_log('2020-01-02'), audit.export_log('2020-01-04'); \
              INSERT INTO audit.log (changed_at, op, actor) VALUES ('2020-01-02 11:00', 'PAUSE', 'late'); \
              UPDATE audit.log_exports SET exported_at = '2020-01-04 12:00' WHERE day = '2020-01-04';",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     assert_eq!(
         scalar(
             &client,
@@ -98,7 +56,7 @@ async fn retention_drops_only_old_days_exported_in_full_after_they_ended() {
             "{err:?}"
         );
     }
-    let (notices, dropped) = psql_with_notices(&db, &db.name, "SELECT audit.retain('30 days')");
+    let (notices, dropped) = psql_ok(&db, "SELECT audit.retain('30 days')");
     assert_eq!(dropped.trim(), "1", "{notices}");
     for (day, why) in [
         (
@@ -150,19 +108,16 @@ async fn retention_drops_only_old_days_exported_in_full_after_they_ended() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_nightly_part_of_the_log_makes_partitions_exports_and_retains_when_set() {
-    let db = TestDb::new("part_nightly");
-    let dir = install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "INSERT INTO audit.log (changed_at, op, actor) VALUES \
+    let (db, client) = log_with(
+        "part_nightly",
+        "INSERT INTO audit.log (changed_at, op, actor) VALUES \
                  ('2020-01-01 10:00', 'PAUSE', 'a'), ('2020-01-02 10:00', 'PAUSE', 'b'); \
              UPDATE audit.log_settings SET days_ahead = 9;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
+    let dir = db.export_dir();
     // Without retention set, the job keeps every day; with it, it drops the exported ones.
-    let (_, path) = psql_with_notices(&db, &db.name, "SELECT audit.nightly_log('2020-01-01')");
+    let (_, path) = psql_ok(&db, "SELECT audit.nightly_log('2020-01-01')");
     assert_eq!(
         path.trim(),
         dir.join("audit_log_export_20200101.csv")
@@ -184,7 +139,7 @@ async fn the_nightly_part_of_the_log_makes_partitions_exports_and_retains_when_s
         .batch_execute("UPDATE audit.log_settings SET retention = '30 days'")
         .await
         .unwrap();
-    let (notices, _) = psql_with_notices(&db, &db.name, "SELECT audit.nightly_log('2020-01-02')");
+    let (notices, _) = psql_ok(&db, "SELECT audit.nightly_log('2020-01-02')");
     assert!(notices.contains("dropped 2020-01-01"), "{notices}");
     assert!(notices.contains("dropped 2020-01-02"), "{notices}");
     assert_eq!(
@@ -212,13 +167,7 @@ async fn one_nightly_job_exports_both_and_replaces_the_logs_own_job() {
             "SELECT cron.schedule('export-daily-audit-log', '0 3 * * *', 'SELECT audit.export_log(current_date - 1)')",
         )
         .unwrap();
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-f"])
-        .arg(common::repo_path("sql/audit_log.sql"))
-        .output()
-        .unwrap();
+    let out = audit_log_sql_alone(&db, "postgres");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{stderr}");
     let jobs = || {

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{TestDb, catch_up, install_audit_log};
+use common::sql::strings;
+use common::{TestDb, catch_up, install_audit_log, log_with, streamed_log};
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -148,19 +149,15 @@ async fn an_application_cannot_pause_nor_fake_a_pause() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reinstall_widens_the_op_check_of_an_older_log() {
-    let db = TestDb::new("robust_widen");
-    install_audit_log(&db);
-    let owner = db.client().await;
     // audit.log as the first step installed it.
-    owner
-        .batch_execute(
-            "INSERT INTO audit.log (op, schema_name, table_name, actor) VALUES ('INSERT', 's', 't', 'a'); \
+    let (db, owner) = log_with(
+        "robust_widen",
+        "INSERT INTO audit.log (op, schema_name, table_name, actor) VALUES ('INSERT', 's', 't', 'a'); \
              ALTER TABLE audit.log DROP CONSTRAINT log_op_check, \
                  ADD CONSTRAINT log_op_check CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')), \
                  ALTER COLUMN schema_name SET NOT NULL, ALTER COLUMN table_name SET NOT NULL;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     install_audit_log(&db);
     install_audit_log(&db);
     owner
@@ -169,13 +166,7 @@ async fn a_reinstall_widens_the_op_check_of_an_older_log() {
         )
         .await
         .expect("the re-installed log takes PAUSE and RESUME rows");
-    let ops: Vec<String> = owner
-        .query("SELECT op FROM audit.log ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ops = strings(&owner, "SELECT op FROM audit.log ORDER BY id").await;
     assert_eq!(ops, ["INSERT", "PAUSE", "RESUME"]);
     let err = owner
         .batch_execute("INSERT INTO audit.log (op, schema_name, table_name, actor) VALUES ('MERGE', 's', 't', 'a')")
@@ -186,35 +177,26 @@ async fn a_reinstall_widens_the_op_check_of_an_older_log() {
 
 /// audit.tracked, without what differs by database.
 async fn tracked(client: &Client) -> Vec<String> {
-    client
-        .query(
-            "SELECT (to_jsonb(t) - 'tracked_at')::text FROM audit.tracked t ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    strings(
+        client,
+        "SELECT (to_jsonb(t) - 'tracked_at')::text FROM audit.tracked t ORDER BY 1",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tracking_survives_pg_dump_and_pg_restore() {
-    let db = TestDb::new("robust_dump");
-    install_audit_log(&db);
-    let owner = db.client().await;
-    owner
-        .batch_execute(
-            "CREATE SCHEMA shop; \
+    let (db, owner) = log_with(
+        "robust_dump",
+        "CREATE SCHEMA shop; \
              CREATE TABLE shop.orders (id int PRIMARY KEY, status text, card text, updated_at timestamptz); \
              CREATE TABLE shop.items (a int, b text, qty int, PRIMARY KEY (a, b)); \
              SELECT audit.track('shop.orders', \"ignore\" => ARRAY['updated_at'], redact => ARRAY['card'], \
                                 \"when\" => $$NEW.status <> 'draft'$$); \
              SELECT audit.track('shop.items', \"only\" => ARRAY['qty']); \
              INSERT INTO shop.orders VALUES (1, 'paid', '4111', now());",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     // shop.items' update trigger as the first step's track() made it; a re-install repairs it.
     owner
         .batch_execute(
@@ -273,18 +255,13 @@ async fn tracking_survives_pg_dump_and_pg_restore() {
         )
         .await
         .expect("the restored database writes, pauses and logs");
-    let rows: Vec<String> = client
-        .query(
-            "SELECT concat_ws(' ', op, schema_name || '.' || table_name, key::text, new_row::text, \
+    let rows = strings(
+        &client,
+        "SELECT concat_ws(' ', op, schema_name || '.' || table_name, key::text, new_row::text, \
                               old_values::text) \
              FROM audit.log ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     assert_eq!(
         rows,
         [
@@ -312,11 +289,7 @@ async fn tracking_survives_pg_dump_and_pg_restore() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_transaction_lands_in_one_day() {
-    let db = TestDb::new("robust_midnight");
-    install_audit_log(&db);
-    let out = tempfile::tempdir().unwrap();
-    catch_up(&db, out.path());
-    let client = db.client().await;
+    let (db, out, client) = streamed_log("robust_midnight").await;
     client
         .batch_execute(
             "CREATE TABLE orders (id int PRIMARY KEY, status text); SELECT audit.track('orders');",
@@ -362,13 +335,11 @@ async fn one_transaction_lands_in_one_day() {
     client.batch_execute("COMMIT").await.unwrap();
     client.batch_execute("RESET TimeZone").await.unwrap();
 
-    let changed: Vec<String> = client
-        .query("SELECT changed_at::text FROM audit.log ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let changed = strings(
+        &client,
+        "SELECT changed_at::text FROM audit.log ORDER BY id",
+    )
+    .await;
     let statements: i64 = client
         .query_one("SELECT count(DISTINCT statement_at) FROM audit.log", &[])
         .await

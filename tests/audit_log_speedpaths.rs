@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{TestDb, install_audit_log};
+use common::{TestDb, install_audit_log, log_with};
 use tokio_postgres::Client;
 
 /// The log rows of `table`, oldest first, as text, without what differs between two tables or
@@ -157,17 +157,13 @@ async fn statement_level_paths_record_what_the_row_level_path_records() {
 /// trigger (but TRUNCATE's), and audit.tracked says which path each table has.
 #[tokio::test(flavor = "multi_thread")]
 async fn row_level_is_the_default_and_tracked_shows_bulk() {
-    let db = TestDb::new("speedpaths_default");
-    install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE plain (id int PRIMARY KEY, v text); \
+    let (_db, client) = log_with(
+        "speedpaths_default",
+        "CREATE TABLE plain (id int PRIMARY KEY, v text); \
              CREATE TABLE big (id int PRIMARY KEY, v text); \
              SELECT audit.track('plain'); SELECT audit.track('big', bulk => true);",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let statement_level: Vec<(String, i64)> = client
         .query(
             "SELECT tgrelid::regclass::text, \
@@ -213,19 +209,15 @@ async fn row_level_is_the_default_and_tracked_shows_bulk() {
 /// a false condition skips it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_when_condition_that_is_null_audits_the_row() {
-    let db = TestDb::new("speedpaths_when_null");
-    install_audit_log(&db);
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE docs (id int PRIMARY KEY, st text); \
+    let (_db, client) = log_with(
+        "speedpaths_when_null",
+        "CREATE TABLE docs (id int PRIMARY KEY, st text); \
              SELECT audit.track('docs', \"when\" => 'NEW.st <> ''draft'''); \
              INSERT INTO docs VALUES (1, 'draft'), (2, NULL), (3, 'final'); \
              UPDATE docs SET st = NULL WHERE id = 3; \
              UPDATE docs SET st = 'draft' WHERE id = 2;",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let logged: Vec<(String, String)> = client
         .query(
             "SELECT op, key ->> 'id' FROM audit.log WHERE table_name = 'docs' ORDER BY id",

@@ -5,38 +5,13 @@
 
 mod common;
 
-use common::{TestDb, assert_files_equal, catch_up, install_audit_log};
-use tokio_postgres::Client;
-
-async fn scalar(client: &Client, sql: &str) -> String {
-    client.query_one(sql, &[]).await.unwrap().get(0)
-}
-
-/// The days of the log's partitions (YYYY-MM-DD), in order.
-async fn partition_days(client: &Client) -> Vec<String> {
-    client
-        .query("SELECT day::text FROM audit.log_days()", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
+use common::install::{both_scripts, both_scripts_notices};
+use common::sql::{partition_days, psql_notices, scalar, strings};
+use common::{TestDb, assert_files_equal, catch_up, install_audit_log, log_with};
 
 /// Installs both scripts with psql from a session whose TimeZone is `pgtz` (libpq's PGTZ).
 fn install_with_pgtz(db: &TestDb, pgtz: &str) {
-    let out = db
-        .cluster
-        .client_command("psql")
-        .env("PGTZ", pgtz)
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &db.name, "-c"])
-        .arg(db.set_export_dir())
-        .arg("-f")
-        .arg(common::repo_path("sql/install.sql"))
-        .arg("-f")
-        .arg(common::repo_path("sql/audit_log.sql"))
-        .output()
-        .unwrap();
+    let out = both_scripts(db).env("PGTZ", pgtz).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -58,16 +33,11 @@ async fn changed_at_is_in_the_zone_fixed_at_install_whatever_the_session_sets() 
         "the server's TimeZone as configured"
     );
     let days = partition_days(&client).await;
-    let want: Vec<String> = client
-        .query(
-            "SELECT ((now() AT TIME ZONE 'UTC')::date + n)::text FROM generate_series(-1, 7) AS n",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let want = strings(
+        &client,
+        "SELECT ((now() AT TIME ZONE 'UTC')::date + n)::text FROM generate_series(-1, 7) AS n",
+    )
+    .await;
     assert_eq!(days, want, "yesterday, today and 7 days ahead, in UTC");
     client
         .batch_execute(
@@ -153,44 +123,17 @@ async fn changed_at_is_in_the_zone_fixed_at_install_whatever_the_session_sets() 
     );
 }
 
-/// Runs `sql` with psql in the test's database; returns (success, stderr with the NOTICEs).
-fn psql_notices(db: &TestDb, sql: &str) -> (bool, String) {
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &db.name,
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_never_drops_rows_it_did_not_export_nor_overwrites_a_dropped_days_file() {
-    let db = TestDb::new("store_retain");
-    let dir = install_audit_log(&db);
-    let client = db.client().await;
     // Day 1: exported with row 1, then dropped by retention.
-    client
-        .batch_execute(
-            "INSERT INTO audit.log (changed_at, op, actor) VALUES ('2020-01-01 10:00', 'PAUSE', 'one'); \
+    let (db, client) = log_with(
+        "store_retain",
+        "INSERT INTO audit.log (changed_at, op, actor) VALUES ('2020-01-01 10:00', 'PAUSE', 'one'); \
              SELECT audit.log_partitions(); SELECT audit.export_log('2020-01-01');",
-        )
-        .await
-        .unwrap();
-    let (ok, notices) = psql_notices(&db, "SELECT audit.retain('1 day')");
+    )
+    .await;
+    let dir = db.export_dir();
+    let (ok, notices, _) = psql_notices(&db, "SELECT audit.retain('1 day')");
     assert!(ok && notices.contains("dropped 2020-01-01"), "{notices}");
     let file = dir.join("audit_log_export_20200101.csv");
     let first = std::fs::read_to_string(&file).unwrap();
@@ -205,7 +148,7 @@ async fn retention_never_drops_rows_it_did_not_export_nor_overwrites_a_dropped_d
         )
         .await
         .unwrap();
-    let (ok, notices) = psql_notices(&db, "SELECT audit.retain('1 day')");
+    let (ok, notices, _) = psql_notices(&db, "SELECT audit.retain('1 day')");
     assert!(ok, "{notices}");
     assert!(
         notices.contains("kept 2020-01-01 (audit.log_20200101): its rows were written after retention dropped the day"),
@@ -234,7 +177,7 @@ async fn retention_never_drops_rows_it_did_not_export_nor_overwrites_a_dropped_d
         .await
         .unwrap();
     assert!(std::fs::read_to_string(&file).unwrap().contains(",two,"));
-    let (ok, notices) = psql_notices(&db, "SELECT audit.retain('1 day')");
+    let (ok, notices, _) = psql_notices(&db, "SELECT audit.retain('1 day')");
     assert!(ok && notices.contains("dropped 2020-01-01"), "{notices}");
 
     // Day 2: exported with row 3; the owner then swaps it for another row of the day: the count
@@ -248,7 +191,7 @@ async fn retention_never_drops_rows_it_did_not_export_nor_overwrites_a_dropped_d
         )
         .await
         .unwrap();
-    let (ok, notices) = psql_notices(&db, "SELECT audit.retain('1 day')");
+    let (ok, notices, _) = psql_notices(&db, "SELECT audit.retain('1 day')");
     assert!(ok, "{notices}");
     assert!(
         notices
@@ -394,7 +337,7 @@ async fn the_nightly_export_survives_a_failed_upkeep_and_retention_waits_for_no_
         ))
         .await
         .unwrap();
-    let (ok, notices) = psql_notices(&db, "SELECT audit.nightly_log('2020-01-01')");
+    let (ok, notices, _) = psql_notices(&db, "SELECT audit.nightly_log('2020-01-01')");
     assert!(ok, "the run succeeds: {notices}");
     assert!(
         notices.contains(
@@ -419,7 +362,7 @@ async fn the_nightly_export_survives_a_failed_upkeep_and_retention_waits_for_no_
         .batch_execute("BEGIN; SELECT count(*) FROM audit.log")
         .await
         .unwrap();
-    let (ok, notices) = psql_notices(&db, "SELECT audit.retain('1 day')");
+    let (ok, notices, _) = psql_notices(&db, "SELECT audit.retain('1 day')");
     assert!(ok, "{notices}");
     assert!(
         notices.contains(
@@ -428,7 +371,7 @@ async fn the_nightly_export_survives_a_failed_upkeep_and_retention_waits_for_no_
         "{notices}"
     );
     reader.batch_execute("COMMIT").await.unwrap();
-    let (ok, notices) = psql_notices(&db, "SELECT audit.retain('1 day')");
+    let (ok, notices, _) = psql_notices(&db, "SELECT audit.retain('1 day')");
     assert!(ok && notices.contains("dropped 2020-01-02"), "{notices}");
 }
 
@@ -493,19 +436,7 @@ async fn a_sessions_datestyle_and_isolation_level_break_no_upkeep() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_first_setup_outside_the_cron_database_says_what_to_run_there() {
     let db = TestDb::new("store_first");
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &db.name, "-c"])
-        .arg(db.set_export_dir())
-        .arg("-f")
-        .arg(common::repo_path("sql/install.sql"))
-        .arg("-f")
-        .arg(common::repo_path("sql/audit_log.sql"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{stderr}");
+    let (stderr, _) = both_scripts_notices(&db);
     let details: Vec<&str> = stderr
         .lines()
         .filter(|l| l.starts_with("DETAIL:  pg_cron must be created"))

@@ -6,7 +6,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{Rng, TestDb, catch_up, install_audit_log, run_audit_tail};
+use common::sql::server_now;
+use common::{Rng, TestDb, catch_up, run_audit_tail, streamed_log};
 use serde_json::Value;
 use tokio_postgres::Client;
 
@@ -59,14 +60,6 @@ async fn random_change(client: &Client, rng: &mut Rng) {
     client.batch_execute(&sql).await.unwrap();
 }
 
-async fn now(client: &Client) -> String {
-    client
-        .query_one("SELECT clock_timestamp()::text", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 fn history_at(
     out: &Path,
     table: &str,
@@ -100,11 +93,7 @@ fn history_at(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn history_at_every_snapshot_equals_the_table() {
-    let db = TestDb::new("hist_truth");
-    install_audit_log(&db);
-    let out = tempfile::tempdir().unwrap();
-    catch_up(&db, out.path());
-    let client = db.client().await;
+    let (db, out, client) = streamed_log("hist_truth").await;
     client
         .batch_execute(
             "CREATE TABLE items (id int PRIMARY KEY, name text, qty int); \
@@ -159,17 +148,17 @@ async fn users_at_a_moment_as_far_as_the_trail_tells() {
         )
         .await
         .unwrap();
-    let before = now(&client).await;
+    let before = server_now(&client).await;
     client
         .batch_execute("UPDATE users SET name = 'Anna' WHERE id = 3")
         .await
         .unwrap();
-    let middle = now(&client).await;
+    let middle = server_now(&client).await;
     client
         .batch_execute("UPDATE users SET email = NULL, name = 'Annie' WHERE id = 3")
         .await
         .unwrap();
-    let after = now(&client).await;
+    let after = server_now(&client).await;
     catch_up(&db, out.path());
     let out = out.path();
     let (code, got, stderr) = history_at(out, "users", "3", &before, &[]);
@@ -199,11 +188,7 @@ async fn users_at_a_moment_as_far_as_the_trail_tells() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn both_copies_flag_the_row_a_superuser_edited() {
-    let db = TestDb::new("hist_both");
-    install_audit_log(&db);
-    let out = tempfile::tempdir().unwrap();
-    catch_up(&db, out.path());
-    let client = db.client().await;
+    let (db, out, client) = streamed_log("hist_both").await;
     client
         .batch_execute(
             "CREATE TABLE acct (id int PRIMARY KEY, owner text); \

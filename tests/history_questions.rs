@@ -8,9 +8,9 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{TestDb, catch_up, install_audit_log, run_audit_tail};
+use common::sql::{server_now, strings};
+use common::{TestDb, catch_up, run_audit_tail, streamed_log};
 use serde_json::Value;
-use tokio_postgres::Client;
 
 /// `audit-tail ARGS --format json` from the files and from the database: both give the same
 /// lines, returned as JSON values.
@@ -51,31 +51,9 @@ fn ids(rows: &[Value]) -> Vec<String> {
         .collect()
 }
 
-async fn sql_ids(client: &Client, query: &str) -> Vec<String> {
-    client
-        .query(query, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect()
-}
-
-async fn now(client: &Client) -> String {
-    client
-        .query_one("SELECT clock_timestamp()::text", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn each_question_is_one_command() {
-    let db = TestDb::new("hist_questions");
-    install_audit_log(&db);
-    let out_dir = tempfile::tempdir().unwrap();
-    catch_up(&db, out_dir.path());
-    let client = db.client().await;
+    let (db, out_dir, client) = streamed_log("hist_questions").await;
     let as_actor = |actor: &str, sql: &str| {
         format!("BEGIN; SET LOCAL audit.actor = '{actor}'; {sql}; COMMIT;")
     };
@@ -94,7 +72,7 @@ async fn each_question_is_one_command() {
         ))
         .await
         .unwrap();
-    let t1 = now(&client).await;
+    let t1 = server_now(&client).await;
     client
         .batch_execute(&as_actor(
             "bob",
@@ -109,7 +87,7 @@ async fn each_question_is_one_command() {
         ))
         .await
         .unwrap();
-    let t2 = now(&client).await;
+    let t2 = server_now(&client).await;
     client
         .batch_execute(&as_actor(
             "carol",
@@ -149,7 +127,7 @@ async fn each_question_is_one_command() {
         .iter()
         .map(|r| r["actor"].as_str().unwrap())
         .collect();
-    let want: BTreeSet<String> = sql_ids(&client, &format!(
+    let want: BTreeSet<String> = strings(&client, &format!(
         "SELECT DISTINCT actor FROM audit.log WHERE {record} AND changed_at::date = current_date"
     ))
     .await
@@ -164,12 +142,12 @@ async fn each_question_is_one_command() {
         out,
         &["log", "--actor", "bob", "--since", &t1, "--until", &t2],
     );
-    let mut want = sql_ids(&client, &format!(
+    let mut want = strings(&client, &format!(
         "SELECT id::text AS ident FROM audit.log WHERE actor = 'bob' AND changed_at BETWEEN '{t1}' AND '{t2}' ORDER BY id"
     ))
     .await;
     want.extend(
-        sql_ids(
+        strings(
             &client,
             "SELECT 'public.users#' || id FROM users_audit WHERE changed_by = 'bob'",
         )
@@ -183,7 +161,7 @@ async fn each_question_is_one_command() {
 
     // 3. The activity history of order 1, oldest first.
     let answer = ask(&db, out, &["history", "orders", "1"]);
-    let want = sql_ids(
+    let want = strings(
         &client,
         &format!("SELECT id::text AS ident FROM audit.log WHERE {record} ORDER BY id"),
     )
@@ -193,7 +171,7 @@ async fn each_question_is_one_command() {
 
     // Changes to one field: order 1's status (and its insert).
     let answer = ask(&db, out, &["history", "orders", "1", "--field", "status"]);
-    let want = sql_ids(&client, &format!(
+    let want = strings(&client, &format!(
         "SELECT id::text AS ident FROM audit.log WHERE {record} AND (op <> 'UPDATE' OR 'status' = ANY (changed_columns)) ORDER BY id"
     ))
     .await;
@@ -213,7 +191,7 @@ async fn each_question_is_one_command() {
             )
         })
         .collect();
-    let mut want: BTreeSet<String> = sql_ids(
+    let mut want: BTreeSet<String> = strings(
         &client,
         "SELECT schema_name || '.' || table_name || ' ' || op || ' ' || count(*) FROM audit.log \
          WHERE table_name IS NOT NULL GROUP BY schema_name, table_name, op",

@@ -10,27 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use audit_tail::integrity::chain;
+use common::signing::{keygen, marked_complete, verify_integrity};
 use common::{Consumer, TestDb, run_audit_tail, wait};
-
-/// `audit-tail keygen --out DIR/NAME`: the secret and the public key's paths.
-fn keygen(dir: &Path, name: &str) -> (String, String) {
-    let key = dir.join(name);
-    let (code, out, err) = run_audit_tail(&["keygen", "--out", key.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{out}{err}");
-    let key = key.to_str().unwrap().to_string();
-    (key.clone(), format!("{key}.pub"))
-}
-
-/// `verify --integrity` of `out` with `pubs` (plus `extra`): exit code and stdout.
-fn verify_integrity(out: &Path, pubs: &[&str], extra: &[&str]) -> (Option<i32>, String) {
-    let mut args = vec!["verify", "--integrity", "--out-dir", out.to_str().unwrap()];
-    for p in pubs {
-        args.extend(["--public-key", p]);
-    }
-    args.extend(extra);
-    let (code, stdout, stderr) = run_audit_tail(&args);
-    (code, format!("{stdout}{stderr}"))
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
@@ -67,19 +48,6 @@ fn newest_entry(out: &Path, file: &str) -> Option<(u64, bool)> {
         .iter()
         .find(|f| f.name == file)
         .map(|f| (f.rows, f.complete))
-}
-
-/// Whether any digest marks `file` complete.
-fn marked_complete(out: &Path, file: &str) -> bool {
-    let (digests, _) = chain::list(out).unwrap();
-    digests.iter().any(|(_, p)| {
-        chain::read(p)
-            .unwrap()
-            .digest
-            .files
-            .iter()
-            .any(|f| f.name == file && f.complete)
-    })
 }
 
 fn past_row(changed_at: &str, new_value: &str) -> String {

@@ -10,24 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use audit_tail::integrity::chain;
-use common::{Consumer, Rng, TestDb, run_audit_tail, stream_command, wait};
-
-fn keygen(dir: &Path, name: &str) -> (String, String) {
-    let key = dir.join(name);
-    let (code, out, err) = run_audit_tail(&["keygen", "--out", key.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{out}{err}");
-    let key = key.to_str().unwrap().to_string();
-    (key.clone(), format!("{key}.pub"))
-}
-
-fn verify_integrity(out: &Path, pubs: &[&str]) -> (Option<i32>, String) {
-    let mut args = vec!["verify", "--integrity", "--out-dir", out.to_str().unwrap()];
-    for p in pubs {
-        args.extend(["--public-key", p]);
-    }
-    let (code, stdout, stderr) = run_audit_tail(&args);
-    (code, format!("{stdout}{stderr}"))
-}
+use common::signing::{keygen, marked_complete, verify_integrity};
+use common::{Consumer, Rng, TestDb, stream_command, wait};
 
 fn signing(key: &str) -> [&str; 4] {
     ["--signing-key", key, "--digest-interval", "0"]
@@ -43,19 +27,6 @@ fn catch_up_signed(db: &TestDb, out: &Path, key: &str) {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// Whether a digest marks `file` complete, and whether one names a manifest of `day`.
-fn marked_complete(out: &Path, file: &str) -> bool {
-    let (digests, _) = chain::list(out).unwrap();
-    digests.iter().any(|(_, p)| {
-        chain::read(p)
-            .unwrap()
-            .digest
-            .files
-            .iter()
-            .any(|f| f.name == file && f.complete)
-    })
 }
 
 fn digest_count(out: &Path) -> usize {
@@ -85,7 +56,7 @@ async fn kill_9_with_signing_on_leaves_an_intact_chain() {
         "only {transactions} transactions (seed {seed})"
     );
     catch_up_signed(&db, out.path(), &key);
-    let (code, report) = verify_integrity(out.path(), &[&public]);
+    let (code, report) = verify_integrity(out.path(), &[&public], &[]);
     assert_eq!(code, Some(0), "seed {seed}:\n{report}");
     assert!(report.contains("intact:"), "{report}");
     assert!(
@@ -166,7 +137,7 @@ async fn server_crashes_and_restarts_with_signing_on_leave_an_intact_chain() {
     consumer.child.kill().unwrap();
     consumer.child.wait().unwrap();
     catch_up_signed(&db, out.path(), &key);
-    let (code, report) = verify_integrity(out.path(), &[&public]);
+    let (code, report) = verify_integrity(out.path(), &[&public], &[]);
     assert_eq!(code, Some(0), "{report}");
     assert!(!report.contains("not yet covered"), "{report}");
     common::assert_files_equal_table(&db, out.path()).await;
@@ -189,7 +160,7 @@ async fn a_new_key_starts_a_chain_that_names_the_old_one() {
     db.psql("UPDATE users SET role = 'admin'");
     catch_up_signed(&db, out.path(), &new_key);
     assert!(digest_count(out.path()) > before);
-    let (code, report) = verify_integrity(out.path(), &[&old_public, &new_public]);
+    let (code, report) = verify_integrity(out.path(), &[&old_public, &new_public], &[]);
     assert_eq!(code, Some(0), "{report}");
     assert!(
         report.contains(&format!("note: key rotated at digest {}", before + 1)),
@@ -200,7 +171,7 @@ async fn a_new_key_starts_a_chain_that_names_the_old_one() {
         let other_id = audit_tail::integrity::keys::key_id(
             &audit_tail::integrity::load_public_key(Path::new(other)).unwrap(),
         );
-        let (code, report) = verify_integrity(out.path(), &[public]);
+        let (code, report) = verify_integrity(out.path(), &[public], &[]);
         assert_eq!(code, Some(1), "{report}");
         assert!(
             report.contains(&format!("signed by key {other_id}")),
@@ -271,14 +242,14 @@ async fn the_chain_goes_across_days_and_a_schema_change() {
         manifests.contains(&"20200116.manifest".to_string()),
         "{manifests:?}"
     );
-    let (code, report) = verify_integrity(out.path(), &[&public]);
+    let (code, report) = verify_integrity(out.path(), &[&public], &[]);
     assert_eq!(code, Some(0), "{report}");
     // The complete first part of today may not grow: one more row in it is caught.
     let first = out.path().join(format!("users_audit_stream_{today}.csv"));
     let mut text = std::fs::read_to_string(&first).unwrap();
     text.push_str("1,2,x\n");
     std::fs::write(&first, text).unwrap();
-    let (code, report) = verify_integrity(out.path(), &[&public]);
+    let (code, report) = verify_integrity(out.path(), &[&public], &[]);
     assert_eq!(code, Some(1), "{report}");
     assert!(
         report.contains(&format!("BROKEN users_audit_stream_{today}.csv line"))

@@ -9,27 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use audit_tail::integrity::chain;
-use common::{Consumer, TestDb, run_audit_tail, stream_command, wait};
-
-fn keygen(dir: &Path) -> (String, String) {
-    let key = dir.join("signing.key");
-    let (code, out, err) = run_audit_tail(&["keygen", "--out", key.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{out}{err}");
-    let key = key.to_str().unwrap().to_string();
-    (key.clone(), format!("{key}.pub"))
-}
-
-fn verify_integrity(out: &Path, public: &str) -> (Option<i32>, String) {
-    let (code, stdout, stderr) = run_audit_tail(&[
-        "verify",
-        "--integrity",
-        "--out-dir",
-        out.to_str().unwrap(),
-        "--public-key",
-        public,
-    ]);
-    (code, format!("{stdout}{stderr}"))
-}
+use common::signing::{keygen, verify_integrity};
+use common::{Consumer, TestDb, stream_command, wait};
 
 /// A users_audit row of today whose new value is `value`.
 fn audit_row(value: &str) -> String {
@@ -71,7 +52,7 @@ async fn a_row_edited_before_its_digest_is_reported_not_signed() {
     let db = TestDb::new("integrity_written_edit");
     db.install();
     let keys = tempfile::tempdir().unwrap();
-    let (key, public) = keygen(keys.path());
+    let (key, public) = keygen(keys.path(), "signing.key");
     let out = tempfile::tempdir().unwrap();
     // A long interval: no digest falls due on time while the test runs, only when a file
     // becomes complete.
@@ -109,7 +90,7 @@ async fn a_row_edited_before_its_digest_is_reported_not_signed() {
         || covered(out.path(), &name).is_some_and(|(_, complete)| complete),
     );
     drop(consumer);
-    let (code, report) = verify_integrity(out.path(), &public);
+    let (code, report) = verify_integrity(out.path(), &[&public], &[]);
     assert_eq!(code, Some(1), "{report}");
     assert!(
         report.contains(&format!("BROKEN {name} line 1: edited: a row in lines 1-")),
@@ -122,7 +103,7 @@ async fn a_file_edited_between_a_kill_9_and_the_restart_is_not_signed_over() {
     let db = TestDb::new("integrity_written_restart");
     db.install();
     let keys = tempfile::tempdir().unwrap();
-    let (key, public) = keygen(keys.path());
+    let (key, public) = keygen(keys.path(), "signing.key");
     let out = tempfile::tempdir().unwrap();
     let signing = ["--signing-key", key.as_str(), "--digest-interval", "0"];
     let mut args = vec!["--format", "none"];
@@ -162,7 +143,7 @@ async fn a_file_edited_between_a_kill_9_and_the_restart_is_not_signed_over() {
         digests,
         "no digest signed over the edit"
     );
-    let (code, report) = verify_integrity(out.path(), &public);
+    let (code, report) = verify_integrity(out.path(), &[&public], &[]);
     assert_eq!(code, Some(1), "{report}");
     assert!(
         report.contains(&format!("BROKEN {name} line 1: edited: a row in lines 1-")),
@@ -176,7 +157,7 @@ async fn a_file_edited_between_a_kill_9_and_the_restart_is_not_signed_over() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let (code, report) = verify_integrity(out.path(), &public);
+    let (code, report) = verify_integrity(out.path(), &[&public], &[]);
     assert_eq!(code, Some(0), "{report}");
     common::assert_files_equal(&db, out.path(), "public", "users_audit").await;
 }

@@ -4,6 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::sql::strings;
 use common::{TestDb, copy_out, repo_path};
 use tokio_postgres::Client;
 
@@ -186,32 +187,18 @@ async fn the_day_is_a_range_scan_on_the_changed_at_index() {
         .batch_execute("SET enable_seqscan = off")
         .await
         .unwrap();
-    let plan: Vec<String> = client
-        .query(
-            "EXPLAIN (COSTS OFF) SELECT * FROM users_audit \
-             WHERE changed_at >= '2025-10-21'::date AND changed_at < '2025-10-22'::date ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let plan = strings(&client, "EXPLAIN (COSTS OFF) SELECT * FROM users_audit \
+             WHERE changed_at >= '2025-10-21'::date AND changed_at < '2025-10-22'::date ORDER BY id").await;
     let plan = plan.join("\n");
     assert!(plan.contains("users_audit_changed_at_idx"), "{plan}");
     assert!(plan.contains("Index Cond"), "{plan}");
     // The export and verify read the day through users_audit_rows(): inlined into the same
     // range scan, not a Function Scan that materialises the whole day first.
-    let plan: Vec<String> = client
-        .query(
-            "EXPLAIN (COSTS OFF) SELECT * FROM users_audit_rows('2025-10-21') ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let plan = strings(
+        &client,
+        "EXPLAIN (COSTS OFF) SELECT * FROM users_audit_rows('2025-10-21') ORDER BY id",
+    )
+    .await;
     let plan = plan.join("\n");
     assert!(plan.contains("users_audit_changed_at_idx"), "{plan}");
     assert!(!plan.contains("Function Scan"), "{plan}");

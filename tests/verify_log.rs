@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{TestDb, catch_up, copy_out, install_audit_log, verify};
+use common::install::audit_log_sql_alone;
+use common::{TestDb, catch_up, copy_out, install_audit_log, streamed_log, verify};
 
 /// A tracked table whose rows carry awkward values into the log's jsonb: NULL and '', quotes,
 /// commas, CR/LF, `\.`, Cyrillic.
@@ -140,13 +141,7 @@ async fn the_consumer_role_reads_the_days_rows_but_cannot_export() {
 async fn the_nightly_job_of_the_log_is_explained_outside_the_cron_database() {
     let db = TestDb::new("log_cron");
     db.install();
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &db.name, "-f"])
-        .arg(common::repo_path("sql/audit_log.sql"))
-        .output()
-        .unwrap();
+    let out = audit_log_sql_alone(&db, &db.name);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let marker = "audit.log, run in \"postgres\": ";
@@ -181,11 +176,7 @@ async fn the_nightly_job_of_the_log_is_explained_outside_the_cron_database() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_compares_users_audit_and_the_log_and_names_the_table_of_a_difference() {
-    let db = TestDb::new("verify_log");
-    install_audit_log(&db);
-    let out = tempfile::tempdir().unwrap();
-    catch_up(&db, out.path());
-    let client = db.client().await;
+    let (db, out, client) = streamed_log("verify_log").await;
     awkward_log_rows(&client).await;
     db.psql(&std::fs::read_to_string(common::repo_path("sql/demo_data.sql")).unwrap());
     catch_up(&db, out.path());

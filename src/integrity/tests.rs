@@ -1,5 +1,6 @@
 //! The writer and the walker together over the file sink, without a server.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,22 +23,49 @@ fn row(table: &Arc<Table>, id: &str, at: &str) -> Row {
     }
 }
 
-#[test]
-fn a_day_sealed_before_its_digest_was_written_joins_the_chain_on_the_next_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let table = Arc::new(Table {
+/// public.users_audit with the two columns the tests write.
+fn users_audit() -> Arc<Table> {
+    Arc::new(Table {
         oid: 1,
         schema: "public".into(),
         name: "users_audit".into(),
         columns: vec!["id".into(), "changed_at".into()],
         changed_at: Some(1),
-    });
+    })
+}
+
+/// The file sink over `dir`, signing with `key` at every durable point.
+fn signed(dir: &Path, key: &SigningKey) -> Result<StreamFiles, super::IntegrityError> {
+    let mut files = StreamFiles::open(dir, Cells::Exact).unwrap();
+    let writer = DigestWriter::open(dir, key.clone(), Duration::ZERO, files.durable())?;
+    files.set_signer(writer);
+    Ok(files)
+}
+
+/// Appends the row (`id`, `at`) of `table` and commits it at `lsn`.
+fn commit_row(files: &mut StreamFiles, table: &Arc<Table>, id: &str, at: &str, lsn: u64) {
+    files.append(&row(table, id, at), PgTimestamp(0)).unwrap();
+    files.commit(Lsn(lsn));
+}
+
+/// Walks the chain of `dir` with `key`; asserts it is intact and covers every file.
+fn assert_intact(dir: &Path, key: &SigningKey) -> super::IntegrityReport {
+    let report = walk(dir, &[key.verifying_key()], Scope::default()).unwrap();
+    assert!(
+        report.intact() && report.uncovered.is_empty(),
+        "{}",
+        report.render()
+    );
+    report
+}
+
+#[test]
+fn a_day_sealed_before_its_digest_was_written_joins_the_chain_on_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = users_audit();
     // Sealed by a stream that died before its digest (here: one that did not sign).
     let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
-    files
-        .append(&row(&table, "1", "2025-10-21 10:00:00"), PgTimestamp(0))
-        .unwrap();
-    files.commit(Lsn(100));
+    commit_row(&mut files, &table, "1", "2025-10-21 10:00:00", 100);
     files.cover(&crate::coverage::Sample {
         lsn: Lsn(100),
         at: chrono::DateTime::parse_from_rfc3339("2025-10-22T02:00:00Z")
@@ -59,14 +87,9 @@ fn a_day_sealed_before_its_digest_was_written_joins_the_chain_on_the_next_start(
     )
     .unwrap();
     files.set_signer(writer);
-    files
-        .append(&row(&table, "2", "2025-10-23 10:00:00"), PgTimestamp(0))
-        .unwrap();
-    files.commit(Lsn(200));
+    commit_row(&mut files, &table, "2", "2025-10-23 10:00:00", 200);
     files.make_durable().unwrap();
-    let report = walk(dir.path(), &[key.verifying_key()], Scope::default()).unwrap();
-    assert!(report.intact(), "{}", report.render());
-    assert!(report.uncovered.is_empty(), "{}", report.render());
+    let report = assert_intact(dir.path(), &key);
     assert_eq!(report.files, 2, "{}", report.render());
     let newest = super::chain::newest(dir.path()).unwrap().unwrap().digest;
     assert_eq!(newest.manifests[0].0, "20251021.manifest");
@@ -81,21 +104,11 @@ fn a_day_sealed_before_its_digest_was_written_joins_the_chain_on_the_next_start(
 #[test]
 fn a_digest_covers_what_the_checkpoint_names_never_a_transaction_in_progress() {
     let dir = tempfile::tempdir().unwrap();
-    let table = Arc::new(Table {
-        oid: 1,
-        schema: "public".into(),
-        name: "users_audit".into(),
-        columns: vec!["id".into(), "changed_at".into()],
-        changed_at: Some(1),
-    });
+    let table = users_audit();
     let key = SigningKey::from_bytes(&[4u8; 32]);
-    let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
-    let writer =
-        DigestWriter::open(dir.path(), key.clone(), Duration::ZERO, files.durable()).unwrap();
-    files.set_signer(writer);
+    let mut files = signed(dir.path(), &key).unwrap();
     let at = "2025-10-21 10:00:00";
-    files.append(&row(&table, "1", at), PgTimestamp(0)).unwrap();
-    files.commit(Lsn(100));
+    commit_row(&mut files, &table, "1", at, 100);
     // A durable point in the middle of the next transaction (the flush delay): its row is on
     // disk, but neither the checkpoint nor the digest may cover it.
     files.append(&row(&table, "2", at), PgTimestamp(0)).unwrap();
@@ -118,26 +131,11 @@ fn a_digest_covers_what_the_checkpoint_names_never_a_transaction_in_progress() {
     let digest = super::chain::newest(dir.path()).unwrap().unwrap().digest;
     assert_eq!(digest.seq, 2);
     assert_eq!(digest.files[0].len, on_disk);
-    let report = walk(dir.path(), &[key.verifying_key()], Scope::default()).unwrap();
-    assert!(
-        report.intact() && report.uncovered.is_empty(),
-        "{}",
-        report.render()
-    );
-}
-
-fn users_audit() -> Arc<Table> {
-    Arc::new(Table {
-        oid: 1,
-        schema: "public".into(),
-        name: "users_audit".into(),
-        columns: vec!["id".into(), "changed_at".into()],
-        changed_at: Some(1),
-    })
+    assert_intact(dir.path(), &key);
 }
 
 /// Replaces `from` by `to` (same length) in `path`, as someone with the out-dir would.
-fn edit(path: &std::path::Path, from: &str, to: &str) {
+fn edit(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.contains(from), "{text}");
     std::fs::write(path, text.replacen(from, to, 1)).unwrap();
@@ -148,13 +146,9 @@ fn a_row_edited_on_disk_before_its_digest_is_not_signed() {
     let dir = tempfile::tempdir().unwrap();
     let table = users_audit();
     let key = SigningKey::from_bytes(&[5u8; 32]);
-    let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
-    let writer =
-        DigestWriter::open(dir.path(), key.clone(), Duration::ZERO, files.durable()).unwrap();
-    files.set_signer(writer);
+    let mut files = signed(dir.path(), &key).unwrap();
     let at = "2025-10-21 10:00:00";
-    files.append(&row(&table, "1", at), PgTimestamp(0)).unwrap();
-    files.commit(Lsn(100));
+    commit_row(&mut files, &table, "1", at, 100);
     files.make_durable().unwrap();
     // Row 2 is on disk (a durable point in the middle of its transaction) but in no digest yet:
     // it is edited there before its transaction commits and a digest covers it.
@@ -182,24 +176,15 @@ fn a_file_edited_while_the_stream_was_down_is_not_signed_over() {
     let dir = tempfile::tempdir().unwrap();
     let table = users_audit();
     let key = SigningKey::from_bytes(&[6u8; 32]);
-    let open = |dir: &std::path::Path| {
-        let mut files = StreamFiles::open(dir, Cells::Exact).unwrap();
-        let writer = DigestWriter::open(dir, key.clone(), Duration::ZERO, files.durable());
-        writer.map(|w| {
-            files.set_signer(w);
-            files
-        })
-    };
-    let mut files = open(dir.path()).unwrap();
+    let mut files = signed(dir.path(), &key).unwrap();
     let at = "2025-10-21 10:00:00";
-    files.append(&row(&table, "1", at), PgTimestamp(0)).unwrap();
-    files.commit(Lsn(100));
+    commit_row(&mut files, &table, "1", at, 100);
     files.make_durable().unwrap();
     drop(files);
     let path = dir.path().join("users_audit_stream_20251021.csv");
     let genuine = std::fs::read(&path).unwrap();
     edit(&path, "1,2025", "7,2025");
-    let Err(error) = open(dir.path()) else {
+    let Err(error) = signed(dir.path(), &key) else {
         panic!("the stream signed over an edited file");
     };
     assert!(
@@ -216,16 +201,10 @@ fn a_file_edited_while_the_stream_was_down_is_not_signed_over() {
     assert_eq!(super::chain::list(dir.path()).unwrap().0.len(), 1);
     // Restored, the stream goes on.
     std::fs::write(&path, genuine).unwrap();
-    let mut files = open(dir.path()).unwrap();
-    files.append(&row(&table, "2", at), PgTimestamp(0)).unwrap();
-    files.commit(Lsn(200));
+    let mut files = signed(dir.path(), &key).unwrap();
+    commit_row(&mut files, &table, "2", at, 200);
     files.make_durable().unwrap();
-    let report = walk(dir.path(), &[key.verifying_key()], Scope::default()).unwrap();
-    assert!(
-        report.intact() && report.uncovered.is_empty(),
-        "{}",
-        report.render()
-    );
+    assert_intact(dir.path(), &key);
 }
 
 #[test]
@@ -233,21 +212,12 @@ fn a_file_the_stream_writes_that_changes_length_behind_it_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let table = users_audit();
     let key = SigningKey::from_bytes(&[7u8; 32]);
-    let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
-    let writer =
-        DigestWriter::open(dir.path(), key.clone(), Duration::ZERO, files.durable()).unwrap();
-    files.set_signer(writer);
+    let mut files = signed(dir.path(), &key).unwrap();
     let (yesterday, today) = ("2025-10-20 10:00:00", "2025-10-21 10:00:00");
-    files
-        .append(&row(&table, "1", yesterday), PgTimestamp(0))
-        .unwrap();
-    files.commit(Lsn(100));
+    commit_row(&mut files, &table, "1", yesterday, 100);
     files.make_durable().unwrap();
     // Yesterday's file is closed after a durable point without rows for it.
-    files
-        .append(&row(&table, "2", today), PgTimestamp(0))
-        .unwrap();
-    files.commit(Lsn(200));
+    commit_row(&mut files, &table, "2", today, 200);
     files.make_durable().unwrap();
     files.make_durable().unwrap();
     let path = dir.path().join("users_audit_stream_20251020.csv");
@@ -268,29 +238,16 @@ fn a_rewind_forgets_the_hash_of_rows_committed_but_not_durable() {
     let dir = tempfile::tempdir().unwrap();
     let table = users_audit();
     let key = SigningKey::from_bytes(&[8u8; 32]);
-    let mut files = StreamFiles::open(dir.path(), Cells::Exact).unwrap();
-    let writer =
-        DigestWriter::open(dir.path(), key.clone(), Duration::ZERO, files.durable()).unwrap();
-    files.set_signer(writer);
+    let mut files = signed(dir.path(), &key).unwrap();
     let at = "2025-10-21 10:00:00";
-    files.append(&row(&table, "1", at), PgTimestamp(0)).unwrap();
-    files.commit(Lsn(100));
+    commit_row(&mut files, &table, "1", at, 100);
     files.make_durable().unwrap();
     // Committed, then the connection is lost before a durable point: the server sends it again.
-    files.append(&row(&table, "2", at), PgTimestamp(0)).unwrap();
-    files.commit(Lsn(200));
+    commit_row(&mut files, &table, "2", at, 200);
     files.rewind().unwrap();
-    files
-        .append(&row(&table, "2", "2025-10-21 10:00:01"), PgTimestamp(0))
-        .unwrap();
-    files.commit(Lsn(200));
+    commit_row(&mut files, &table, "2", "2025-10-21 10:00:01", 200);
     files.make_durable().unwrap();
-    let report = walk(dir.path(), &[key.verifying_key()], Scope::default()).unwrap();
-    assert!(
-        report.intact() && report.uncovered.is_empty(),
-        "{}",
-        report.render()
-    );
+    assert_intact(dir.path(), &key);
     let digest = super::chain::newest(dir.path()).unwrap().unwrap().digest;
     assert_eq!((digest.seq, digest.files[0].rows), (2, 2));
 }

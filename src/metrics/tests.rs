@@ -20,6 +20,14 @@ fn value(text: &str, prefix: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
 }
 
+/// The rows the files sink wrote of table `qualified`, as `text` says.
+fn files_rows(text: &str, qualified: &str) -> Option<f64> {
+    value(
+        text,
+        &format!("audit_tail_rows_written_total{{sink=\"files\",table=\"{qualified}\"}}"),
+    )
+}
+
 #[test]
 fn rows_count_once_durable_and_not_when_rewound() {
     let m = Metrics::new();
@@ -32,27 +40,15 @@ fn rows_count_once_durable_and_not_when_rewound() {
     m.row("files", &users); // an open transaction: not durable yet
     m.durable("files");
     let text = m.render();
-    let rows = |t: &str| {
-        value(
-            &text,
-            &format!("audit_tail_rows_written_total{{sink=\"files\",table=\"{t}\"}}"),
-        )
-    };
-    assert_eq!(rows("public.users_audit"), Some(2.0), "{text}");
-    assert_eq!(rows("audit.log"), Some(1.0), "{text}");
+    assert_eq!(files_rows(&text, "public.users_audit"), Some(2.0), "{text}");
+    assert_eq!(files_rows(&text, "audit.log"), Some(1.0), "{text}");
     // What was not durable is sent again after a reconnect: counted once, then.
     m.rewound("files");
     m.row("files", &users);
     m.commit("files");
     m.durable("files");
     let text = m.render();
-    let rows = |t: &str| {
-        value(
-            &text,
-            &format!("audit_tail_rows_written_total{{sink=\"files\",table=\"{t}\"}}"),
-        )
-    };
-    assert_eq!(rows("public.users_audit"), Some(3.0), "{text}");
+    assert_eq!(files_rows(&text, "public.users_audit"), Some(3.0), "{text}");
 }
 
 #[test]

@@ -6,6 +6,9 @@
 
 #![allow(dead_code)]
 
+pub mod install;
+pub mod signing;
+pub mod sql;
 pub mod wait;
 
 use std::path::{Path, PathBuf};
@@ -492,22 +495,32 @@ pub async fn assert_files_equal(db: &TestDb, out_dir: &Path, schema: &str, table
 /// -f sql/install.sql -f sql/audit_log.sql`), the export directory set as by `TestDb::install`;
 /// panics if psql fails. Returns the export directory.
 pub fn install_audit_log(db: &TestDb) -> PathBuf {
-    let dir = db.export_dir();
-    let set = format!("SET audit.export_dir = '{}'", dir.display());
-    let out = db
-        .cluster
-        .client_command("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &db.name, "-c", &set])
-        .arg("-f")
-        .arg(repo_path("sql/install.sql"))
-        .arg("-f")
-        .arg(repo_path("sql/audit_log.sql"))
-        .output()
-        .expect("run psql");
+    let out = install::both_scripts(db).output().expect("run psql");
     assert!(
         out.status.success(),
         "install.sql + audit_log.sql failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    dir
+    db.export_dir()
+}
+
+/// A database with install.sql and audit_log.sql installed and its slot made by one catch-up
+/// (so all that follows is streamed), the stream's temporary out-dir, and a client as the owner.
+pub async fn streamed_log(test: &str) -> (TestDb, tempfile::TempDir, Client) {
+    let db = TestDb::new(test);
+    install_audit_log(&db);
+    let out = tempfile::tempdir().unwrap();
+    catch_up(&db, out.path());
+    let client = db.client().await;
+    (db, out, client)
+}
+
+/// A database with the log installed and `sql` run in it by the owner (the tables a test
+/// creates and tracks), and the owner's client.
+pub async fn log_with(test: &str, sql: &str) -> (TestDb, Client) {
+    let db = TestDb::new(test);
+    install_audit_log(&db);
+    let client = db.client().await;
+    client.batch_execute(sql).await.unwrap();
+    (db, client)
 }
