@@ -347,9 +347,9 @@ async fn kill_9_of_stream_archive_and_nats_server_loses_and_doubles_nothing() {
     );
     catch_up_with_nats(&db, out.path(), &nats.url());
     let mut archive = nats_support::Archive::spawn(&nats.url(), archive_out.path());
-    if let Err(stall) = std::panic::catch_unwind(|| {
-        nats_support::wait_same_files(out.path(), archive_out.path())
-    }) {
+    if let Err(stall) =
+        std::panic::catch_unwind(|| nats_support::wait_same_files(out.path(), archive_out.path()))
+    {
         let (_, stderr) = archive.terminate();
         let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
         panic!(
