@@ -199,6 +199,23 @@ async fn both_copies_flag_the_row_a_superuser_edited() {
         )
         .await
         .unwrap();
+    // A change over TCP: the log records the client's address, which the database's text cast
+    // and the files' COPY text spell differently ("127.0.0.1/32" against "127.0.0.1").
+    let (tcp, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname={}",
+            db.cluster.port(),
+            db.name
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    tcp.batch_execute("UPDATE acct SET owner = 'bobby' WHERE id = 2")
+        .await
+        .unwrap();
+    drop(tcp);
     catch_up(&db, out.path());
     let conninfo = db.cluster.conninfo(&db.name);
     let out = out.path().to_str().unwrap();

@@ -48,7 +48,13 @@ async fn select(
     let columns = columns(client, trail).await?;
     let list: Vec<String> = columns
         .iter()
-        .map(|c| format!("t.{}::text", quote_ident(c)))
+        // The type's output function, as COPY writes it: a cast can differ (inet's `::text`
+        // adds the mask, "127.0.0.1/32" where the files hold "127.0.0.1"). format() turns NULL
+        // into '', so NULL stays NULL by hand.
+        .map(|c| {
+            let c = quote_ident(c);
+            format!("CASE WHEN t.{c} IS NULL THEN NULL ELSE format('%s', t.{c}) END")
+        })
         .collect();
     let relation = match trail {
         Trail::Users => "users_audit",
