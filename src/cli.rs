@@ -252,7 +252,7 @@ pub enum Command {
         key: String,
         /// The record as it was at this moment (one object, or nothing/`null` if it did not
         /// exist then).
-        #[arg(long, value_name = "TIME")]
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
         at: Option<String>,
         /// Only the changes of this field (with --at: only this field).
         #[arg(long, value_name = "FIELD")]
@@ -305,11 +305,11 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct QueryArgs {
     /// Only changes at or after TIME: ISO 8601 with or without zone, psql's text
-    /// (2026-11-23 14:05:01.5+00), or relative (2h, 30min, 3d, yesterday).
-    #[arg(long, value_name = "TIME")]
+    /// (2026-11-23 14:05:01.5+00), or relative (2h, -2h, 30min, 3d, yesterday).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub since: Option<String>,
     /// Only changes at or before TIME (same forms as --since).
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub until: Option<String>,
     /// The stream's out-dir, whose files are read.
     #[arg(long, default_value = "./audit-stream")]
@@ -571,6 +571,18 @@ mod tests {
     use clap::CommandFactory;
 
     use super::{Cli, parse_listen};
+
+    #[test]
+    fn a_relative_time_may_start_with_a_minus_as_in_journalctl() {
+        use clap::Parser;
+        for args in [
+            &["audit-tail", "history", "t", "1", "--at", "-2h"][..],
+            &["audit-tail", "log", "--since", "-2h", "--until", "-30min"][..],
+        ] {
+            let cli = Cli::try_parse_from(args);
+            assert!(cli.is_ok(), "{args:?}: {:?}", cli.err());
+        }
+    }
 
     #[test]
     fn metrics_addresses_are_taken_as_exporters_take_them() {

@@ -288,14 +288,16 @@ fn a_backlog_shows_progress_lines_on_stderr() {
     db.psql(
         "INSERT INTO users (name, role) SELECT 'u' || g, 'user' FROM generate_series(1, 20000) g",
     );
-    // Many transactions, so that commits keep arriving while the backlog drains.
+    // Many transactions, so that commits keep arriving while the backlog drains: enough that
+    // draining takes several report intervals even on a quiet machine (720,000 audit rows; 240,000
+    // drained in under 2 s once, before the first report was due).
     let round = |r: u32| {
         format!(
             "BEGIN; UPDATE users SET name = 'n{r}-' || id, email = 'e{r}' WHERE id % 50 = {}; COMMIT;",
             r % 50
         )
     };
-    for batch in 0..6 {
+    for batch in 0..18 {
         let sql: String = (batch * 50..batch * 50 + 50).map(round).collect();
         db.psql(&sql);
     }

@@ -16,25 +16,29 @@ pub enum Target {
 
 impl Target {
     /// `users` (or `users_audit`) is the users trail; `schema.table` or `table` (schema public)
-    /// a table of audit.log.
+    /// a table of audit.log. Names are read as PostgreSQL reads them (and as `track` takes and
+    /// `tracked` prints them): unquoted folded to lower case, `"Quoted"` exactly.
     pub fn parse(text: &str) -> Result<Target, String> {
         let text = text.trim();
-        let (schema, table) = match text.split_once('.') {
-            Some((schema, table)) => (schema, table),
-            None => ("public", text),
+        let bad = || {
+            format!(
+                "{text:?} is not a table: give TABLE or SCHEMA.TABLE, such as public.orders, \
+                 users or 'app.\"Orders\"' (quote a name that has capitals, as `tracked` prints it)"
+            )
+        };
+        let parts = identifiers(text).ok_or_else(bad)?;
+        let (schema, table) = match parts.as_slice() {
+            [table] => ("public".to_string(), table.clone()),
+            [schema, table] => (schema.clone(), table.clone()),
+            _ => return Err(bad()),
         };
         if schema.is_empty() || table.is_empty() {
-            return Err(format!(
-                "{text:?} is not a table: give TABLE or SCHEMA.TABLE, such as public.orders or users"
-            ));
+            return Err(bad());
         }
         if schema == "public" && (table == "users" || table == "users_audit") {
             return Ok(Target::Users);
         }
-        Ok(Target::Log {
-            schema: schema.to_string(),
-            table: table.to_string(),
-        })
+        Ok(Target::Log { schema, table })
     }
 
     pub fn trail(&self) -> Trail {
@@ -61,8 +65,66 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Users => f.write_str("users"),
-            Target::Log { schema, table } => write!(f, "{schema}.{table}"),
+            Target::Log { schema, table } => {
+                write!(f, "{}.{}", display_ident(schema), display_ident(table))
+            }
         }
+    }
+}
+
+/// The dot-separated identifiers of `text` as PostgreSQL reads them; None when a quote is not
+/// closed or a part is empty.
+fn identifiers(text: &str) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                part.extend(c.to_lowercase());
+                chars.next();
+            }
+        }
+        if part.is_empty() {
+            return None;
+        }
+        parts.push(part);
+        match chars.next() {
+            None => return Some(parts),
+            Some('.') => continue,
+            Some(_) => return None,
+        }
+    }
+}
+
+/// A name as `tracked` prints it: bare when PostgreSQL would read it back unchanged.
+fn display_ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
     }
 }
 
@@ -221,6 +283,26 @@ mod tests {
             }
         );
         assert_eq!(Target::parse("app.users").unwrap().to_string(), "app.users");
+        // As PostgreSQL reads names, and as `tracked` prints them.
+        let orders = Target::Log {
+            schema: "Sales".into(),
+            table: "Order Line".into(),
+        };
+        assert_eq!(Target::parse(r#""Sales"."Order Line""#).unwrap(), orders);
+        assert_eq!(orders.to_string(), r#""Sales"."Order Line""#);
+        assert_eq!(
+            Target::parse("Public.Orders").unwrap().to_string(),
+            "public.orders"
+        );
+        assert_eq!(
+            Target::parse(r#"app."a.b""c""#).unwrap(),
+            Target::Log {
+                schema: "app".into(),
+                table: r#"a.b"c"#.into()
+            }
+        );
+        assert!(Target::parse(r#""open"#).is_err());
+        assert!(Target::parse("a.b.c").is_err());
         assert!(Target::parse(".x").is_err());
         assert!(Target::parse("").is_err());
     }
