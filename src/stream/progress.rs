@@ -5,10 +5,8 @@
 //! Each sink resumes from its own point: at the start of a connection, a sink is given no
 //! transaction committed below its `resume_point` (it has it already), and the stream starts at
 //! the lowest of them, so every sink gets what it lacks. The server is told as flushed the
-//! lowest durable position over all sinks, and never less than before nor than the slot's
-//! confirmed position (a sink resuming from further back does not pull it down): a sink that
-//! becomes durable later holds the acknowledgement back until it does. The write position sent
-//! never moves backwards either.
+//! lowest durable position over all sinks, and never less than before: a sink that becomes
+//! durable later holds the acknowledgement back until it does.
 
 use crate::capture::Row;
 use crate::lsn::Lsn;
@@ -32,11 +30,8 @@ pub struct Progress<'a, P> {
     received: Lsn,
     /// Every sink was given everything up to here (the last commit or idle position).
     accepted: Lsn,
-    /// The flush position last sent to the server, or the slot's confirmed position if higher:
-    /// never sent lower again.
+    /// The flush position last sent to the server.
     acked: Lsn,
-    /// The write position last sent to the server: never sent lower again.
-    sent_written: Lsn,
 }
 
 impl<'a, P: Sink> Progress<'a, P> {
@@ -51,7 +46,6 @@ impl<'a, P: Sink> Progress<'a, P> {
             received: Lsn(0),
             accepted: Lsn(0),
             acked: Lsn(0),
-            sent_written: Lsn(0),
         }
     }
 
@@ -84,17 +78,6 @@ impl<'a, P: Sink> Progress<'a, P> {
         self.accepted = self.accepted.max(start);
         self.acked = self.acked.max(start);
         start
-    }
-
-    /// The server streams from `lsn` (the larger of the requested start and the slot's
-    /// confirmed position): it sends nothing committed before it, and the slot is already
-    /// confirmed up to it. The acknowledgement never goes below it, even while a sink that
-    /// resumes from further back (JetStream, whose last row is older than the slot's position)
-    /// has nothing durable past it yet.
-    pub fn server_starts_at(&mut self, lsn: Lsn) {
-        self.received = self.received.max(lsn);
-        self.accepted = self.accepted.max(lsn);
-        self.acked = self.acked.max(lsn);
     }
 
     /// WAL up to `lsn` was received.
@@ -200,13 +183,7 @@ impl<'a, P: Sink> Progress<'a, P> {
     pub fn status(&mut self) -> (Lsn, Lsn) {
         let flushed = self.durable();
         self.acked = flushed;
-        let written = self
-            .received
-            .max(self.accepted)
-            .max(flushed)
-            .max(self.sent_written);
-        self.sent_written = written;
-        (written, flushed)
+        (self.received.max(self.accepted).max(flushed), flushed)
     }
 
     /// What wakes the stream when a sink that becomes durable later moves its durable position
@@ -339,51 +316,6 @@ mod tests {
         assert_eq!(ids(&disk.durable_transactions()), [100, 200]);
         assert_eq!(ids(&broker.durable_transactions()), [100, 200]);
         assert_eq!(progress.status().1, Lsn(208));
-    }
-
-    #[test]
-    fn a_sink_behind_the_slot_never_lowers_the_acknowledgement() {
-        // JetStream's last row is older (108) than the slot's confirmed position (308, the
-        // files' checkpoint): the server streams from 308 and must not be told 108.
-        let disk = MemorySink::new().resuming_at(Lsn(308));
-        let broker = MemorySink::settling_later().resuming_at(Lsn(108));
-        let mut progress = Progress::new(disk.clone(), vec![Box::new(broker.clone())]);
-        assert_eq!(progress.start(), Lsn(108));
-        progress.server_starts_at(Lsn(308));
-        assert_eq!(progress.status(), (Lsn(308), Lsn(308)));
-        transaction(&mut progress, 400).unwrap();
-        progress.flush().unwrap();
-        assert!(
-            !progress.ack_due(),
-            "the broker has settled nothing past the slot"
-        );
-        assert_eq!(progress.status(), (Lsn(408), Lsn(308)));
-        broker.settle(Lsn(408));
-        assert!(progress.ack_due());
-        assert_eq!(progress.status(), (Lsn(408), Lsn(408)));
-        // A new connection: the broker lost what it had not settled; still never lower.
-        progress.rewind().unwrap();
-        assert_eq!(progress.start(), Lsn(408));
-        assert_eq!(progress.status(), (Lsn(408), Lsn(408)));
-    }
-
-    #[test]
-    fn the_write_position_never_moves_backwards_across_a_rewind() {
-        let disk = MemorySink::new();
-        let broker = MemorySink::settling_later();
-        let mut progress = Progress::new(disk.clone(), vec![Box::new(broker.clone())]);
-        progress.start();
-        transaction(&mut progress, 200).unwrap();
-        progress.flush().unwrap();
-        assert_eq!(progress.status(), (Lsn(208), Lsn(0)));
-        // The broker fails before settling: what all sinks hold is back at 0.
-        progress.rewind().unwrap();
-        assert_eq!(progress.start(), Lsn(0));
-        assert_eq!(
-            progress.status(),
-            (Lsn(208), Lsn(0)),
-            "written was sent as 208"
-        );
     }
 
     #[test]

@@ -105,9 +105,6 @@ impl Session<'_, '_> {
             tracing::info!(until = %position, "will stop once every transaction committed before this position is durable");
         }
         let start = self.progress.start();
-        if let Some(from) = found.streams_from(start) {
-            self.progress.server_starts_at(from);
-        }
         conn.start_copy_both(&slot::start_replication_command(
             &cfg.slot,
             start,
