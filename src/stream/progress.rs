@@ -7,6 +7,14 @@
 //! the lowest of them, so every sink gets what it lacks. The server is told as flushed the
 //! lowest durable position over all sinks, and never less than before: a sink that becomes
 //! durable later holds the acknowledgement back until it does.
+//!
+//! The positions *sent* have a floor of their own: the slot's confirmed position when the
+//! connection started and the highest flush position sent so far. A sink resuming from further
+//! back than the slot (a new or emptied JetStream stream, files ahead of it) makes the durable
+//! minimum lower than that; the server must not be told so (PostgreSQL 15 moves the slot's
+//! `confirmed_flush_lsn` back to whatever it is sent). The floor touches only what is sent:
+//! what counts as durable, and so what the files' checkpoint and idle positions do, stays the
+//! sinks' own (raising it broke slot-drop detection, see `sent_floor`).
 
 use crate::capture::Row;
 use crate::lsn::Lsn;
@@ -30,8 +38,12 @@ pub struct Progress<'a, P> {
     received: Lsn,
     /// Every sink was given everything up to here (the last commit or idle position).
     accepted: Lsn,
-    /// The flush position last sent to the server.
+    /// The durable position when a status was last sent (what the server was told, unless the
+    /// floor was higher).
     acked: Lsn,
+    /// The lowest flush position that may be sent: the slot's confirmed position at the start
+    /// of a connection, and every flush position sent since. Never lowers `durable`.
+    sent_floor: Lsn,
 }
 
 impl<'a, P: Sink> Progress<'a, P> {
@@ -46,6 +58,7 @@ impl<'a, P: Sink> Progress<'a, P> {
             received: Lsn(0),
             accepted: Lsn(0),
             acked: Lsn(0),
+            sent_floor: Lsn(0),
         }
     }
 
@@ -78,6 +91,14 @@ impl<'a, P: Sink> Progress<'a, P> {
         self.accepted = self.accepted.max(start);
         self.acked = self.acked.max(start);
         start
+    }
+
+    /// The slot was confirmed up to `lsn` when this connection started (the server streams from
+    /// there): no flush position below it is ever sent. Only a floor for what is sent: what is
+    /// durable, idle positions and the files' checkpoint are left as they are, so an idle first
+    /// catch-up still stores its checkpoint.
+    pub fn slot_confirmed(&mut self, lsn: Lsn) {
+        self.sent_floor = self.sent_floor.max(lsn);
     }
 
     /// WAL up to `lsn` was received.
@@ -175,14 +196,18 @@ impl<'a, P: Sink> Progress<'a, P> {
 
     /// Whether the durable position is past what the server was told.
     pub fn ack_due(&self) -> bool {
-        self.durable() > self.acked
+        let durable = self.durable();
+        durable > self.acked && durable > self.sent_floor
     }
 
     /// The positions for a status update, (written, flushed); flushed is then acknowledged.
-    /// Only what is durable is acknowledged, and it never moves backwards.
+    /// Only what is durable is acknowledged, and what is sent never moves backwards nor below
+    /// the slot's confirmed position (`slot_confirmed`).
     pub fn status(&mut self) -> (Lsn, Lsn) {
-        let flushed = self.durable();
-        self.acked = flushed;
+        let durable = self.durable();
+        self.acked = durable;
+        let flushed = durable.max(self.sent_floor);
+        self.sent_floor = flushed;
         (self.received.max(self.accepted).max(flushed), flushed)
     }
 
@@ -316,6 +341,41 @@ mod tests {
         assert_eq!(ids(&disk.durable_transactions()), [100, 200]);
         assert_eq!(ids(&broker.durable_transactions()), [100, 200]);
         assert_eq!(progress.status().1, Lsn(208));
+    }
+
+    #[test]
+    fn a_sink_behind_the_slot_never_lowers_the_position_sent() {
+        // The files hold everything up to 308 and the slot is confirmed there; JetStream's last
+        // row is older (108). The server streams from 308 and must not be told 108.
+        let disk = MemorySink::new().resuming_at(Lsn(308));
+        let broker = MemorySink::settling_later().resuming_at(Lsn(108));
+        let mut progress = Progress::new(disk.clone(), vec![Box::new(broker.clone())]);
+        assert_eq!(progress.start(), Lsn(108));
+        progress.slot_confirmed(Lsn(308));
+        assert_eq!(progress.status(), (Lsn(308), Lsn(308)));
+        // What is durable stays the sinks' own: the floor is only on what is sent.
+        assert_eq!(progress.durable(), Lsn(108));
+        assert!(
+            progress.idle(Lsn(200)),
+            "an idle position below the slot still moves the sinks"
+        );
+        transaction(&mut progress, 400).unwrap();
+        progress.flush().unwrap();
+        assert_eq!(progress.durable(), Lsn(108), "the broker settled nothing");
+        assert!(!progress.ack_due(), "nothing past what was sent");
+        assert_eq!(progress.status(), (Lsn(408), Lsn(308)));
+        broker.settle(Lsn(300));
+        assert!(!progress.ack_due(), "still below what was sent");
+        assert_eq!(progress.status(), (Lsn(408), Lsn(308)));
+        broker.settle(Lsn(408));
+        assert!(progress.ack_due());
+        assert_eq!(progress.status(), (Lsn(408), Lsn(408)));
+        // A new connection that reads an older slot position (the server's confirmed position
+        // reaches its disk only at checkpoints): what was sent stays the floor.
+        progress.rewind().unwrap();
+        progress.start();
+        progress.slot_confirmed(Lsn(208));
+        assert_eq!(progress.status(), (Lsn(408), Lsn(408)));
     }
 
     #[test]

@@ -105,6 +105,11 @@ impl Session<'_, '_> {
             tracing::info!(until = %position, "will stop once every transaction committed before this position is durable");
         }
         let start = self.progress.start();
+        // A sink resuming from further back than the slot (JetStream behind the files) does
+        // not make the flush position sent go below where the slot already is.
+        if let Some(confirmed) = found.streams_from(Lsn::ZERO) {
+            self.progress.slot_confirmed(confirmed);
+        }
         conn.start_copy_both(&slot::start_replication_command(
             &cfg.slot,
             start,
