@@ -44,6 +44,12 @@ pub enum Command {
         /// Directory of the CSV files and the state file.
         #[arg(long, default_value = "./audit-stream")]
         out_dir: PathBuf,
+        /// Write no files, only publish to JetStream (--nats): the stream resumes from the slot
+        /// and the last row of this database in JetStream. The options about files
+        /// (--out-dir, --safe-csv, --accept-gap, --signing-key) do not go with it.
+        #[arg(long, requires = "nats",
+              conflicts_with_all = ["out_dir", "safe_csv", "accept_gap", "signing_key"])]
+        no_files: bool,
         /// How rows are printed on stdout.
         #[arg(long, value_enum, default_value_t = FormatArg::Text)]
         format: FormatArg,

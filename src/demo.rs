@@ -57,7 +57,7 @@ pub async fn run(keep: bool) -> Result<(), Error> {
         conn: ConnParams::resolve(Some(&cluster.conninfo("postgres")), &|_| None)?,
         slot: SLOT.into(),
         publication: "users_audit_pub".into(),
-        out_dir: out_dir.path().to_path_buf(),
+        out_dir: Some(out_dir.path().to_path_buf()),
         format: Format::Text,
         until: None,
         status_interval: stream::STATUS_INTERVAL,

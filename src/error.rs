@@ -277,6 +277,7 @@ impl Classify for StreamError {
                 crate::sink::FailureKind::Fatal | crate::sink::FailureKind::Closed => Kind::Io,
             },
             StreamError::Nats(e) => nats(e),
+            StreamError::SlotDroppedUnderNats { .. } => Kind::Setup,
         }
     }
 }

@@ -76,6 +76,54 @@ pub trait Sink {
     }
 }
 
+/// An absent sink (`stream --no-files` has no files in the primary's place): it takes every row
+/// and keeps nothing, so it never holds the acknowledgement back; the other sinks decide it.
+impl<S: Sink> Sink for Option<S> {
+    fn name(&self) -> &'static str {
+        self.as_ref().map_or("none", S::name)
+    }
+
+    fn resume_point(&self) -> Option<Lsn> {
+        self.as_ref().and_then(S::resume_point)
+    }
+
+    fn row(&mut self, row: &Row, txn: Txn) -> Result<(), SinkFailure> {
+        match self {
+            Some(sink) => sink.row(row, txn),
+            None => Ok(()),
+        }
+    }
+
+    fn commit(&mut self, txn: Txn, end_lsn: Lsn) -> Result<(), SinkFailure> {
+        match self {
+            Some(sink) => sink.commit(txn, end_lsn),
+            None => Ok(()),
+        }
+    }
+
+    fn idle(&mut self, lsn: Lsn) {
+        if let Some(sink) = self {
+            sink.idle(lsn);
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), SinkFailure> {
+        self.as_mut().map_or(Ok(()), S::flush)
+    }
+
+    fn durable(&self) -> Option<Lsn> {
+        self.as_ref().and_then(S::durable)
+    }
+
+    fn rewind(&mut self) -> Result<(), SinkFailure> {
+        self.as_mut().map_or(Ok(()), S::rewind)
+    }
+
+    fn waker(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        self.as_ref().and_then(S::waker)
+    }
+}
+
 /// What a sink failure means for the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {

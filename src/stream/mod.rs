@@ -32,6 +32,7 @@ use crate::wire::{ConnParams, WireError};
 
 mod flush;
 mod liveness;
+mod preflight;
 pub mod progress;
 mod session;
 
@@ -56,7 +57,10 @@ pub struct StreamConfig {
     pub conn: ConnParams,
     pub slot: String,
     pub publication: String,
-    pub out_dir: PathBuf,
+    /// The rolling daily files and their checkpoint; `None` (`--no-files`) streams to the other
+    /// sinks alone, which then need one that keeps what it takes (`nats`): the restart point
+    /// comes from the slot and JetStream's last message.
+    pub out_dir: Option<PathBuf>,
     pub format: Format,
     pub until: Option<Until>,
     /// How often a status update goes to the server (default `STATUS_INTERVAL`).
@@ -94,6 +98,20 @@ pub enum StreamError {
     /// A sink other than the files failed (the files' errors stay `Sink`).
     #[error(transparent)]
     Output(SinkFailure),
+    /// Without files (`--no-files`), the slot is missing although JetStream holds rows of this
+    /// database: it was dropped, and what committed since is in no stream.
+    #[error(
+        "replication slot \"{slot}\" does not exist, but JetStream stream \"{stream}\" holds this \
+         database's rows up to {lsn}: the slot was dropped, so rows committed since are not in \
+         JetStream (they are in the nightly export); to go on from now, publish to another \
+         --nats-stream or --nats-subject-prefix (a new slot is then created), or create the slot \
+         yourself and accept the gap"
+    )]
+    SlotDroppedUnderNats {
+        slot: String,
+        stream: String,
+        lsn: Lsn,
+    },
     /// NATS could not be set up (`--nats`): refused credentials, no stream.
     #[error(transparent)]
     Nats(#[from] crate::sink::nats::NatsError),
@@ -132,37 +150,15 @@ pub async fn run<W: Write + Send>(
 ) -> Result<(), StreamError> {
     // Read before opening the files, which stores the checkpoint again: should the slot turn out
     // to be ahead, this is when the out-dir's stream last moved, where a gap begins.
-    let stored_before = stored_at(&config.out_dir);
-    let signing_key = match &config.signing_key {
-        Some(path) => Some(crate::integrity::load_signing_key(path).map_err(SinkError::from)?),
+    let stored_before = config.out_dir.as_deref().and_then(stored_at);
+    let files = match &config.out_dir {
+        Some(dir) => Some(open_files(&config, dir)?),
         None => None,
     };
-    let mut files = StreamFiles::open(&config.out_dir, config.cells)?;
-    if let Some(key) = signing_key {
-        let writer = crate::integrity::DigestWriter::open(
-            &config.out_dir,
-            key,
-            config.digest_interval,
-            files.durable(),
-        )
-        .map_err(SinkError::from)?;
-        tracing::info!(key = writer.key_id(), "signing digests of the files");
-        let mut writer = writer;
-        if let Some(nats) = &config.nats {
-            // Each digest to JetStream as well, off this machine (src/integrity/nats.rs).
-            writer.add_publisher(Box::new(
-                crate::integrity::nats::NatsDigests::start(
-                    nats.clone(),
-                    &config.conn.dbname,
-                    &config.out_dir,
-                )
-                .map_err(SinkError::from)?,
-            ));
-        }
-        files.set_signer(writer);
+    let opened_at = files.as_ref().map(StreamFiles::durable_lsn);
+    if let Some(files) = &files {
+        crate::metrics::get().inspect(|m| m.files_opened(files.durable()));
     }
-    let opened_at = files.durable_lsn();
-    crate::metrics::get().inspect(|m| m.files_opened(files.durable()));
     let mut others: Vec<Box<dyn Sink + Send + '_>> = Vec::new();
     if config.format != Format::None {
         others.push(Box::new(Printer::new(config.format, out)));
@@ -189,10 +185,10 @@ pub async fn run<W: Write + Send>(
     let mut attempt = 0u32;
     loop {
         // Once this process moved the checkpoint, the state file's time is its last move.
-        let last_moved = if progress.primary().durable_lsn() == opened_at {
+        let last_moved = if progress.primary().as_ref().map(StreamFiles::durable_lsn) == opened_at {
             stored_before
         } else {
-            stored_at(&config.out_dir)
+            config.out_dir.as_deref().and_then(stored_at)
         };
         let mut session = Session {
             config: &config,
@@ -231,6 +227,30 @@ pub async fn run<W: Write + Send>(
             }
         }
     }
+}
+
+/// Opens the files of `dir`, with the signer of their digests when `--signing-key` is given.
+fn open_files(config: &StreamConfig, dir: &std::path::Path) -> Result<StreamFiles, StreamError> {
+    let signing_key = match &config.signing_key {
+        Some(path) => Some(crate::integrity::load_signing_key(path).map_err(SinkError::from)?),
+        None => None,
+    };
+    let mut files = StreamFiles::open(dir, config.cells)?;
+    if let Some(key) = signing_key {
+        let mut writer =
+            crate::integrity::DigestWriter::open(dir, key, config.digest_interval, files.durable())
+                .map_err(SinkError::from)?;
+        tracing::info!(key = writer.key_id(), "signing digests of the files");
+        if let Some(nats) = &config.nats {
+            // Each digest to JetStream as well, off this machine (src/integrity/nats.rs).
+            writer.add_publisher(Box::new(
+                crate::integrity::nats::NatsDigests::start(nats.clone(), &config.conn.dbname, dir)
+                    .map_err(SinkError::from)?,
+            ));
+        }
+        files.set_signer(writer);
+    }
+    Ok(files)
 }
 
 /// Resolves once `shutdown` is true; never when its sender is gone without saying so.

@@ -79,6 +79,12 @@ impl<'a, P: Sink> Progress<'a, P> {
             .chain(self.others.iter_mut().map(|s| &mut **s as _))
     }
 
+    /// The lowest point the sinks resume from (`None` if no sink keeps one): before the first
+    /// connection, where the stream stands.
+    pub fn resume_point(&self) -> Option<Lsn> {
+        self.sinks().filter_map(|s| s.resume_point()).min()
+    }
+
     /// A new connection: seeds each sink's skip rule from its resume point, and returns where
     /// the stream starts, the lowest of them (`0/0`, the slot's own position, if no sink keeps
     /// one).

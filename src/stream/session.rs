@@ -12,17 +12,16 @@ use std::io;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use chrono::{DateTime, NaiveDate, Utc};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 use super::flush::FlushPolicy;
 use super::liveness::Liveness;
+use super::preflight::{claim_out_dir, without_files};
 use super::progress::Progress;
 use super::{StreamConfig, StreamError, Until, stopped};
 use crate::capture::{Capture, CaptureError, Event};
 use crate::coverage::Sampler;
-use crate::gaps::{self, Gap};
 use crate::latency::Latency;
 use crate::lsn::{Lsn, PgTimestamp};
 use crate::metrics::backlog::Backlog;
@@ -31,7 +30,7 @@ use crate::replication::messages::{self, ServerMessage};
 use crate::replication::slot;
 use crate::sink::files::StreamFiles;
 use crate::sink::{FailureKind, Txn};
-use crate::sql::{self, SqlError};
+use crate::sql;
 use crate::wire::conn::CopyMessage;
 use crate::wire::{WalConnection, WireError};
 
@@ -44,7 +43,7 @@ const LATENCY_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 /// One connection's worth of streaming.
 pub(super) struct Session<'s, 'a> {
     pub config: &'s StreamConfig,
-    pub progress: &'s mut Progress<'a, StreamFiles>,
+    pub progress: &'s mut Progress<'a, Option<StreamFiles>>,
     pub target: &'s mut Option<Lsn>,
     /// Whether START_REPLICATION succeeded (resets the reconnect backoff).
     pub streaming: bool,
@@ -90,7 +89,7 @@ impl Session<'_, '_> {
     async fn connect(&mut self) -> Result<(WalConnection, Lsn), StreamError> {
         let cfg = self.config;
         let client = sql::connect_params(&cfg.conn).await?;
-        let found = self.claim_out_dir(&client).await?;
+        let found = self.preflight(&client).await?;
         drop(client);
 
         let mut conn = WalConnection::connect(&cfg.conn).await?;
@@ -123,7 +122,8 @@ impl Session<'_, '_> {
         match found.streams_from(start) {
             Some(from) => tracing::info!(
                 slot = %cfg.slot, %start, %from, server = %cfg.conn,
-                "streaming: every transaction committing after {from} goes to the files"
+                "streaming: every transaction committing after {from} goes to the {}",
+                if cfg.out_dir.is_some() { "files" } else { "sinks" }
             ),
             None => tracing::info!(slot = %cfg.slot, %start, server = %cfg.conn, "streaming"),
         }
@@ -257,104 +257,20 @@ impl Session<'_, '_> {
         Ok(None)
     }
 
-    /// Pre-flight, and the out-dir's claim on the slot: refuses an out-dir of another server,
-    /// database or slot, and a slot ahead of the checkpoint unless `--accept-gap` (then the gap
-    /// is recorded before the checkpoint moves to the slot's position); records the identity of
-    /// an out-dir that has none yet. Returns the slot as pre-flight found it.
-    async fn claim_out_dir(
+    /// Pre-flight: the out-dir's claim on the slot, or without files, JetStream's.
+    async fn preflight(
         &mut self,
         client: &tokio_postgres::Client,
     ) -> Result<slot::SlotFound, StreamError> {
         let cfg = self.config;
-        let out_dir = cfg.out_dir.display().to_string();
-        let identity = slot::identify(client, &cfg.slot).await?;
-        let checkpoint = self.progress.primary().durable();
-        let adopt = checkpoint.identity.is_none();
-        slot::check_identity(checkpoint.identity.as_ref(), &identity, &out_dir)?;
-        let found = slot::preflight(
-            client,
-            &cfg.slot,
-            &cfg.publication,
-            self.progress.primary().durable_lsn(),
-            &out_dir,
-        )
-        .await?;
-        let checkpoint = self.progress.primary().durable();
-        let resume = slot::resume(
-            found,
-            checkpoint.lsn,
-            !checkpoint.files.is_empty(),
-            cfg.accept_gap,
-            &cfg.slot,
-            &out_dir,
-        )?;
-        match resume {
-            slot::Resume::Continue => {}
-            slot::Resume::NewOutDir { confirmed } if adopt => {
-                tracing::warn!(
-                    slot = %cfg.slot, %confirmed, out_dir,
-                    "this new out-dir starts at the position the existing replication slot was \
-                     confirmed up to: rows committed before it are not in this out-dir (expected \
-                     when the slot was just created for it; if another out-dir streamed from this \
-                     slot, that out-dir will be refused from now on: give each out-dir a --slot \
-                     of its own)"
-                );
-            }
-            slot::Resume::NewOutDir { .. } => {}
-            slot::Resume::Gap { from, to } => {
-                let gap = Self::gap(self.last_moved, client, from, to).await?;
-                gaps::record(&cfg.out_dir, &gap)?;
-                tracing::warn!(
-                    %from, %to, first_day = %gap.first_day, last_day = %gap.last_day,
-                    "--accept-gap: transactions in this range are not in the files; recorded in {}",
-                    gaps::GAPS_FILE
-                );
-                self.progress.primary_mut().skip_gap(to);
-            }
+        let last_moved = self.last_moved;
+        if let (Some(files), Some(out_dir)) =
+            (self.progress.primary_mut().as_mut(), cfg.out_dir.as_deref())
+        {
+            return claim_out_dir(cfg, files, out_dir, last_moved, client).await;
         }
-        if adopt {
-            tracing::info!(
-                system_id = identity.system_id, database = %identity.database, slot = %identity.slot,
-                "recording which server, database and slot this out-dir streams"
-            );
-            self.progress.primary_mut().set_identity(identity);
-        }
-        if !self.progress.primary_mut().is_durable() {
-            self.progress.primary_mut().make_durable()?;
-        }
-        Ok(found)
-    }
-
-    /// The gap from the checkpoint at `from` to the slot's `to`, dated on the server's clock.
-    async fn gap(
-        last_moved: Option<SystemTime>,
-        client: &tokio_postgres::Client,
-        from: Lsn,
-        to: Lsn,
-    ) -> Result<Gap, StreamError> {
-        let recorded = Utc::now();
-        let since: DateTime<Utc> = last_moved.map_or(recorded, DateTime::from);
-        let row = client
-            .query_one(
-                "SELECT to_timestamp($1::float8)::date::text, current_date::text",
-                &[&(since.timestamp_micros() as f64 / 1e6)],
-            )
-            .await
-            .map_err(|e| SqlError::new("could not read the server's date", e))?;
-        let day = |i: usize| {
-            row.get::<_, String>(i)
-                .parse::<NaiveDate>()
-                .map_err(|e| WireError::Protocol(format!("the server's date is not a date: {e}")))
-        };
-        let (first_day, last_day) = (day(0)?, day(1)?);
-        Ok(Gap {
-            from,
-            to,
-            since,
-            recorded,
-            first_day: first_day.min(last_day),
-            last_day,
-        })
+        let held = self.progress.resume_point().unwrap_or(Lsn::ZERO);
+        without_files(cfg, held, client).await
     }
 
     /// Makes everything received durable, acknowledges it, and closes the connection politely.
@@ -447,7 +363,8 @@ impl Session<'_, '_> {
             state.flush.urgent(now);
         }
         if let Some(sample) = state.sampler.latest()
-            && self.progress.primary_mut().cover(&sample)
+            && let Some(files) = self.progress.primary_mut()
+            && files.cover(&sample)
         {
             state.flush.pending(now);
         }
@@ -459,8 +376,8 @@ impl Session<'_, '_> {
         conn: &mut WalConnection,
         state: &mut State,
     ) -> Result<(), StreamError> {
-        if let Some(sample) = state.sampler.latest() {
-            self.progress.primary_mut().cover(&sample);
+        if let (Some(sample), Some(files)) = (state.sampler.latest(), self.progress.primary_mut()) {
+            files.cover(&sample);
         }
         // fsync blocks this task; a disk slower than wal_sender_timeout would trip it, which the
         // periodic status cannot help.
