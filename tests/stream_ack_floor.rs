@@ -6,11 +6,13 @@
 //! JetStream's acknowledgements are held back by a proxy while the positions are watched, so
 //! its durable position stays behind the slot for several status updates (without it, the
 //! first idle keepalive after a second moves JetStream past the slot and hides the problem).
+//! Meanwhile /metrics shows the JetStream sink behind the files, and caught up once released.
 
 mod common;
 mod nats_support;
 
-use std::sync::Arc;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use audit_tail::nats_server::NatsServer;
@@ -84,6 +86,40 @@ fn catch_up_with_nats(db: &TestDb, out: &std::path::Path, url: &str) {
     );
 }
 
+/// GET /metrics at `addr`: the body.
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+        .split_once("\r\n\r\n")
+        .expect("an HTTP answer")
+        .1
+        .to_string()
+}
+
+/// The value of the sample `series` (name and labels as written), if present.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+fn lsn(text: &str) -> f64 {
+    let (hi, lo) = text.trim().split_once('/').unwrap();
+    ((u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()) as f64
+}
+
+const NATS_DURABLE: &str = "audit_tail_sink_durable_lsn_bytes{sink=\"nats\"}";
+const FILES_DURABLE: &str = "audit_tail_sink_durable_lsn_bytes{sink=\"files\"}";
+const NATS_BEHIND: &str = "audit_tail_sink_behind_bytes{sink=\"nats\"}";
+
 fn audit_rows(db: &TestDb) -> u64 {
     db.psql("SELECT count(*) FROM users_audit")
         .trim()
@@ -135,8 +171,34 @@ async fn jetstream_behind_the_slot_never_lowers_the_flush_position_sent() {
             "1",
             "--nats",
             &holder.url(),
+            "--metrics",
+            "127.0.0.1:0",
         ],
     );
+    // Its stderr read as it is written (a full pipe would stop it), for the metrics' address.
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let pipe = consumer.child.stderr.take().unwrap();
+    let collected = stderr.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut text = collected.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    let mut addr = None;
+    common::wait::until(
+        "the metrics URL in the log",
+        Duration::from_secs(30),
+        || {
+            addr = stderr.lock().unwrap().lines().find_map(|l| {
+                let url = l.split("url=http://").nth(1)?;
+                Some(url.trim_end_matches("/metrics").to_string())
+            });
+            addr.is_some()
+        },
+    );
+    let addr = addr.unwrap();
     common::wait::streaming(&db, &slot);
     holder.hold(true);
     change(2, "c");
@@ -153,10 +215,12 @@ async fn jetstream_behind_the_slot_never_lowers_the_flush_position_sent() {
     );
     let mut replies = std::collections::BTreeSet::new();
     let mut lower = std::collections::BTreeSet::new();
+    let mut nats_seen_behind = false;
     let deadline = Instant::now() + Duration::from_secs(30);
     // Two status updates while JetStream holds nothing past the slot (well within the 5 s a
-    // publish waits for its acknowledgement before the link is taken for broken).
-    while replies.len() < 2 {
+    // publish waits for its acknowledgement before the link is taken for broken), and the
+    // metrics showing it.
+    while replies.len() < 2 || !nats_seen_behind {
         assert!(
             Instant::now() < deadline,
             "timed out waiting for two status updates; saw {replies:?}"
@@ -171,6 +235,20 @@ async fn jetstream_behind_the_slot_never_lowers_the_flush_position_sent() {
                 lower.insert(seen);
             }
         }
+        let text = scrape(&addr);
+        if let Some(sent) = value(&text, "audit_tail_slot_confirmed_lsn_bytes")
+            && sent > 0.0
+            && sent < lsn(&confirmed)
+        {
+            lower.insert([Some(format!("metrics: {sent}")), None, None]);
+        }
+        if let (Some(nats), Some(files), Some(behind)) = (
+            value(&text, NATS_DURABLE),
+            value(&text, FILES_DURABLE),
+            value(&text, NATS_BEHIND),
+        ) {
+            nats_seen_behind |= behind > 0.0 && nats < files;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let held_back = db.psql(&format!(
@@ -179,8 +257,7 @@ async fn jetstream_behind_the_slot_never_lowers_the_flush_position_sent() {
     ));
     holder.hold(false);
     if held_back.trim() != "t" || !lower.is_empty() {
-        let (_, err) = nats_support::terminate(&mut consumer.child);
-        eprintln!("{err}");
+        eprintln!("{}", stderr.lock().unwrap());
     }
     assert!(
         lower.is_empty(),
@@ -194,6 +271,15 @@ async fn jetstream_behind_the_slot_never_lowers_the_flush_position_sent() {
     // Once JetStream acknowledges, the slot moves on, and it holds the new rows once (the
     // stretch the files took alone is not in it: the server does not send it again).
     common::wait::caught_up(&db, &slot);
+    common::wait::until(
+        "the metrics to show JetStream caught up",
+        Duration::from_secs(10),
+        || {
+            let text = scrape(&addr);
+            value(&text, NATS_BEHIND) == Some(0.0)
+                && value(&text, NATS_DURABLE).is_some_and(|d| d >= lsn(&target))
+        },
+    );
     assert_eq!(
         nats_support::count(&nats.url(), "AUDIT").await,
         published + audit_rows(&db) - before

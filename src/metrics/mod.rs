@@ -25,7 +25,8 @@
 //! `commit` at the end of each transaction, `durable` when everything committed is durable,
 //! `rewound` when what was not durable is forgotten (it comes again). Bytes: `bytes_written`
 //! (a sink that knows them), or `files_opened`/`files_made_durable` (the file sink, from the
-//! checkpoint's file lengths). Every name starts with `audit_tail_`; units are in the names;
+//! checkpoint's file lengths). The stream's progress reports each sink's durable position
+//! (`sink_position`) whenever it asks the sinks for it. Every name starts with `audit_tail_`; units are in the names;
 //! docs/operations.md ("Metrics and alerts") lists them with alert rules.
 
 pub mod backlog;
@@ -98,6 +99,11 @@ struct SinkTable {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -117,6 +123,8 @@ pub struct Metrics {
     reconnects: Counter,
     errors: Family<KindLabel, Counter>,
     streaming: Gauge,
+    sink_durable: Family<SinkLabel, Gauge>,
+    sink_behind: Family<SinkLabel, Gauge>,
     /// When no commit was seen yet, silence counts from here.
     started: Instant,
     /// The last commit's time, µs since the Unix epoch (0: none yet).
@@ -147,6 +155,8 @@ impl Metrics {
             reconnects: Counter::default(),
             errors: Family::default(),
             streaming: Gauge::default(),
+            sink_durable: Family::default(),
+            sink_behind: Family::default(),
             started: Instant::now(),
             last_commit_us: AtomicI64::new(0),
             figures: Mutex::new(Figures::default()),
@@ -218,6 +228,19 @@ impl Metrics {
             "streaming",
             "1 while a replication connection streams, else 0",
             m.streaming.clone(),
+        );
+        r.register(
+            "sink_durable_lsn_bytes",
+            "The position up to which a sink holds everything durably (files: the checkpoint; \
+             nats: every publish before it acknowledged by JetStream), as a byte offset in the \
+             WAL, by sink",
+            m.sink_durable.clone(),
+        );
+        r.register(
+            "sink_behind_bytes",
+            "WAL bytes between what the stream gave every sink and what this sink holds durably \
+             (nats: publishes awaiting JetStream's acknowledgement), by sink",
+            m.sink_behind.clone(),
         );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         m
@@ -347,6 +370,19 @@ impl Metrics {
     fn update_lag(&self) {
         self.lag
             .set((self.server.get() - self.confirmed.get()).max(0));
+    }
+
+    /// `sink` holds everything up to `durable`, and the stream gave every sink everything up to
+    /// `given`: the sink is `given - durable` bytes behind (none when it is ahead, as the files
+    /// are of a JetStream resuming from further back).
+    pub fn sink_position(&self, sink: &'static str, durable: Lsn, given: Lsn) {
+        let label = SinkLabel { sink };
+        self.sink_durable
+            .get_or_create(&label)
+            .set(durable.0 as i64);
+        self.sink_behind
+            .get_or_create(&label)
+            .set(given.0.saturating_sub(durable.0) as i64);
     }
 
     /// The connection was lost and is being made again.

@@ -183,6 +183,7 @@ fn the_operations_guide_lists_every_metric_and_its_rules_use_real_ones() {
     m.rows_written("files", "public.t", 1);
     m.bytes_written("files", "public.t", 1);
     m.error(Kind::Io);
+    m.sink_position("nats", Lsn(1), Lsn(2));
     let text = m.render();
     let families: Vec<&str> = text
         .lines()

@@ -96,6 +96,7 @@ impl<'a, P: Sink> Progress<'a, P> {
         self.received = self.received.max(start);
         self.accepted = self.accepted.max(start);
         self.acked = self.acked.max(start);
+        self.report();
         start
     }
 
@@ -180,9 +181,22 @@ impl<'a, P: Sink> Progress<'a, P> {
                 first.get_or_insert(e);
             }
         }
+        self.report();
         match first {
             Some(e) => Err(e),
             None => Ok(self.durable()),
+        }
+    }
+
+    /// Each sink's durable position and how far behind what it was given, to the metrics.
+    fn report(&self) {
+        let Some(m) = crate::metrics::get() else {
+            return;
+        };
+        for sink in self.sinks() {
+            if let Some(durable) = sink.durable() {
+                m.sink_position(sink.name(), durable, self.accepted);
+            }
         }
     }
 
@@ -234,6 +248,7 @@ impl<'a, P: Sink> Progress<'a, P> {
             }
         }
         self.accepted = self.durable();
+        self.report();
         first.map_or(Ok(()), Err)
     }
 }
