@@ -93,6 +93,21 @@ pub enum Command {
     /// Read what `stream --nats` published to JetStream and write the same rolling daily CSV
     /// files as `stream --out-dir`, exactly once (a durable consumer; fsync, then acknowledge),
     /// on any machine. `verify --out-dir` works on them.
+    // The NATS options are the stream's (one struct); their help says what they mean here.
+    #[command(
+        mut_arg("nats", |a| a.help(
+            "Read the rows `stream --nats` published from NATS JetStream at this URL \
+             (nats://host:4222)")),
+        mut_arg("nats_subject_prefix", |a| a.help(
+            "The first token of the subjects `stream --nats` publishes to (its \
+             --nats-subject-prefix): the archive reads <prefix>.> unless --nats-filter")),
+        mut_arg("nats_stream", |a| a.help(
+            "The JetStream stream to read from; created with file storage when missing (taking \
+             <prefix>.>), so the archive may start before the stream")),
+        mut_arg("nats_max_age", |a| a.help(
+            "How long the stream keeps messages when the archive is the one to create it, such \
+             as 30d or 12h (0: for ever)")),
+    )]
     Archive {
         /// Directory of the CSV files and the state file.
         #[arg(long, default_value = "./audit-archive")]
@@ -577,6 +592,33 @@ mod tests {
     use clap::CommandFactory;
 
     use super::{Cli, parse_listen};
+
+    #[test]
+    fn the_archive_help_says_its_nats_options_read_what_the_stream_publishes() {
+        let mut cli = Cli::command();
+        let mut help = |command: &str| {
+            cli.find_subcommand_mut(command)
+                .unwrap()
+                .render_long_help()
+                .to_string()
+        };
+        let archive = help("archive");
+        assert!(
+            archive.contains("Read the rows `stream --nats` published from NATS JetStream"),
+            "{archive}"
+        );
+        assert!(
+            archive.contains("The JetStream stream to read from"),
+            "{archive}"
+        );
+        assert!(!archive.contains("Publish every row"), "{archive}");
+        let stream = help("stream");
+        assert!(
+            stream.contains("Publish every row to NATS JetStream"),
+            "{stream}"
+        );
+        assert!(!stream.contains("Read the rows"), "{stream}");
+    }
 
     #[test]
     fn a_relative_time_may_start_with_a_minus_as_in_journalctl() {
