@@ -41,7 +41,7 @@ pub enum Command {
         /// Publication to stream.
         #[arg(long, default_value = "users_audit_pub")]
         publication: String,
-        /// Directory of the CSV files and the state file.
+        /// Directory of the CSV files and the state file (none with --no-files).
         #[arg(long, default_value = "./audit-stream")]
         out_dir: PathBuf,
         /// Write no files, only publish to JetStream (--nats): the stream resumes from the slot
