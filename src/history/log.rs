@@ -126,7 +126,7 @@ pub async fn log(
     if printed == 0 {
         let what = match &stats {
             Some(_) if matched > 0 => format!(
-                "no group of at least {} changes ({matched} rows matched{})",
+                "no group of at least {} changes{} ({matched} rows matched)",
                 query.min,
                 describe(query, &filter)
             ),
