@@ -100,7 +100,7 @@ pub async fn log(
         _ => true,
     };
     let printed = match &stats {
-        Some(stats) => stats.print(printer.out(), common.format)?,
+        Some(stats) => stats.print(printer.out()?, common.format)?,
         None => printer.printed,
     };
     printer.flush()?;

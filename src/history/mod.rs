@@ -21,6 +21,7 @@ mod rows;
 pub mod scan;
 mod searched;
 pub mod stats;
+mod text;
 pub mod time;
 
 use std::path::PathBuf;
