@@ -12,17 +12,11 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use audit_tail::cluster::Cluster;
 use audit_tail::nats_server::NatsServer;
-use support::{Cost, bench_cluster, env_or, measure, median};
-
-fn psql(cluster: &Cluster, sql: &str) -> String {
-    cluster.psql("bench", sql).expect("psql")
-}
+use support::{Cost, env_or, measure, median};
 
 fn count_rows(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
@@ -69,44 +63,13 @@ fn main() {
     let users = 200_000 * scale;
     let small = 20_000 * scale;
     let nats = NatsServer::start().expect("a throwaway nats-server");
-    let cluster = bench_cluster(Default::default(), users);
-    let slots: Vec<String> = (0..pairs * 2).map(|i| format!("bench_{i}")).collect();
-    for slot in &slots {
-        psql(
-            &cluster,
-            &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
-        );
-    }
-    psql(
-        &cluster,
-        "UPDATE users SET name = name || ' jr', role = 'admin'",
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("small.sql");
-    let mut f = std::fs::File::create(&script).unwrap();
-    for i in 1..=small {
-        writeln!(
-            f,
-            "UPDATE users SET email = 'changed{i}@example.com' WHERE id = {};",
-            1 + i % users
-        )
-        .unwrap();
-    }
-    drop(f);
-    let out = cluster
-        .client_command("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "bench", "-f"])
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let endpos = psql(&cluster, "SELECT pg_current_wal_lsn()")
-        .trim()
-        .to_string();
-    let rows: u64 = psql(&cluster, "SELECT count(*) FROM users_audit")
-        .trim()
-        .parse()
-        .unwrap();
+    let support::Backlog {
+        cluster,
+        slots,
+        dir,
+        endpos,
+        rows,
+    } = support::drain_backlog(users, small, pairs * 2);
     println!("nats: {rows} audit rows, end {endpos}");
 
     let mut files_only = Vec::new();

@@ -17,6 +17,16 @@
 --
 -- The columns of audit.log, in this order, are the CSV contract of the stream's files
 -- (audit.log_stream_YYYYMMDD.csv). Do not reorder them. See docs/audit-log.md.
+--
+-- One file, in this order (search for the name): storage (audit.log, its DEFAULT and settings,
+-- audit.log_exports and audit.log_fingerprint, audit.revoke_grants, audit.create_log_partition
+-- and audit.log_partitions); retention (audit.retention_plan, audit.retain, audit.log_storage);
+-- the trigger (audit.row_image, audit.changed_at, audit.log_change, audit.log_changes); pausing
+-- (audit.pause, audit.resume); tracking (audit.track, audit.untrack, audit.retrack_altered, the
+-- view audit.tracked); privileges; the nightly export (audit.log_rows, audit.export_log,
+-- audit.nightly_log); the indexes of `history --dsn`. It stays one file on purpose: it is what
+-- psql -f, `audit-tail setup` (which embeds it) and a migration tool apply as it is; psql's \ir
+-- would work for psql reading a file only (not stdin, setup or a migration tool).
 
 BEGIN;
 
@@ -240,23 +250,26 @@ $$;
 -- (ALTER DEFAULT PRIVILEGES ... GRANT ALL ON TABLES) would let a role write, or add a trigger that
 -- runs as whoever writes the log (its owner: the trigger function is SECURITY DEFINER). With
 -- keep_select, a role that could SELECT keeps that (a reader someone chose), and nothing else.
+-- The one place the log's grants are stripped: the log, its partitions and DEFAULT, the side
+-- tables, and the identity sequence of its ids (a sequence too, as REVOKE ... ON SEQUENCE).
 CREATE OR REPLACE FUNCTION audit.revoke_grants(tbl REGCLASS, keep_select BOOLEAN) RETURNS VOID
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     g RECORD;
+    kind TEXT := CASE WHEN (SELECT relkind FROM pg_class WHERE oid = tbl) = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END;
 BEGIN
-    EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', tbl);
+    EXECUTE format('REVOKE ALL ON %s %s FROM PUBLIC', kind, tbl);
     FOR g IN SELECT a.grantee::regrole::text AS grantee, bool_or(a.privilege_type = 'SELECT') AS reads
              FROM (SELECT (aclexplode(c.relacl)).* FROM pg_class c WHERE c.oid = tbl
                    UNION ALL
                    SELECT (aclexplode(t.attacl)).* FROM pg_attribute t WHERE t.attrelid = tbl AND t.attacl IS NOT NULL) a
              WHERE a.grantee <> 0 AND a.grantee <> (SELECT relowner FROM pg_class WHERE oid = tbl)
              GROUP BY a.grantee LOOP
-        EXECUTE format('REVOKE ALL ON %s FROM %s', tbl, g.grantee);
+        EXECUTE format('REVOKE ALL ON %s %s FROM %s', kind, tbl, g.grantee);
         IF keep_select AND g.reads THEN
-            EXECUTE format('GRANT SELECT ON %s TO %s', tbl, g.grantee);
+            EXECUTE format('GRANT SELECT ON %s %s TO %s', kind, tbl, g.grantee);
         END IF;
     END LOOP;
 END
@@ -1330,7 +1343,6 @@ JOIN pg_namespace n ON n.oid = c.relnamespace;
 DO $$
 DECLARE
     t TEXT;
-    seq TEXT := pg_get_serial_sequence('audit.log', 'id');
 BEGIN
     FOR t IN SELECT unnest(ARRAY['audit.log', 'audit.tracked_tables', 'audit.pauses',
                                  'audit.log_settings', 'audit.log_exports']) LOOP
@@ -1339,11 +1351,7 @@ BEGIN
     FOR t IN SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'audit.log'::regclass LOOP
         PERFORM audit.revoke_grants(t::regclass, false);
     END LOOP;
-    EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM PUBLIC', seq);
-    FOR t IN SELECT DISTINCT a.grantee::regrole::text FROM pg_class c, aclexplode(c.relacl) a
-             WHERE c.oid = seq::regclass AND a.grantee <> 0 AND a.grantee <> c.relowner LOOP
-        EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM %s', seq, t);
-    END LOOP;
+    PERFORM audit.revoke_grants(pg_get_serial_sequence('audit.log', 'id')::regclass, false);
 END
 $$;
 REVOKE ALL ON FUNCTION audit.revoke_grants(REGCLASS, BOOLEAN) FROM PUBLIC;

@@ -216,14 +216,18 @@ async fn no_grant_given_by_mistake_or_by_default_privileges_survives_on_the_log(
     let app = db.create_role("app", "LOGIN");
     let installer = scalar(&owner, "SELECT current_user::text").await;
     // As the trial did: every new table of schema audit granted to the application, and a
-    // mistaken GRANT ALL on the log, its DEFAULT and today's partition.
+    // mistaken GRANT ALL on the log, its DEFAULT and today's partition; and on the sequence of
+    // the log's ids.
     let today = scalar(&owner, "SELECT to_char(audit.log_today(), 'YYYYMMDD')").await;
     owner
         .batch_execute(&format!(
             "GRANT USAGE ON SCHEMA audit TO \"{app}\"; \
              ALTER DEFAULT PRIVILEGES FOR ROLE \"{installer}\" IN SCHEMA audit GRANT ALL ON TABLES TO \"{app}\"; \
              GRANT ALL ON audit.log, audit.log_default, audit.log_{today}, audit.pauses TO \"{app}\"; \
-             GRANT INSERT (actor) ON audit.log_default TO \"{app}\";"
+             GRANT INSERT (actor) ON audit.log_default TO \"{app}\"; \
+             ALTER DEFAULT PRIVILEGES FOR ROLE \"{installer}\" IN SCHEMA audit GRANT ALL ON SEQUENCES TO \"{app}\"; \
+             DO $$ BEGIN EXECUTE format('GRANT ALL ON SEQUENCE %s TO %I', \
+                 pg_get_serial_sequence('audit.log', 'id'), '{app}'); END $$;"
         ))
         .await
         .unwrap();

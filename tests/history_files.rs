@@ -46,8 +46,8 @@ fn a_record_across_a_key_change_and_its_state() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
         stdout,
-        "2026-11-23 10:00:00 public.orders INSERT {\"id\": 3} by alice (reason: \"two\\nlines\")\n\
-         2026-11-23 11:00:00 public.orders UPDATE {\"id\": 4} by bob: id, note\n"
+        "2026-11-23 10:00:00  public.orders  INSERT  {\"id\": 3}  by alice  (reason: \"two\\nlines\")\n\
+         2026-11-23 11:00:00  public.orders  UPDATE  {\"id\": 4}  by bob    id, note\n"
     );
     let at = |key: &str, at: &str| {
         run(
@@ -172,16 +172,6 @@ fn bad_input_exits_2_with_what_to_correct() {
             vec!["history", "users", "x"],
             "is not a user id",
         ),
-        (
-            dir.path(),
-            vec!["history", "nope", "1"],
-            "no row of public.nope",
-        ),
-        (
-            dir.path(),
-            vec!["log", "--table", "nope"],
-            "no row of public.nope",
-        ),
         (dir.path(), vec!["history", ".x", "1"], "is not a table"),
         (missing.as_path(), vec!["log"], "is not a directory"),
         (
@@ -202,6 +192,62 @@ fn bad_input_exits_2_with_what_to_correct() {
     }
     let (code, stdout, _) = run(dir.path(), &["history", "orders", "99"]);
     assert_eq!((code, stdout.as_str()), (Some(1), ""));
+    // The files cannot tell a wrong name from a tracked table that had no change: nothing
+    // matched, with what was read and what to check.
+    for args in [vec!["history", "nope", "1"], vec!["log", "--table", "nope"]] {
+        let (code, stdout, stderr) = run(dir.path(), &args);
+        assert_eq!((code, stdout.as_str()), (Some(1), ""), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "nothing matched: no row of public.nope in 1 file of audit.log in {} \
+                 (day 2026-11-23); if the name is right, the table has had no change there \
+                 (audit-tail tracked lists the tracked tables)",
+                dir.path().display()
+            )),
+            "{args:?}: {stderr}"
+        );
+    }
     let (code, _, _) = run(dir.path(), &["log", "--actor", "nobody"]);
     assert_eq!(code, Some(1));
+}
+
+/// `audit-tail ARGS` on a terminal (script(1) gives it one), with NO_COLOR set or not: what it
+/// printed.
+fn on_a_terminal(dir: &Path, args: &[&str], no_color: bool) -> String {
+    let mut command = vec![env!("CARGO_BIN_EXE_audit-tail").to_string()];
+    command.extend(args.iter().map(|a| a.to_string()));
+    command.extend(["--tz", "UTC", "--out-dir", dir.to_str().unwrap()].map(String::from));
+    let line = command
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut script = std::process::Command::new("script");
+    script.args(["-qec", &line, "/dev/null"]);
+    script.env_remove("NO_COLOR");
+    if no_color {
+        script.env("NO_COLOR", "1");
+    }
+    let output = script.output().expect("script(1), from bsdutils");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn text_is_coloured_only_on_a_terminal_without_no_color() {
+    let dir = out_dir();
+    let args = ["history", "orders", "3"];
+    let coloured = on_a_terminal(dir.path(), &args, false);
+    assert!(
+        coloured.contains("\x1b[32mINSERT\x1b[0m") && coloured.contains("\x1b[33mUPDATE\x1b[0m"),
+        "{coloured:?}"
+    );
+    let plain = on_a_terminal(dir.path(), &args, true);
+    assert!(!plain.contains('\x1b'), "NO_COLOR: {plain:?}");
+    assert!(
+        plain.contains("public.orders  INSERT  {\"id\": 3}"),
+        "{plain:?}"
+    );
+    let (_, piped, _) = run(dir.path(), &args);
+    assert!(!piped.contains('\x1b'), "a pipe: {piped:?}");
 }

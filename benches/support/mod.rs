@@ -260,3 +260,55 @@ pub fn median_f64(mut values: Vec<f64>) -> f64 {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }
+
+/// The drain benches' backlog (benches/drain.rs, benches/nats.rs): a cluster of `users` users,
+/// `slots` slots created at one point, then one bulk UPDATE of every user's name and role (two
+/// audit rows per user in one transaction) and `small` single-row transactions.
+pub struct Backlog {
+    pub cluster: audit_tail::cluster::Cluster,
+    pub slots: Vec<String>,
+    /// A temporary directory for the benches' outputs (the small transactions' script is here).
+    pub dir: tempfile::TempDir,
+    /// The WAL position after the backlog: drains run `--until` it.
+    pub endpos: String,
+    /// users_audit's rows after the backlog.
+    pub rows: u64,
+}
+
+pub fn drain_backlog(users: u64, small: u64, slots: u64) -> Backlog {
+    use std::io::Write;
+    let cluster = bench_cluster(Default::default(), users);
+    let psql = |sql: &str| cluster.psql("bench", sql).expect("psql");
+    let slots: Vec<String> = (0..slots).map(|i| format!("bench_{i}")).collect();
+    for slot in &slots {
+        psql(&format!(
+            "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+        ));
+    }
+    psql("UPDATE users SET name = name || ' jr', role = 'admin'");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("small.sql");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&script).unwrap());
+    for i in 1..=small {
+        writeln!(
+            f,
+            "UPDATE users SET email = 'changed{i}@example.com' WHERE id = {};",
+            1 + i % users
+        )
+        .unwrap();
+    }
+    drop(f);
+    psql_file(&cluster, &script);
+    let endpos = psql("SELECT pg_current_wal_lsn()").trim().to_string();
+    let rows = psql("SELECT count(*) FROM users_audit")
+        .trim()
+        .parse()
+        .unwrap();
+    Backlog {
+        cluster,
+        slots,
+        dir,
+        endpos,
+        rows,
+    }
+}

@@ -1,35 +1,21 @@
-//! The answers: a record's changes, its state at a moment, the rows of `log`, from the source the
-//! user chose; with `--both`, the rows each copy gave are kept and compared (both.rs).
+//! `history`: a record's changes, or its state at a moment, from the source the user chose; with
+//! `--both`, the rows each copy gave are kept and compared (both.rs). When nothing matched, it
+//! says so on stderr with what was read (searched.rs), the same from either copy.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::{NaiveDate, NaiveDateTime};
 use serde_json::Value;
 
 use super::filter::{self, Filter, Target};
 use super::output::Printer;
+use super::rows::Rows;
 use super::scan::{self, Row, RowIter, Trail};
-use super::{Common, HistoryError, HistoryQuery, LogQuery, Source, both, db, parse_time, window};
+use super::searched::{Searched, nothing_matched};
+use super::{HistoryError, HistoryQuery, Source, both, db, parse_time, window};
 
-/// Rows one at a time, from the files or from the database.
-pub trait Rows {
-    fn next_row(&mut self) -> Result<Option<Row>, HistoryError>;
-}
-
-impl Rows for RowIter {
-    fn next_row(&mut self) -> Result<Option<Row>, HistoryError> {
-        RowIter::next_row(self)
-    }
-}
-
-impl Rows for std::vec::IntoIter<Row> {
-    fn next_row(&mut self) -> Result<Option<Row>, HistoryError> {
-        Ok(self.next())
-    }
-}
-
-fn day(t: Option<NaiveDateTime>) -> Option<NaiveDate> {
+pub(super) fn day(t: Option<NaiveDateTime>) -> Option<NaiveDate> {
     t.map(|t| t.date())
 }
 
@@ -59,6 +45,7 @@ pub async fn history(
     };
     let mut printer = Printer::new(out, common.format, false);
     let mut kept = matches!(source, Source::Both(_)).then(Vec::new);
+    let dir = &common.out_dir;
     let found = match &target {
         Target::Users => {
             let id: i64 = query.key.trim().parse().map_err(|_| {
@@ -67,35 +54,53 @@ pub async fn history(
                     query.key
                 ))
             })?;
-            let mut rows: Box<dyn Rows> = match source {
-                Source::Database(client) => Box::new(db::users_rows(client, id).await?.into_iter()),
-                _ => Box::new(users_files(&common.out_dir, id, &ask)?),
+            let (mut rows, searched) = match source {
+                Source::Database(client) => (
+                    Rows::Read(db::users_rows(client, id).await?.into_iter()),
+                    Searched::Database(Trail::Users),
+                ),
+                _ => users_files(dir, id, &ask)?,
             };
-            users_answer(&mut *rows, id, &ask, &mut printer, kept.as_mut())?
+            let found = users_answer(&mut rows, id, &ask, &mut printer, kept.as_mut()).await?;
+            if !found {
+                nothing_matched(&ask.what(&format!("user {id}")), &[searched]);
+            }
+            found
         }
         Target::Log { .. } => {
-            let sample = match source {
-                Source::Files => sample_key(&common.out_dir, &target)?,
-                Source::Database(client) | Source::Both(client) => db::sample_key(client, &target)
-                    .await?
-                    .and_then(|k| serde_json::from_str::<Value>(&k).ok())
-                    .and_then(|k| k.as_object().cloned())
-                    .ok_or_else(|| HistoryError::UnknownTable {
-                        table: target.to_string(),
-                        dir: "the database's audit.log".into(),
-                    })?,
+            let (sample, searched) = match source {
+                Source::Files => sample_key(dir, &target)?,
+                Source::Database(client) | Source::Both(client) => (
+                    db::sample_key(client, &target)
+                        .await?
+                        .and_then(|k| serde_json::from_str::<Value>(&k).ok())
+                        .and_then(|k| k.as_object().cloned()),
+                    Searched::Database(Trail::Log),
+                ),
+            };
+            let Some(sample) = sample else {
+                no_row_of(source, &target, searched).await?;
+                return Ok(false);
             };
             let key =
                 super::rebuild::key_value(&query.key, &sample).map_err(HistoryError::BadKey)?;
-            let mut rows: Box<dyn Rows> = match source {
-                Source::Database(client) => Box::new(
-                    db::record_rows(client, &target, &key.to_string())
-                        .await?
-                        .into_iter(),
+            let (mut rows, searched) = match source {
+                Source::Database(client) => (
+                    Rows::Read(
+                        db::record_rows(client, &target, &key.to_string())
+                            .await?
+                            .into_iter(),
+                    ),
+                    Searched::Database(Trail::Log),
                 ),
-                _ => Box::new(record_files(&common.out_dir, &target, &key, &ask)?),
+                _ => record_files(dir, &target, &key, &ask)?,
             };
-            log_answer(&mut *rows, &target, &key, &ask, &mut printer, kept.as_mut())?
+            let found =
+                log_answer(&mut rows, &target, &key, &ask, &mut printer, kept.as_mut()).await?;
+            if !found {
+                nothing_matched(&ask.what(&format!("{target} {key}")), &[searched]);
+            }
+            found
         }
     };
     let agree = match (source, kept) {
@@ -125,6 +130,27 @@ pub async fn history(
     Ok(found && agree)
 }
 
+/// No row of `target` at all in the copy read: nothing matched (exit 1), said the same way from
+/// either copy, since the files cannot tell a tracked table that had no change from a wrong
+/// name; the database can, and a table it neither tracks nor logged is an error (exit 2).
+pub(super) async fn no_row_of(
+    source: &Source,
+    target: &Target,
+    searched: Searched,
+) -> Result<(), HistoryError> {
+    if let Source::Database(client) | Source::Both(client) = source
+        && !db::is_tracked(client, target).await?
+    {
+        return Err(HistoryError::UnknownTable {
+            table: target.to_string(),
+        });
+    }
+    tracing::info!(
+        "nothing matched: no row of {target} in {searched}; if the name is right, the table has had no change there (audit-tail tracked lists the tracked tables)"
+    );
+    Ok(())
+}
+
 /// What a history question asks beyond the record.
 struct Ask<'a> {
     field: Option<&'a str>,
@@ -145,18 +171,33 @@ impl Ask<'_> {
             }
         }
     }
+
+    /// The question, for "nothing matched": `no change of user 8 to field role from T1`.
+    fn what(&self, record: &str) -> String {
+        if let Some(at) = self.at {
+            return format!("no state of {record} at {at}");
+        }
+        let mut what = format!("no change of {record}");
+        if let Some(field) = self.field {
+            what.push_str(&format!(" to field {field}"));
+        }
+        what.push_str(&super::log::between(self.window.since, self.window.until));
+        what
+    }
 }
 
-/// The first key of `target` in the log's files: the key's columns and their types.
+/// The first key of `target` in the log's files (the key's columns and their types), and what
+/// was read to find it.
 pub(super) fn sample_key(
     dir: &Path,
     target: &Target,
-) -> Result<serde_json::Map<String, Value>, HistoryError> {
+) -> Result<(Option<serde_json::Map<String, Value>>, Searched), HistoryError> {
     let Target::Log { schema, table } = target else {
         unreachable!("only audit.log's tables have a sample key")
     };
     let (schema, table) = (schema.clone(), table.clone());
     let files = scan::files(dir, Trail::Log, None, None)?;
+    let searched = Searched::files(dir, Trail::Log, &files, None, None);
     let needles: scan::Needles =
         Box::new(move |_, columns| vec![filter::table_needle(&schema, &table, columns)]);
     let mut rows = RowIter::new(Trail::Log, files, needles);
@@ -165,13 +206,22 @@ pub(super) fn sample_key(
             && let Some(Value::Object(key)) =
                 row.get("key").and_then(|k| serde_json::from_str(k).ok())
         {
-            return Ok(key);
+            return Ok((Some(key), searched));
         }
     }
-    Err(HistoryError::UnknownTable {
-        table: target.to_string(),
-        dir: dir.to_path_buf(),
-    })
+    Ok((None, searched))
+}
+
+/// The files of `trail` in the days asked, and what they are.
+fn files_of(
+    dir: &Path,
+    trail: Trail,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+) -> Result<(Vec<(NaiveDate, PathBuf)>, Searched), HistoryError> {
+    let files = scan::files(dir, trail, from, to)?;
+    let searched = Searched::files(dir, trail, &files, from, to);
+    Ok((files, searched))
 }
 
 /// The files' records that may be of one audit.log record: those holding its key as the file
@@ -181,7 +231,7 @@ fn record_files(
     target: &Target,
     key: &Value,
     ask: &Ask,
-) -> Result<RowIter, HistoryError> {
+) -> Result<(Rows<'static>, Searched), HistoryError> {
     let needles: scan::Needles = match super::rebuild::key_needle(key) {
         Some(needle) => Box::new(move |_, _| vec![needle.clone(), b"TRUNCATE,".to_vec()]),
         None => {
@@ -195,16 +245,16 @@ fn record_files(
         Some(at) => (None, Some(at.date())),
         None => (day(ask.window.since), day(ask.window.until)),
     };
-    Ok(RowIter::new(
-        Trail::Log,
-        scan::files(dir, Trail::Log, from, to)?,
-        needles,
+    let (files, searched) = files_of(dir, Trail::Log, from, to)?;
+    Ok((
+        Rows::Files(Box::new(RowIter::new(Trail::Log, files, needles))),
+        searched,
     ))
 }
 
 /// The files' records that may be of one user: `,3,2026-11-23 ` (user_id then the day's
 /// changed_at) when those columns are neighbours.
-fn users_files(dir: &Path, id: i64, ask: &Ask) -> Result<RowIter, HistoryError> {
+fn users_files(dir: &Path, id: i64, ask: &Ask) -> Result<(Rows<'static>, Searched), HistoryError> {
     let needles: scan::Needles = Box::new(move |day, columns| {
         let at = |name: &str| columns.iter().position(|c| c == name);
         match (at("user_id"), at("changed_at")) {
@@ -219,24 +269,24 @@ fn users_files(dir: &Path, id: i64, ask: &Ask) -> Result<RowIter, HistoryError> 
         Some(_) => (None, None),
         None => (day(ask.window.since), day(ask.window.until)),
     };
-    Ok(RowIter::new(
-        Trail::Users,
-        scan::files(dir, Trail::Users, from, to)?,
-        needles,
+    let (files, searched) = files_of(dir, Trail::Users, from, to)?;
+    Ok((
+        Rows::Files(Box::new(RowIter::new(Trail::Users, files, needles))),
+        searched,
     ))
 }
 
-fn log_answer<W: Write>(
-    rows: &mut dyn Rows,
+async fn log_answer<W: Write>(
+    rows: &mut Rows<'_>,
     target: &Target,
     key: &Value,
-    ask: &Ask,
+    ask: &Ask<'_>,
     printer: &mut Printer<W>,
     mut kept: Option<&mut Vec<Row>>,
 ) -> Result<bool, HistoryError> {
     let mut state = super::rebuild::LogState::default();
     let mut printed = false;
-    while let Some(row) = rows.next_row()? {
+    while let Some(row) = rows.next_row().await? {
         if !super::rebuild::touches(&row, target, key) || !ask.relevant(&row) {
             continue;
         }
@@ -258,17 +308,17 @@ fn log_answer<W: Write>(
     Ok(shown.is_some())
 }
 
-fn users_answer<W: Write>(
-    rows: &mut dyn Rows,
+async fn users_answer<W: Write>(
+    rows: &mut Rows<'_>,
     id: i64,
-    ask: &Ask,
+    ask: &Ask<'_>,
     printer: &mut Printer<W>,
     mut kept: Option<&mut Vec<Row>>,
 ) -> Result<bool, HistoryError> {
     let id_text = id.to_string();
     let mut state = super::rebuild::UsersState::default();
     let mut printed = false;
-    while let Some(row) = rows.next_row()? {
+    while let Some(row) = rows.next_row().await? {
         if row.get("user_id") != Some(id_text.as_str()) || !ask.relevant(&row) {
             continue;
         }
@@ -309,132 +359,4 @@ fn only_field(state: Option<Value>, field: Option<&str>) -> Option<Value> {
         object.get(field).cloned().unwrap_or(Value::Null),
     );
     Some(Value::Object(one))
-}
-
-/// `log`: true when a row matched (exit 0), false when none did or, with `--both`, the copies
-/// disagree (exit 1).
-pub async fn log(
-    query: &LogQuery,
-    common: &Common,
-    source: &Source,
-    out: impl Write,
-) -> Result<bool, HistoryError> {
-    let (since, until) = window(common)?;
-    let target = query
-        .table
-        .as_deref()
-        .map(Target::parse)
-        .transpose()
-        .map_err(HistoryError::BadTable)?;
-    let filter = Filter {
-        target: target.clone(),
-        actor: query.actor.clone(),
-        op: query.op.as_ref().map(|op| op.to_ascii_uppercase()),
-        field: query.field.clone(),
-        since,
-        until,
-        reason: query.reason.clone(),
-        request_id: query.request_id.clone(),
-    };
-    let trails = filter.trails();
-    let mut printer = Printer::new(out, common.format, trails.len() > 1);
-    let mut sources: Vec<Box<dyn Rows>> = Vec::new();
-    let mut database = Vec::new();
-    for &trail in &trails {
-        match source {
-            Source::Files | Source::Both(_) => {
-                let files = scan::files(&common.out_dir, trail, day(since), day(until))?;
-                let f = filter.clone();
-                let needles: scan::Needles = Box::new(move |_, columns| f.needles(trail, columns));
-                sources.push(Box::new(RowIter::new(trail, files, needles)));
-            }
-            Source::Database(client) => {
-                sources.push(Box::new(
-                    db::filtered_rows(client, trail, &filter).await?.into_iter(),
-                ));
-            }
-        }
-        if let Source::Both(client) = source {
-            database.extend(db::filtered_rows(client, trail, &filter).await?);
-        }
-    }
-    let mut kept = Vec::new();
-    let mut merge = Merge::new(sources);
-    let mut stats = query
-        .stats
-        .clone()
-        .map(|by| super::stats::Stats::new(by, query.min));
-    let mut matched = 0;
-    while let Some(row) = merge.next_row()? {
-        if filter.matches(&row) {
-            matched += 1;
-            match stats.as_mut() {
-                Some(stats) => stats.add(&row),
-                None => printer.row(&row)?,
-            }
-            if matches!(source, Source::Both(_)) {
-                kept.push(row);
-            }
-        }
-    }
-    let agree = match source {
-        Source::Both(_) => {
-            database.retain(|row| filter.matches(row));
-            both::flag(&kept, &database, &mut printer, false)?
-        }
-        _ => true,
-    };
-    let printed = match &stats {
-        Some(stats) => stats.print(printer.out(), common.format)?,
-        None => printer.printed,
-    };
-    printer.flush()?;
-    if matched == 0
-        && let Some(target @ Target::Log { .. }) = &target
-    {
-        // Nothing matched: say so when the table itself is not in the trail (a typo).
-        match source {
-            Source::Database(client) | Source::Both(client) => {
-                if db::sample_key(client, target).await?.is_none() {
-                    return Err(HistoryError::UnknownTable {
-                        table: target.to_string(),
-                        dir: "the database's audit.log".into(),
-                    });
-                }
-            }
-            Source::Files => {
-                sample_key(&common.out_dir, target)?;
-            }
-        }
-    }
-    Ok(printed > 0 && agree)
-}
-
-/// The rows of several trails in the order of their changes.
-struct Merge {
-    sources: Vec<(Box<dyn Rows>, Option<Row>)>,
-}
-
-impl Merge {
-    fn new(sources: Vec<Box<dyn Rows>>) -> Merge {
-        Merge {
-            sources: sources.into_iter().map(|s| (s, None)).collect(),
-        }
-    }
-
-    fn next_row(&mut self) -> Result<Option<Row>, HistoryError> {
-        for (rows, next) in &mut self.sources {
-            if next.is_none() {
-                *next = rows.next_row()?;
-            }
-        }
-        let first = self
-            .sources
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (_, next))| next.as_ref().map(|row| (row.changed_at(), i)))
-            .min()
-            .map(|(_, i)| i);
-        Ok(first.and_then(|i| self.sources[i].1.take()))
-    }
 }

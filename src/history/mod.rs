@@ -3,26 +3,33 @@
 //! stream's files, with no database.
 //!
 //! Beside the flow, after the sinks: reads the files the file sink wrote (src/layout.rs), one
-//! record at a time. time.rs reads TIME arguments, scan.rs finds and reads the records, filter.rs
-//! says which records a question is about, rebuild.rs rebuilds a record's state, output.rs prints.
+//! record at a time. time.rs reads TIME arguments, scan.rs finds and reads the records (db.rs asks
+//! the database instead, rows.rs gives either one row at a time), filter.rs says which records a
+//! question is about, rebuild.rs rebuilds a record's state, answer.rs and log.rs answer, output.rs
+//! prints, searched.rs says what was read when nothing matched.
 
 mod answer;
 mod both;
 mod chunk;
 mod db;
 pub mod filter;
+mod log;
 pub mod output;
 mod progress;
 pub mod rebuild;
+mod rows;
 pub mod scan;
+mod searched;
 pub mod stats;
+mod text;
 pub mod time;
 
 use std::path::PathBuf;
 
 use chrono::{NaiveDateTime, Utc};
 
-pub use answer::{history, log};
+pub use answer::history;
+pub use log::log;
 pub use output::Format;
 pub use time::Zone;
 
@@ -36,9 +43,9 @@ pub enum HistoryError {
     #[error("{0}")]
     BadTable(String),
     #[error(
-        "no row of {table} in audit.log's files in {dir}: check the name (audit-tail tracked lists the tracked tables) and --out-dir"
+        "{table} is not tracked and the database's audit.log holds no row of it: check the name (audit-tail tracked lists the tracked tables)"
     )]
-    UnknownTable { table: String, dir: PathBuf },
+    UnknownTable { table: String },
     #[error("{0} is not a directory: give the stream's --out-dir")]
     NoOutDir(PathBuf),
     #[error("{file}, line {line}: {reason}: the file is not as the stream writes it")]

@@ -1,4 +1,4 @@
-//! How answers are printed: `text` for people (one line per change, as the stream prints rows),
+//! How answers are printed: `text` for people (one line per change in aligned columns, text.rs),
 //! JSON Lines and CSV for programs. A state at a moment is one object (or `null`).
 
 use std::io::Write;
@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::filter::text_array;
 use super::scan::{Row, Trail};
+use super::text::Columns;
 
 /// `--format` of `history` and `log`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub struct Printer<W: Write> {
     /// Both trails in one answer: CSV uses the log's shape.
     mixed: bool,
     header: Option<Rc<[String]>>,
+    /// The text columns (rows held until their widths are known).
+    columns: Columns,
     pub printed: usize,
 }
 
@@ -53,6 +56,7 @@ impl<W: Write> Printer<W> {
             format,
             mixed,
             header: None,
+            columns: Columns::new(format == Format::Text && super::text::colour_wanted()),
             printed: 0,
         }
     }
@@ -60,16 +64,7 @@ impl<W: Write> Printer<W> {
     pub fn row(&mut self, row: &Row) -> std::io::Result<()> {
         self.printed += 1;
         match self.format {
-            Format::Text => {
-                let names: Vec<&str> = row.columns.iter().map(String::as_str).collect();
-                let values: Vec<Option<&str>> = row.fields.iter().map(|f| f.as_deref()).collect();
-                let table = match row.trail {
-                    Trail::Users => "users_audit",
-                    Trail::Log => "log",
-                };
-                let line = crate::sink::text::format_row(table, &names, &values);
-                writeln!(self.out, "{line}")
-            }
+            Format::Text => self.columns.row(row, &mut self.out),
             Format::Json => writeln!(self.out, "{}", row_json(row)),
             Format::Csv if self.mixed => {
                 if self.header.is_none() {
@@ -127,17 +122,20 @@ impl<W: Write> Printer<W> {
         self.format
     }
 
-    /// One line as it is.
+    /// One line as it is, after the rows before it.
     pub fn line(&mut self, text: &str) -> std::io::Result<()> {
+        self.columns.release(&mut self.out)?;
         writeln!(self.out, "{text}")
     }
 
-    /// The writer, for answers that are not rows (`--stats`).
-    pub fn out(&mut self) -> &mut W {
-        &mut self.out
+    /// The writer, for answers that are not rows (`--stats`), after the rows before.
+    pub fn out(&mut self) -> std::io::Result<&mut W> {
+        self.columns.release(&mut self.out)?;
+        Ok(&mut self.out)
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {
+        self.columns.release(&mut self.out)?;
         self.out.flush()
     }
 }
