@@ -9,6 +9,12 @@
 //! and the checkpoint stored, and only up to the last complete transaction (AckAll). On every
 //! start and after every NATS failure, the consumer is made again to deliver from the first
 //! message after its acknowledged floor: in order, never past anything not on disk.
+//!
+//! Digests (`digests`): when the stream signs (`--signing-key`), its digests are copied into the
+//! out-dir at the durable point, each once the archive's files are durable past what it covers,
+//! so `verify --integrity` works on the archive as on the stream's out-dir.
+
+mod digests;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,6 +23,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
 use tokio::sync::watch;
+
+use ed25519_dalek::VerifyingKey;
 
 use crate::capture::Table;
 use crate::lsn::Lsn;
@@ -45,6 +53,9 @@ pub struct ArchiveConfig {
     /// The subjects archived (one database's: `<prefix>.<database>.>`); all under the prefix
     /// when `None`.
     pub filter: Option<String>,
+    /// `--public-key`: the keys the stream's digests must be signed with (none: their
+    /// signatures are not checked, only their chain and the bytes they name).
+    pub public_keys: Vec<VerifyingKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +74,9 @@ pub enum ArchiveError {
     /// NATS failed in a way waiting can fix (retried).
     #[error("NATS: {0}")]
     Link(String),
+    /// Writing the stream's digests into the out-dir.
+    #[error(transparent)]
+    Integrity(#[from] crate::integrity::IntegrityError),
 }
 
 impl ArchiveError {
@@ -90,6 +104,10 @@ struct Archive {
     /// `--metrics`: the consumer's pending messages (the row and byte counts go through the
     /// file sink's hooks).
     pending: Option<prometheus_client::metrics::gauge::Gauge>,
+    /// The stream's digests, written at durable points.
+    digests: digests::Digests,
+    /// This session's reader of the digests' subject.
+    reader: Option<digests::Reader>,
 }
 
 /// Archives until `shutdown` turns true (exit 0) or a fatal error.
@@ -106,7 +124,9 @@ pub async fn run(
             "messages in JetStream the archive's consumer has yet to deliver",
         )
     });
-    tracing::info!(out_dir = %config.out_dir.display(), durable = %files.durable_lsn(), "archiving");
+    let digests = digests::Digests::open(&config.out_dir, &config.public_keys)?;
+    tracing::info!(out_dir = %config.out_dir.display(), durable = %files.durable_lsn(),
+        newest_digest = digests.newest(), "archiving");
     let mut archive = Archive {
         files,
         tables: Vec::new(),
@@ -115,6 +135,8 @@ pub async fn run(
         dirty: false,
         rows: 0,
         pending,
+        digests,
+        reader: None,
     };
     let mut backoff = BACKOFF_FIRST;
     loop {
@@ -130,6 +152,8 @@ pub async fn run(
                 });
                 archive.open = None;
                 archive.to_ack = None;
+                archive.reader = None;
+                archive.digests.forget_received();
                 tracing::warn!(error = %e, retry_in = ?backoff, "archive interrupted; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -162,6 +186,12 @@ impl Archive {
         let js = jetstream::new(client);
         let stream = config.nats.stream(&js).await?;
         let consumer = self.consumer(config, &stream).await?;
+        self.reader = Some(digests::Reader::start(
+            js.clone(),
+            config.nats.clone(),
+            format!("{}-digests", config.consumer),
+            digests::subject_for(&config.nats, config.filter.as_deref()),
+        ));
         if let Some(pending) = &self.pending {
             pending.set(consumer.cached_info().num_pending as i64);
         }
@@ -344,6 +374,12 @@ impl Archive {
                 .await
                 .map_err(|e| ArchiveError::Link(format!("could not acknowledge: {e}")))?;
         }
+        // The digests the files now cover: after the fsync and the checkpoint, never before.
+        if let Some(reader) = &mut self.reader {
+            self.digests.receive_from(reader);
+        }
+        self.digests.after_durable(self.files.durable())?;
+        self.digests.acknowledge().await;
         Ok(())
     }
 }
