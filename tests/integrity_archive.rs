@@ -267,3 +267,86 @@ async fn a_forged_digest_in_jetstream_is_refused_and_the_real_one_written() {
     let (code, report) = verify_integrity(archive_out.path(), &[&public], &[]);
     assert_eq!(code, Some(0), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_archive_rebuilds_sealed_days_manifests_and_its_chain_spans_days() {
+    let nats = NatsServer::start().expect("start nats-server");
+    let url = nats.url();
+    let db = TestDb::new("integrity_archive_days");
+    db.install();
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(keys.path(), "signing.key");
+    let stream_out = tempfile::tempdir().unwrap();
+    let archive_out = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let archive_log = logs.path().join("archive.log");
+    let mut args = vec!["--status-interval", "1"];
+    args.extend(signed_args(&key, &url));
+    let mut stream = spawn_logged(
+        stream_command(&db, stream_out.path(), &args),
+        &logs.path().join("stream.log"),
+    );
+    wait::streaming(&db, &db.name);
+    // Rows of days long over: the stream seals those days, and its digests sign the manifests.
+    for (day, v) in [("2020-01-15", "one"), ("2020-01-16", "two")] {
+        db.psql(&format!(
+            "INSERT INTO users_audit (user_id, changed_at, changed_by, field_changed, old_value, new_value) \
+             VALUES (1, '{day} 10:00:00', 'archivist', 'name', 'a', '{v}');"
+        ));
+    }
+    db.psql("INSERT INTO users (name, role) VALUES ('today', 'user')");
+    db.psql("UPDATE users SET name = 'today!'");
+    wait::caught_up(&db, &db.name);
+    let signed_manifests = || -> Vec<String> {
+        digests(stream_out.path())
+            .iter()
+            .flat_map(|(_, text)| {
+                audit_tail::integrity::digest::decode(text, Path::new("d"))
+                    .unwrap()
+                    .digest
+                    .manifests
+            })
+            .map(|(name, _)| name)
+            .collect()
+    };
+    wait::until(
+        "both days sealed and signed",
+        Duration::from_secs(60),
+        || {
+            let m = signed_manifests();
+            m.contains(&"20200115.manifest".to_string())
+                && m.contains(&"20200116.manifest".to_string())
+        },
+    );
+    let (code, _) = nats_support::terminate(&mut stream);
+    assert_eq!(code, Some(0));
+
+    let mut child = archive(&url, archive_out.path(), Some(&public), &archive_log);
+    wait_same_files(stream_out.path(), archive_out.path());
+    wait_same_digests(stream_out.path(), archive_out.path());
+    let (code, _) = nats_support::terminate(&mut child);
+    let log = std::fs::read_to_string(&archive_log).unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(digests(archive_out.path()), digests(stream_out.path()));
+    // The manifests, byte for byte the stream's.
+    for day in ["20200115", "20200116"] {
+        let name = format!("audit-tail.days/{day}.manifest");
+        assert_eq!(
+            std::fs::read(archive_out.path().join(&name)).ok(),
+            std::fs::read(stream_out.path().join(&name)).ok(),
+            "{name}: {log}"
+        );
+    }
+    let (code, report) = verify_integrity(archive_out.path(), &[&public], &[]);
+    assert_eq!(code, Some(0), "{report}\n{log}");
+    // And restarted on them, the archive goes on: the sealed days' files are left alone.
+    db.psql("UPDATE users SET name = 'later'");
+    catch_up_signed(&db, stream_out.path(), &key, &url);
+    let mut child = archive(&url, archive_out.path(), Some(&public), &archive_log);
+    wait_same_files(stream_out.path(), archive_out.path());
+    wait_same_digests(stream_out.path(), archive_out.path());
+    let (code, _) = nats_support::terminate(&mut child);
+    assert_eq!(code, Some(0));
+    let (code, report) = verify_integrity(archive_out.path(), &[&public], &[]);
+    assert_eq!(code, Some(0), "{report}");
+}

@@ -3,9 +3,9 @@
 //! src/integrity/nats.rs), so that `verify --integrity --out-dir ARCHIVE` walks the same chain
 //! over the archive's own files.
 //!
-//! - `Reader`: a task of its own reads the digests' subject through a durable consumer
-//!   (`<--nats-consumer>-digests`) and hands each message over a channel: the row path never
-//!   waits for a digest. Until the digests' stream exists (an unsigned stream), it looks again
+//! - `Reader` (digest_reader.rs): a task of its own reads the digests' subject through a
+//!   durable consumer (`<--nats-consumer>-digests`) and hands each message over a channel: the
+//!   row path never waits for a digest. Until the digests' stream exists (an unsigned stream), it looks again
 //!   every few seconds and the archive behaves as before.
 //! - `Digests`: at the archive's durable point, after the fsync and the checkpoint, the digest
 //!   that follows the newest one on disk is written once every file it names is durable in the
@@ -29,155 +29,24 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use chrono::NaiveDate;
 use ed25519_dalek::VerifyingKey;
-use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
 
 use crate::checkpoint::Checkpoint;
 use crate::integrity::digest::{self, Signed};
 use crate::integrity::hasher::PrefixHasher;
 use crate::integrity::keys::key_id;
-use crate::integrity::nats::{SEQ_HEADER, stream_name};
+use crate::integrity::nats::SEQ_HEADER;
 use crate::integrity::{IntegrityError, chain, hex};
-use crate::sink::nats::NatsConfig;
 use crate::sink::seal::{self, DAYS_DIR, Manifest};
 
-/// How often the reader looks for the digests' stream while there is none.
-const LOOK_AGAIN: Duration = Duration::from_secs(5);
-const RETRY_FIRST: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(30);
+pub use super::digest_reader::{Reader, subject_for};
+
 /// How long a digest may wait for the archive's files before a warning says what it waits for.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// The subject of the digests of the rows `filter` archives: `<prefix>-digests.<database>` when
-/// it names one database (`<prefix>.<database>.>`), else every database's, of which the archive
-/// takes the first it sees.
-pub fn subject_for(nats: &NatsConfig, filter: Option<&str>) -> String {
-    let database = filter
-        .and_then(|f| f.strip_prefix(nats.subject_prefix.as_str()))
-        .and_then(|f| f.strip_prefix('.'))
-        .and_then(|f| f.strip_suffix(".>"))
-        .filter(|d| !d.is_empty() && !d.contains(['.', '*', '>']));
-    match database {
-        Some(db) => format!("{}-digests.{db}", nats.subject_prefix),
-        None => format!("{}-digests.*", nats.subject_prefix),
-    }
-}
-
-/// The task reading the digests' subject, ended when dropped.
-pub struct Reader {
-    task: tokio::task::JoinHandle<()>,
-    pub messages: mpsc::UnboundedReceiver<jetstream::Message>,
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Reader {
-    pub fn start(
-        js: jetstream::Context,
-        nats: NatsConfig,
-        durable: String,
-        subject: String,
-    ) -> Reader {
-        let (tx, messages) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            let mut wait = RETRY_FIRST;
-            let mut said_none = false;
-            loop {
-                match read(&js, &nats, &durable, &subject, &tx, &mut said_none).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?wait, "cannot read the stream's digests from JetStream yet");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(RETRY_MAX);
-                    }
-                }
-            }
-        });
-        Reader { task, messages }
-    }
-}
-
-/// Reads the digests until the archive stops listening (Ok) or NATS fails (Err).
-async fn read(
-    js: &jetstream::Context,
-    nats: &NatsConfig,
-    durable: &str,
-    subject: &str,
-    tx: &mpsc::UnboundedSender<jetstream::Message>,
-    said_none: &mut bool,
-) -> Result<(), String> {
-    let name = stream_name(nats);
-    let stream = loop {
-        match js.get_stream(&name).await {
-            Ok(stream) => break stream,
-            Err(e)
-                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
-                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-            {
-                if !*said_none {
-                    tracing::info!(stream = %name,
-                        "no digests in JetStream (the stream does not run with --signing-key): the archive writes none until it does");
-                    *said_none = true;
-                }
-                if tx.is_closed() {
-                    return Ok(());
-                }
-                tokio::time::sleep(LOOK_AGAIN).await;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    };
-    // Delivered again from the first digest not acknowledged (not yet written), as the rows are.
-    let floor = match stream.get_consumer::<consumer::pull::Config>(durable).await {
-        Ok(mut existing) => {
-            let floor = existing
-                .info()
-                .await
-                .map_err(|e| e.to_string())?
-                .ack_floor
-                .stream_sequence;
-            stream
-                .delete_consumer(durable)
-                .await
-                .map_err(|e| e.to_string())?;
-            floor
-        }
-        Err(e) if e.to_string().contains("not found") => 0,
-        Err(e) => return Err(e.to_string()),
-    };
-    tracing::info!(consumer = %durable, %subject, from_sequence = floor + 1, "reading the stream's digests");
-    let consumer = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some(durable.to_string()),
-            filter_subject: subject.to_string(),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: floor + 1,
-            },
-            ack_policy: consumer::AckPolicy::All,
-            ack_wait: Duration::from_secs(300),
-            max_ack_pending: -1,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| e.to_string())?;
-        if tx.send(message).is_err() {
-            return Ok(());
-        }
-    }
-    Err("the digests' consumer ended".into())
-}
 
 /// The newest digest on disk: the next one must chain onto it.
 #[derive(Debug, Clone)]

@@ -14,6 +14,7 @@
 //! out-dir at the durable point, each once the archive's files are durable past what it covers,
 //! so `verify --integrity` works on the archive as on the stream's out-dir.
 
+mod digest_reader;
 mod digests;
 
 use std::path::PathBuf;
