@@ -14,6 +14,7 @@
 //! out-dir at the durable point, each once the archive's files are durable past what it covers,
 //! so `verify --integrity` works on the archive as on the stream's out-dir.
 
+mod decode;
 mod digest_reader;
 mod digests;
 
@@ -304,8 +305,12 @@ impl Archive {
         if let (Some(pending), Some(info)) = (&self.pending, &info) {
             pending.set(info.pending as i64);
         }
-        let what = format!("{} (stream sequence {sequence})", message.subject);
-        let position = message::position(message.headers.as_ref(), &what)?;
+        // Named only in an error: formatting it for every row cost as much as a header.
+        let what = || format!("{} (stream sequence {sequence})", message.subject);
+        let position = message::position(message.headers.as_ref(), "").map_err(|mut e| {
+            e.what = what();
+            e
+        })?;
         let order = |why: String| ArchiveError::Order { sequence, why };
         if position.commit_lsn < self.files.durable_lsn()
             && self
@@ -346,7 +351,8 @@ impl Archive {
             }
             None => {}
         }
-        let row = message::decode_row(&message.payload, &mut self.tables, &what)?;
+        let row = decode::decode_row(&message.payload, &mut self.tables)
+            .map_err(|why| ForeignMessage { what: what(), why })?;
         self.files.append(&row, position.commit_time)?;
         crate::metrics::get().inspect(|m| m.row("files", &row.table));
         self.rows += 1;
