@@ -3,7 +3,8 @@
 //! `String` per key and value, and the column names copied again): that was the largest part of
 //! the archive's CPU (`cargo bench --bench nats` under `perf record`). Strings are borrowed from
 //! the body unless they hold escapes; the table's column names are compared, not copied, once
-//! the table is known.
+//! the table is known. `position` reads the headers in one pass, as `message::position` does
+//! with a hashed look-up per name.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -15,6 +16,41 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::capture::{Row, Table};
+use crate::lsn::{Lsn, PgTimestamp};
+use crate::sink::nats::message::{COMMIT_LSN, COMMIT_TIME, END_LSN, INDEX, Position};
+
+/// Where a message sits, as `sink::nats::message::position` reads it; `Err` says why not.
+pub fn position(headers: Option<&async_nats::HeaderMap>) -> Result<Position, String> {
+    let headers = headers.ok_or("it has no headers")?;
+    let (mut lsn, mut time, mut index, mut end) = (None, None, None, None);
+    for (name, values) in headers.iter() {
+        let slot = match AsRef::<str>::as_ref(name) {
+            COMMIT_LSN => &mut lsn,
+            COMMIT_TIME => &mut time,
+            INDEX => &mut index,
+            END_LSN => &mut end,
+            _ => continue,
+        };
+        *slot = values.first().map(|v| v.as_str());
+    }
+    fn need<'a>(name: &str, v: Option<&'a str>) -> Result<&'a str, String> {
+        v.ok_or_else(|| format!("no {name} header"))
+    }
+    let parse_lsn =
+        |name: &str, text: &str| text.parse::<Lsn>().map_err(|e| format!("{name}: {e}"));
+    let number = |name: &str, text: &str| {
+        text.parse::<i64>()
+            .map_err(|e| format!("{name} {text:?}: {e}"))
+    };
+    Ok(Position {
+        commit_lsn: parse_lsn(COMMIT_LSN, need(COMMIT_LSN, lsn)?)?,
+        commit_time: PgTimestamp(number(COMMIT_TIME, need(COMMIT_TIME, time)?)?),
+        index: number(INDEX, need(INDEX, index)?)?
+            .try_into()
+            .map_err(|_| format!("negative {INDEX}"))?,
+        end_lsn: end.map(|t| parse_lsn(END_LSN, t)).transpose()?,
+    })
+}
 
 /// A JSON string, borrowed from the body when it has no escape.
 struct Text<'a>(Cow<'a, str>);
@@ -190,6 +226,47 @@ mod tests {
         assert!(
             Arc::ptr_eq(&first.table, &again.table),
             "one Table per shape"
+        );
+    }
+
+    #[test]
+    fn positions_read_as_the_sinks_reader_reads_them() {
+        for expected in [
+            Position {
+                commit_lsn: Lsn(0x1_0000_0020),
+                commit_time: PgTimestamp(814_000_000_123_456),
+                index: 0,
+                end_lsn: None,
+            },
+            Position {
+                commit_lsn: Lsn(0x10),
+                commit_time: PgTimestamp(-5),
+                index: 41,
+                end_lsn: Some(Lsn(0x2_0000_0000)),
+            },
+        ] {
+            let headers = message::headers("db", &expected);
+            assert_eq!(position(Some(&headers)), Ok(expected));
+            assert_eq!(message::position(Some(&headers), "m").unwrap(), expected);
+        }
+        assert!(position(None).is_err());
+        for (name, value) in [(INDEX, "-1"), (COMMIT_LSN, "x"), (COMMIT_TIME, "1.5")] {
+            let mut headers = message::headers(
+                "db",
+                &Position {
+                    commit_lsn: Lsn(1),
+                    commit_time: PgTimestamp(1),
+                    index: 1,
+                    end_lsn: None,
+                },
+            );
+            headers.insert(name, value);
+            assert!(position(Some(&headers)).is_err(), "{name} {value}");
+            assert!(message::position(Some(&headers), "m").is_err());
+        }
+        assert_eq!(
+            position(Some(&async_nats::HeaderMap::new())),
+            Err(format!("no {COMMIT_LSN} header"))
         );
     }
 

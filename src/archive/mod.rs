@@ -32,7 +32,7 @@ use crate::capture::Table;
 use crate::lsn::Lsn;
 use crate::sink::copy_csv::Cells;
 use crate::sink::files::{SinkError, StreamFiles};
-use crate::sink::nats::message::{self, ForeignMessage};
+use crate::sink::nats::message::ForeignMessage;
 use crate::sink::nats::{NatsConfig, NatsError};
 
 /// Messages asked for at once.
@@ -307,10 +307,8 @@ impl Archive {
         }
         // Named only in an error: formatting it for every row cost as much as a header.
         let what = || format!("{} (stream sequence {sequence})", message.subject);
-        let position = message::position(message.headers.as_ref(), "").map_err(|mut e| {
-            e.what = what();
-            e
-        })?;
+        let position = decode::position(message.headers.as_ref())
+            .map_err(|why| ForeignMessage { what: what(), why })?;
         let order = |why: String| ArchiveError::Order { sequence, why };
         if position.commit_lsn < self.files.durable_lsn()
             && self
