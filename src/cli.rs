@@ -128,6 +128,11 @@ pub enum Command {
         metrics: Option<std::net::SocketAddr>,
         #[command(flatten)]
         nats: Box<NatsArgs>,
+        /// The public key (PATH.pub from keygen) the stream signs its digests with; give one per
+        /// key across a rotation. The archive then writes only digests it signed. Without it the
+        /// stream's digests are still copied, checked for their chain and bytes only.
+        #[arg(long, value_name = "PUB")]
+        public_key: Vec<PathBuf>,
     },
     /// Apply sql/install.sql, then sql/audit_log.sql (both embedded in this binary), to the database.
     Setup {

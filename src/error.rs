@@ -304,6 +304,7 @@ impl Classify for crate::archive::ArchiveError {
             // What JetStream holds is not what `stream --nats` writes.
             ArchiveError::Foreign(_) | ArchiveError::Order { .. } => Kind::Data,
             ArchiveError::Link(_) => Kind::Transient,
+            ArchiveError::Integrity(e) => integrity(e),
         }
     }
 }

@@ -244,7 +244,12 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             safe_csv,
             metrics,
             nats,
+            public_key,
         } => {
+            let public_keys = public_key
+                .iter()
+                .map(|p| audit_tail::integrity::load_public_key(p))
+                .collect::<Result<Vec<_>, _>>()?;
             if let Some(addr) = metrics {
                 audit_tail::metrics::install(addr)?;
             }
@@ -261,6 +266,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 cells: if safe_csv { Cells::Safe } else { Cells::Exact },
                 consumer: nats_consumer,
                 filter: nats_filter,
+                public_keys,
             };
             audit_tail::archive::run(config, shutdown_on_signal()).await?;
             Ok(ExitCode::SUCCESS)

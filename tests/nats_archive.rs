@@ -59,6 +59,12 @@ async fn the_archive_writes_the_streams_files_byte_for_byte_and_verify_accepts_t
     wait_same_files(stream_out.path(), archive_out.path());
     let (code, stderr) = archive.terminate();
     assert_eq!(code, Some(0), "archive stops on SIGTERM with 0: {stderr}");
+    // An unsigned stream publishes no digests: the archive writes none, and says why.
+    assert!(
+        !archive_out.path().join("audit-tail.digests").exists(),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no digests in JetStream"), "{stderr}");
 
     let rows = common::assert_files_equal_table(&db, archive_out.path()).await;
     assert!(rows > 100, "{rows}");

@@ -9,6 +9,14 @@
 //! and the checkpoint stored, and only up to the last complete transaction (AckAll). On every
 //! start and after every NATS failure, the consumer is made again to deliver from the first
 //! message after its acknowledged floor: in order, never past anything not on disk.
+//!
+//! Digests (`digests`): when the stream signs (`--signing-key`), its digests are copied into the
+//! out-dir at the durable point, each once the archive's files are durable past what it covers,
+//! so `verify --integrity` works on the archive as on the stream's out-dir.
+
+mod decode;
+mod digest_reader;
+mod digests;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -18,11 +26,13 @@ use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+use ed25519_dalek::VerifyingKey;
+
 use crate::capture::Table;
 use crate::lsn::Lsn;
 use crate::sink::copy_csv::Cells;
 use crate::sink::files::{SinkError, StreamFiles};
-use crate::sink::nats::message::{self, ForeignMessage};
+use crate::sink::nats::message::ForeignMessage;
 use crate::sink::nats::{NatsConfig, NatsError};
 
 /// Messages asked for at once.
@@ -33,6 +43,10 @@ const FETCH_WAIT: Duration = Duration::from_millis(200);
 const STALL: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// While a backlog is read (fetches come back full), the longest between durable points: each
+/// costs an fsync of the files, one of the checkpoint and an acknowledgement's round trip, which
+/// after every batch took most of the archive's time.
+const DURABLE_EVERY: Duration = Duration::from_millis(250);
 
 /// Everything `archive` needs.
 #[derive(Debug, Clone)]
@@ -45,6 +59,9 @@ pub struct ArchiveConfig {
     /// The subjects archived (one database's: `<prefix>.<database>.>`); all under the prefix
     /// when `None`.
     pub filter: Option<String>,
+    /// `--public-key`: the keys the stream's digests must be signed with (none: their
+    /// signatures are not checked, only their chain and the bytes they name).
+    pub public_keys: Vec<VerifyingKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +80,9 @@ pub enum ArchiveError {
     /// NATS failed in a way waiting can fix (retried).
     #[error("NATS: {0}")]
     Link(String),
+    /// Writing the stream's digests into the out-dir.
+    #[error(transparent)]
+    Integrity(#[from] crate::integrity::IntegrityError),
 }
 
 impl ArchiveError {
@@ -90,6 +110,10 @@ struct Archive {
     /// `--metrics`: the consumer's pending messages (the row and byte counts go through the
     /// file sink's hooks).
     pending: Option<prometheus_client::metrics::gauge::Gauge>,
+    /// The stream's digests, written at durable points.
+    digests: digests::Digests,
+    /// This session's reader of the digests' subject.
+    reader: Option<digests::Reader>,
 }
 
 /// Archives until `shutdown` turns true (exit 0) or a fatal error.
@@ -106,7 +130,9 @@ pub async fn run(
             "messages in JetStream the archive's consumer has yet to deliver",
         )
     });
-    tracing::info!(out_dir = %config.out_dir.display(), durable = %files.durable_lsn(), "archiving");
+    let digests = digests::Digests::open(&config.out_dir, &config.public_keys)?;
+    tracing::info!(out_dir = %config.out_dir.display(), durable = %files.durable_lsn(),
+        newest_digest = digests.newest(), "archiving");
     let mut archive = Archive {
         files,
         tables: Vec::new(),
@@ -115,6 +141,8 @@ pub async fn run(
         dirty: false,
         rows: 0,
         pending,
+        digests,
+        reader: None,
     };
     let mut backoff = BACKOFF_FIRST;
     loop {
@@ -130,6 +158,8 @@ pub async fn run(
                 });
                 archive.open = None;
                 archive.to_ack = None;
+                archive.reader = None;
+                archive.digests.forget_received();
                 tracing::warn!(error = %e, retry_in = ?backoff, "archive interrupted; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -162,9 +192,16 @@ impl Archive {
         let js = jetstream::new(client);
         let stream = config.nats.stream(&js).await?;
         let consumer = self.consumer(config, &stream).await?;
+        self.reader = Some(digests::Reader::start(
+            js.clone(),
+            config.nats.clone(),
+            format!("{}-digests", config.consumer),
+            digests::subject_for(&config.nats, config.filter.as_deref()),
+        ));
         if let Some(pending) = &self.pending {
             pending.set(consumer.cached_info().num_pending as i64);
         }
+        let mut last_durable = std::time::Instant::now();
         loop {
             let batch = tokio::select! {
                 biased;
@@ -176,6 +213,7 @@ impl Archive {
                 batch = consumer.fetch().max_messages(BATCH).expires(FETCH_WAIT).messages() => batch,
             };
             let mut batch = batch.map_err(|e| ArchiveError::Link(e.to_string()))?;
+            let mut got = 0;
             loop {
                 // While NATS is down a fetch neither ends nor fails: give up on it after STALL
                 // and connect again, and stop on a signal at any message.
@@ -197,11 +235,17 @@ impl Archive {
                     }
                     Ok(None) => break,
                     Ok(Some(message)) => {
+                        got += 1;
                         self.take(message.map_err(|e| ArchiveError::Link(e.to_string()))?)?
                     }
                 }
             }
-            self.durable_point().await?;
+            // Caught up (the fetch came back short): durable at once. Reading a backlog: every
+            // DURABLE_EVERY.
+            if got < BATCH || last_durable.elapsed() >= DURABLE_EVERY {
+                self.durable_point().await?;
+                last_durable = std::time::Instant::now();
+            }
         }
     }
 
@@ -261,8 +305,10 @@ impl Archive {
         if let (Some(pending), Some(info)) = (&self.pending, &info) {
             pending.set(info.pending as i64);
         }
-        let what = format!("{} (stream sequence {sequence})", message.subject);
-        let position = message::position(message.headers.as_ref(), &what)?;
+        // Named only in an error: formatting it for every row cost as much as a header.
+        let what = || format!("{} (stream sequence {sequence})", message.subject);
+        let position = decode::position(message.headers.as_ref())
+            .map_err(|why| ForeignMessage { what: what(), why })?;
         let order = |why: String| ArchiveError::Order { sequence, why };
         if position.commit_lsn < self.files.durable_lsn()
             && self
@@ -303,7 +349,8 @@ impl Archive {
             }
             None => {}
         }
-        let row = message::decode_row(&message.payload, &mut self.tables, &what)?;
+        let row = decode::decode_row(&message.payload, &mut self.tables)
+            .map_err(|why| ForeignMessage { what: what(), why })?;
         self.files.append(&row, position.commit_time)?;
         crate::metrics::get().inspect(|m| m.row("files", &row.table));
         self.rows += 1;
@@ -344,6 +391,12 @@ impl Archive {
                 .await
                 .map_err(|e| ArchiveError::Link(format!("could not acknowledge: {e}")))?;
         }
+        // The digests the files now cover: after the fsync and the checkpoint, never before.
+        if let Some(reader) = &mut self.reader {
+            self.digests.receive_from(reader);
+        }
+        self.digests.after_durable(self.files.durable())?;
+        self.digests.acknowledge().await;
         Ok(())
     }
 }
