@@ -246,7 +246,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             nats,
         } => {
             if let Some(addr) = metrics {
-                audit_tail::metrics::install(addr)?;
+                audit_tail::metrics::install(addr, audit_tail::metrics::Role::Archive)?;
             }
             let Some(nats) = nats.config() else {
                 return Err(audit_tail::wire::params::ParamsError::Invalid(
@@ -290,7 +290,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             nats,
         } => {
             if let Some(addr) = metrics {
-                audit_tail::metrics::install(addr)?;
+                audit_tail::metrics::install(addr, audit_tail::metrics::Role::Stream)?;
             }
             let config = StreamConfig {
                 conn: ConnParams::resolve(dsn.dsn.as_deref(), &env)?,
