@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
@@ -14,7 +13,7 @@ use audit_tail::wire::ConnParams;
 use audit_tail::{Error, error, sql};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
