@@ -30,8 +30,12 @@
 //! checkpoint's file lengths). The stream's progress reports each sink's durable position
 //! (`sink_position`) whenever it asks the sinks for it. A sink that becomes durable later than it
 //! accepts (JetStream) reports each row with its bytes (`row_bytes`) and each transaction with
-//! its end position (`commit_at`), and its rows count once its durable position passes them. Every name starts with `audit_tail_`; units are in the names;
-//! docs/operations.md ("Metrics and alerts") lists them with alert rules.
+//! its end position (`commit_at`), and its rows count once its durable position passes them.
+//!
+//! Each command registers only the figures it has (`Role`, src/metrics/register.rs): an archive
+//! shows no slot or replication gauge a stream's alert rule could fire on. Every name starts
+//! with `audit_tail_`; units are in the names; docs/operations.md ("Metrics and alerts") lists
+//! them with alert rules, one rule group per command.
 
 pub mod backlog;
 mod figures;
