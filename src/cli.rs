@@ -20,6 +20,21 @@ pub struct Cli {
     pub command: Command,
 }
 
+mod usage;
+
+pub use usage::without_env_options;
+
+impl Cli {
+    /// Parses the process's arguments, exiting on an error as clap does (help, usage error:
+    /// exit 2), but with usage lines that list no option the environment gave.
+    pub fn parse_args() -> Cli {
+        Cli::try_parse().unwrap_or_else(|e| {
+            let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+            without_env_options(e, &args, |var| std::env::var_os(var).is_some()).exit()
+        })
+    }
+}
+
 /// Where to connect: shared by the commands that talk to a server.
 #[derive(Debug, clap::Args)]
 pub struct DsnArg {
@@ -145,6 +160,19 @@ pub enum Command {
     },
     /// Compare the nightly export of a day with the live stream's file of that day. Exit 0 when
     /// they agree, 1 when they differ, 2 when an input is missing or malformed.
+    // The NATS options are the stream's (one struct); verify only reads the digests there.
+    #[command(
+        mut_arg("nats", |a| a.help(
+            "With --integrity: read the digests `stream --signing-key --nats` published from \
+             NATS JetStream at this URL, and compare them with the out-dir's")),
+        mut_arg("nats_subject_prefix", |a| a.help(
+            "The first token of the subjects `stream --nats` publishes to (its \
+             --nats-subject-prefix)")),
+        mut_arg("nats_stream", |a| a.help(
+            "The stream's --nats-stream: the digests are read from <NAME>_DIGESTS (never \
+             created)")),
+        mut_arg("nats_max_age", |a| a.hide(true)),
+    )]
     Verify {
         /// The day to verify.
         #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse_date,
@@ -426,7 +454,7 @@ impl QueryArgs {
     }
 }
 
-/// `--nats` and its options, shared by `stream` and `archive`.
+/// `--nats` and its options, shared by `stream`, `archive` and `verify`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
     /// Publish every row to NATS JetStream at this URL too (nats://host:4222); the slot is then
@@ -593,93 +621,4 @@ fn parse_until(s: &str) -> Result<Until, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    use super::{Cli, parse_listen};
-
-    #[test]
-    fn the_archive_help_says_its_nats_options_read_what_the_stream_publishes() {
-        let mut cli = Cli::command();
-        let mut help = |command: &str| {
-            cli.find_subcommand_mut(command)
-                .unwrap()
-                .render_long_help()
-                .to_string()
-        };
-        let archive = help("archive");
-        assert!(
-            archive.contains("Read the rows `stream --nats` published from NATS JetStream"),
-            "{archive}"
-        );
-        assert!(
-            archive.contains("The JetStream stream to read from"),
-            "{archive}"
-        );
-        assert!(!archive.contains("Publish every row"), "{archive}");
-        let stream = help("stream");
-        assert!(
-            stream.contains("Publish every row to NATS JetStream"),
-            "{stream}"
-        );
-        assert!(!stream.contains("Read the rows"), "{stream}");
-    }
-
-    #[test]
-    fn a_relative_time_may_start_with_a_minus_as_in_journalctl() {
-        use clap::Parser;
-        for args in [
-            &["audit-tail", "history", "t", "1", "--at", "-2h"][..],
-            &["audit-tail", "log", "--since", "-2h", "--until", "-30min"][..],
-        ] {
-            let cli = Cli::try_parse_from(args);
-            assert!(cli.is_ok(), "{args:?}: {:?}", cli.err());
-        }
-    }
-
-    #[test]
-    fn metrics_addresses_are_taken_as_exporters_take_them() {
-        assert_eq!(
-            parse_listen("127.0.0.1:9187").unwrap().to_string(),
-            "127.0.0.1:9187"
-        );
-        assert_eq!(parse_listen(":9187").unwrap().to_string(), "0.0.0.0:9187");
-        assert_eq!(parse_listen("[::1]:0").unwrap().to_string(), "[::1]:0");
-        assert_eq!(parse_listen("localhost:9187").unwrap().port(), 9187);
-        for bad in ["9187", "127.0.0.1", ":http", "127.0.0.1:99999"] {
-            let e = parse_listen(bad).unwrap_err();
-            assert!(e.contains("is not an address to listen on"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn nats_max_age_takes_days_hours_minutes_seconds_or_zero() {
-        use std::time::Duration;
-        assert_eq!(
-            super::parse_age("30d"),
-            Ok(Duration::from_secs(30 * 86_400))
-        );
-        assert_eq!(super::parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
-        assert_eq!(super::parse_age("0"), Ok(Duration::ZERO));
-        assert!(super::parse_age("30").unwrap_err().contains("30d, 12h"));
-        assert!(super::parse_age("d").is_err());
-    }
-
-    #[test]
-    fn every_option_of_every_command_says_what_it_is_for() {
-        let cli = Cli::command();
-        for command in cli.get_subcommands() {
-            for arg in command.get_arguments() {
-                let id = arg.get_id().as_str();
-                if id == "help" || id == "version" {
-                    continue;
-                }
-                assert!(
-                    arg.get_help().is_some_and(|h| !h.to_string().is_empty()),
-                    "audit-tail {} --{id} has no help text",
-                    command.get_name()
-                );
-            }
-        }
-    }
-}
+mod tests;

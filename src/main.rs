@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
@@ -14,7 +13,7 @@ use audit_tail::wire::ConnParams;
 use audit_tail::{Error, error, sql};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -251,7 +250,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
                 .map(|p| audit_tail::integrity::load_public_key(p))
                 .collect::<Result<Vec<_>, _>>()?;
             if let Some(addr) = metrics {
-                audit_tail::metrics::install(addr)?;
+                audit_tail::metrics::install(addr, audit_tail::metrics::Role::Archive)?;
             }
             let Some(nats) = nats.config() else {
                 return Err(audit_tail::wire::params::ParamsError::Invalid(
@@ -296,7 +295,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
             nats,
         } => {
             if let Some(addr) = metrics {
-                audit_tail::metrics::install(addr)?;
+                audit_tail::metrics::install(addr, audit_tail::metrics::Role::Stream)?;
             }
             let config = StreamConfig {
                 conn: ConnParams::resolve(dsn.dsn.as_deref(), &env)?,

@@ -119,7 +119,9 @@ where
     tokio::spawn(async move {
         while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
-                Ok(AsyncMessage::Notice(notice)) if is_skipping(notice.code().code()) => {
+                Ok(AsyncMessage::Notice(notice))
+                    if is_skipping(notice.code().code(), notice.message()) =>
+                {
                     tracing::debug!("{}", notice.message());
                 }
                 Ok(AsyncMessage::Notice(notice)) => {
@@ -142,12 +144,16 @@ where
     });
 }
 
-/// The SQLSTATEs of "... already exists, skipping", which a CREATE ... IF NOT EXISTS of a re-run
-/// of the install scripts sends for every object it keeps (a table, a role or other object, a
-/// schema, a column): they tell the user nothing, so they go to the debug log. Every other notice
-/// (the installer's hints among them) stays in the log.
-pub fn is_skipping(code: &str) -> bool {
+/// The notices of objects kept or absent: "... already exists, skipping" (by SQLSTATE), which a
+/// CREATE ... IF NOT EXISTS of a re-run of the install scripts sends for every object it keeps (a
+/// table, a role or other object, a schema, a column), and "... does not exist, skipping", which
+/// a DROP ... IF EXISTS sends for an object that is not there (the first install's "function
+/// audit.track(...) does not exist, skipping"; PostgreSQL gives these no SQLSTATE of their own,
+/// so they are told by their text). They tell the user nothing, so they go to the debug log.
+/// Every other notice (the installer's hints among them) stays in the log.
+pub fn is_skipping(code: &str, message: &str) -> bool {
     matches!(code, "42P07" | "42710" | "42P06" | "42701")
+        || (code == "00000" && message.ends_with(" does not exist, skipping"))
 }
 
 /// Applies sql/install.sql, then sql/audit_log.sql, to the database `client` is connected to. `export_dir`, when given,

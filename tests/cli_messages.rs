@@ -221,13 +221,64 @@ async fn a_second_setup_keeps_only_the_notices_that_say_something() {
     let dir = dir.to_str().unwrap();
     let (code, err) = setup_with_env(&db, &["--export-dir", dir], &[]);
     assert_eq!(code, Some(0), "{err}");
+    // The first install drops the old signature of audit.track, which is not there.
+    assert!(!err.contains("does not exist, skipping"), "{err}");
     let (code, err) = setup_with_env(&db, &[], &[]);
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("already exists, skipping"), "{err}");
+    assert!(!err.contains("does not exist, skipping"), "{err}");
     // The installer's own advice still reaches the user: this is not pg_cron's database.
     assert!(err.contains("pg_cron keeps its jobs in database"), "{err}");
     // With -v the skipped objects are there for whoever wants them.
     let (code, err) = setup_with_env(&db, &["-v"], &[]);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("already exists, skipping"), "{err}");
+    assert!(err.contains("does not exist, skipping"), "{err}");
+}
+
+/// With NATS_USER and NATS_PASSWORD in the environment (as a service sets them), a usage error
+/// shows a usage line without --nats-user and --nats-password: they are not required.
+#[test]
+fn usage_lines_do_not_list_options_the_environment_gave() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_audit-tail"))
+        .args([
+            "stream",
+            "--no-files",
+            "--signing-key",
+            "k",
+            "--nats",
+            "nats://127.0.0.1:1",
+        ])
+        .env("NATS_USER", "someone")
+        .env("NATS_PASSWORD", "secret")
+        .output()
+        .expect("run audit-tail stream");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot be used with '--signing-key <PATH>'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Usage: audit-tail stream --no-files --nats <URL>\n"),
+        "{err}"
+    );
+    assert!(!err.contains("--nats-user"), "{err}");
+    assert!(!err.contains("--nats-password"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+}
+
+/// `verify --help` says its NATS options read the digests the stream published; it lists no
+/// --nats-max-age (verify creates no stream).
+#[test]
+fn verify_help_says_it_reads_digests_from_jetstream() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_audit-tail"))
+        .args(["verify", "--help"])
+        .output()
+        .expect("run audit-tail verify --help");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{help}");
+    assert!(help.contains("read the digests"), "{help}");
+    assert!(!help.contains("Publish every row"), "{help}");
+    assert!(!help.contains("--nats-max-age"), "{help}");
 }

@@ -2,9 +2,11 @@
 //! during a run moves with the stream and agrees with the files (rows and bytes per table), the
 //! slot's confirmed position never passes the server's, a walsender ended by
 //! pg_terminate_backend counts one reconnect, and an address in use stops the program (exit 2)
-//! before it streams.
+//! before it streams. `stream --no-files --nats` counts rows and bytes for sink="nats" as
+//! JetStream holds them.
 
 mod common;
+mod nats_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -21,7 +23,30 @@ struct Running {
 
 impl Running {
     fn spawn(db: &TestDb, out: &Path, extra: &[&str]) -> Running {
-        let mut consumer = Consumer::spawn(db, out, extra);
+        Running::start(Consumer::spawn(db, out, extra))
+    }
+
+    /// `audit-tail stream --no-files --nats URL` for `db`, run in `cwd`, plus `extra`.
+    fn spawn_without_files(db: &TestDb, cwd: &Path, url: &str, extra: &[&str]) -> Running {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_audit-tail"))
+            .arg("stream")
+            .arg("--dsn")
+            .arg(db.cluster.conninfo(&db.name))
+            .arg("--slot")
+            .arg(&db.name)
+            .args(["--no-files", "--nats", url])
+            .args(extra)
+            .current_dir(cwd)
+            .env_remove("AUDIT_TAIL_DSN")
+            .env("RUST_LOG", "audit_tail=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn audit-tail stream --no-files");
+        Running::start(Consumer { child })
+    }
+
+    fn start(mut consumer: Consumer) -> Running {
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = consumer.child.stderr.take().unwrap();
         let sink = stderr.clone();
@@ -331,4 +356,123 @@ fn a_backlog_shows_progress_lines_on_stderr() {
             assert!(line.contains(field), "{field} missing in {line:?}");
         }
     }
+}
+
+/// `stream --no-files --nats`: the rows and bytes JetStream holds, per table, as
+/// `audit_tail_{rows,bytes}_written_total{sink="nats",table}` (bytes: the message bodies), and
+/// no files series.
+#[tokio::test(flavor = "multi_thread")]
+async fn jetstream_alone_counts_rows_and_bytes_for_the_nats_sink() {
+    let nats = audit_tail::nats_server::NatsServer::start().expect("start nats-server");
+    let db = TestDb::new("metrics_nats_only");
+    install_audit_log(&db);
+    db.psql("CREATE TABLE orders (id int PRIMARY KEY, status text); SELECT audit.track('public.orders')");
+    let cwd = tempfile::tempdir().unwrap();
+    let run = Running::spawn_without_files(
+        &db,
+        cwd.path(),
+        &nats.url(),
+        &["--format", "none", "--metrics", "127.0.0.1:0"],
+    );
+    let addr = run.metrics_addr();
+    common::wait::streaming(&db, &db.name);
+    write_some(&db, 1);
+    write_some(&db, 2);
+    common::wait::caught_up(&db, &db.name);
+
+    let stored = nats_support::read_all(&nats.url(), "AUDIT").await;
+    let mut expected: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for message in &stored {
+        let table = format!(
+            "{}.{}",
+            message.body["schema"].as_str().unwrap(),
+            message.body["table"].as_str().unwrap()
+        );
+        // The bodies are written as serde_json writes them (src/sink/nats/message.rs).
+        let bytes = serde_json::to_vec(&message.body).unwrap().len() as f64;
+        let e = expected.entry(table).or_default();
+        e.0 += 1.0;
+        e.1 += bytes;
+    }
+    assert!(expected.contains_key("public.users_audit"), "{expected:?}");
+    assert!(expected.contains_key("audit.log"), "{expected:?}");
+    let series = |text: &str, what: &str, table: &str| {
+        value(
+            text,
+            &format!("audit_tail_{what}_written_total{{sink=\"nats\",table=\"{table}\"}}"),
+        )
+    };
+    let mut text = String::new();
+    common::wait::until("the nats rows counted", Duration::from_secs(30), || {
+        text = scrape(&addr);
+        expected
+            .iter()
+            .all(|(t, (rows, _))| series(&text, "rows", t) == Some(*rows))
+    });
+    for (table, (_, bytes)) in &expected {
+        assert_eq!(
+            series(&text, "bytes", table),
+            Some(*bytes),
+            "{table}\n{text}"
+        );
+    }
+    assert!(!text.contains("sink=\"files\""), "{text}");
+    assert!(run.stderr().contains("serving Prometheus metrics"));
+}
+
+/// `archive --metrics`: only the archive's figures (no rule on the stream's gauges can fire for
+/// it), every error kind from the start, and a NATS failure it retries counted as a transient
+/// error and a reconnect.
+#[test]
+fn the_archive_serves_its_own_figures_and_counts_its_errors() {
+    let nats = audit_tail::nats_server::NatsServer::start().expect("start nats-server");
+    let out = tempfile::tempdir().unwrap();
+    let child =
+        nats_support::archive_command(&nats.url(), out.path(), &["--metrics", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn audit-tail archive");
+    let run = Running::start(Consumer { child });
+    let addr = run.metrics_addr();
+    common::wait::until(
+        "the archive reading JetStream",
+        Duration::from_secs(30),
+        || run.stderr().contains("reading JetStream"),
+    );
+    let text = scrape(&addr);
+    for stream_only in [
+        "audit_tail_streaming",
+        "audit_tail_seconds_since_last_commit",
+        "audit_tail_slot_",
+        "audit_tail_server_wal_lsn_bytes",
+        "audit_tail_transactions_total",
+        "audit_tail_sink_",
+    ] {
+        assert!(!text.contains(stream_only), "{stream_only} in\n{text}");
+    }
+    for series in [
+        "audit_tail_archive_pending_messages",
+        "audit_tail_archive_seconds_since_last_write",
+        "audit_tail_reconnects_total",
+        "audit_tail_errors_total{kind=\"transient\"}",
+        "audit_tail_errors_total{kind=\"data\"}",
+    ] {
+        assert!(value(&text, series).is_some(), "no {series} in\n{text}");
+    }
+    assert_eq!(
+        value(&text, "audit_tail_errors_total{kind=\"transient\"}"),
+        Some(0.0)
+    );
+
+    nats.kill();
+    let mut text = String::new();
+    common::wait::until("the NATS failure counted", Duration::from_secs(60), || {
+        text = scrape(&addr);
+        value(&text, "audit_tail_errors_total{kind=\"transient\"}") >= Some(1.0)
+    });
+    assert!(
+        value(&text, "audit_tail_reconnects_total") >= Some(1.0),
+        "{text}"
+    );
 }

@@ -154,6 +154,7 @@ pub async fn run(
                 archive.files.rewind()?;
                 crate::metrics::get().inspect(|m| {
                     m.rewound("files");
+                    m.error(crate::error::kind(&e));
                     m.reconnected();
                 });
                 archive.open = None;

@@ -12,11 +12,13 @@
 //! # The API
 //!
 //! ```ignore
-//! // Once, in main, before streaming: binds ADDR (an error is exit 2) and starts serving.
-//! let metrics = audit_tail::metrics::install("127.0.0.1:9187".parse()?)?;
+//! // Once, in main, before streaming: binds ADDR (an error is exit 2) and starts serving the
+//! // figures of that command (src/metrics/register.rs).
+//! let metrics = audit_tail::metrics::install("127.0.0.1:9187".parse()?, Role::Stream)?;
 //! // Anywhere after: `get()` is None when --metrics was not given.
 //! if let Some(m) = audit_tail::metrics::get() { m.reconnected(); }
 //! // A command's own figure, registered with one call (the archive's pending messages):
+//! // (registered already when the command's set has it: the same gauge is returned)
 //! let pending = m.gauge("archive_pending_messages", "messages delivered and not yet acknowledged");
 //! pending.set(42);
 //! ```
@@ -26,15 +28,23 @@
 //! `rewound` when what was not durable is forgotten (it comes again). Bytes: `bytes_written`
 //! (a sink that knows them), or `files_opened`/`files_made_durable` (the file sink, from the
 //! checkpoint's file lengths). The stream's progress reports each sink's durable position
-//! (`sink_position`) whenever it asks the sinks for it. Every name starts with `audit_tail_`; units are in the names;
-//! docs/operations.md ("Metrics and alerts") lists them with alert rules.
+//! (`sink_position`) whenever it asks the sinks for it. A sink that becomes durable later than it
+//! accepts (JetStream) reports each row with its bytes (`row_bytes`) and each transaction with
+//! its end position (`commit_at`), and its rows count once its durable position passes them.
+//!
+//! Each command registers only the figures it has (`Role`, src/metrics/register.rs): an archive
+//! shows no slot or replication gauge a stream's alert rule could fire on. Every name starts
+//! with `audit_tail_`; units are in the names; docs/operations.md ("Metrics and alerts") lists
+//! them with alert rules, one rule group per command.
 
 pub mod backlog;
 mod figures;
+mod register;
 mod server;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -71,9 +81,18 @@ pub enum MetricsError {
     Twice,
 }
 
-/// Binds `addr`, serves `/metrics` there from a thread of its own, and installs the metrics for
-/// `get()`. Call once, before streaming starts.
-pub fn install(addr: SocketAddr) -> Result<&'static Metrics, MetricsError> {
+/// The command whose figures are served: each registers only what it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `stream`: the slot, the server's WAL, the sinks.
+    Stream,
+    /// `archive`: its files, JetStream's pending messages, NATS reconnects.
+    Archive,
+}
+
+/// Binds `addr`, serves `/metrics` there from a thread of its own, and installs `role`'s metrics
+/// for `get()`. Call once, before streaming starts.
+pub fn install(addr: SocketAddr, role: Role) -> Result<&'static Metrics, MetricsError> {
     if GLOBAL.get().is_some() {
         return Err(MetricsError::Twice);
     }
@@ -81,7 +100,7 @@ pub fn install(addr: SocketAddr) -> Result<&'static Metrics, MetricsError> {
         std::net::TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
     // With port 0 the system picks one: say which.
     let bound = listener.local_addr().unwrap_or(addr);
-    let metrics = GLOBAL.get_or_init(Metrics::new);
+    let metrics = GLOBAL.get_or_init(|| Metrics::for_role(role));
     server::spawn(listener, metrics).map_err(MetricsError::Thread)?;
     tracing::info!(url = %format!("http://{bound}/metrics"), "serving Prometheus metrics");
     Ok(metrics)
@@ -125,10 +144,16 @@ pub struct Metrics {
     streaming: Gauge,
     sink_durable: Family<SinkLabel, Gauge>,
     sink_behind: Family<SinkLabel, Gauge>,
+    pending: Gauge,
+    since_write: Gauge<f64, AtomicU64>,
+    /// Gauges registered by name (`gauge`), so asking twice returns the same one.
+    named: Mutex<BTreeMap<String, Gauge>>,
     /// When no commit was seen yet, silence counts from here.
     started: Instant,
     /// The last commit's time, µs since the Unix epoch (0: none yet).
     last_commit_us: AtomicI64,
+    /// When a sink last committed a transaction, µs after `started` (0: none yet).
+    last_write_us: AtomicU64,
     figures: Mutex<Figures>,
 }
 
@@ -139,8 +164,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Fresh figures in a registry of their own (`install` makes the process's one).
+    /// The stream's figures in a registry of their own (`install` makes the process's one).
     pub fn new() -> Metrics {
+        Metrics::for_role(Role::Stream)
+    }
+
+    /// `role`'s figures in a registry of their own.
+    pub fn for_role(role: Role) -> Metrics {
         let mut registry = Registry::with_prefix("audit_tail");
         let m = Metrics {
             rows: Family::default(),
@@ -157,101 +187,40 @@ impl Metrics {
             streaming: Gauge::default(),
             sink_durable: Family::default(),
             sink_behind: Family::default(),
+            pending: Gauge::default(),
+            since_write: Gauge::default(),
+            named: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
             last_commit_us: AtomicI64::new(0),
+            last_write_us: AtomicU64::new(0),
             figures: Mutex::new(Figures::default()),
             registry: Mutex::new(Registry::default()),
         };
-        let r = &mut registry;
-        r.register(
-            "rows_written",
-            "Rows durable in a sink (files: fsynced and in the checkpoint), by sink and table",
-            m.rows.clone(),
-        );
-        r.register(
-            "bytes_written",
-            "Bytes durable in a sink (files: growth of the stream files, headers included), by \
-             sink and table",
-            m.bytes.clone(),
-        );
-        r.register(
-            "transactions",
-            "Transactions received from the server and given to the sinks",
-            m.transactions.clone(),
-        );
-        r.register(
-            "commit_to_durable_seconds",
-            "Per transaction: from its commit on the server to the fsync that made it durable here",
-            m.latency.clone(),
-        );
-        r.register(
-            "slot_confirmed_lsn_bytes",
-            "The position confirmed to the server as flushed (the slot's confirmed_flush_lsn), \
-             as a byte offset in the WAL",
-            m.confirmed.clone(),
-        );
-        r.register(
-            "server_wal_lsn_bytes",
-            "The server's WAL insert position as last sampled (every --status-interval), as a \
-             byte offset in the WAL",
-            m.server.clone(),
-        );
-        r.register(
-            "slot_lag_bytes",
-            "WAL bytes between the server's position and the slot's confirmed position: what the \
-             server keeps for us and what we have yet to make durable",
-            m.lag.clone(),
-        );
-        r.register(
-            "last_commit_timestamp_seconds",
-            "Server time of the last transaction received (Unix seconds; 0 before the first)",
-            m.last_commit.clone(),
-        );
-        r.register(
-            "seconds_since_last_commit",
-            "Seconds since the server time of the last transaction received, or since start \
-             when none came yet",
-            m.since_commit.clone(),
-        );
-        r.register(
-            "reconnects",
-            "Times the stream lost its connection and connected again",
-            m.reconnects.clone(),
-        );
-        r.register(
-            "errors",
-            "Errors that ended a connection or the program, by kind (transient, refused, setup, \
-             data, io, usage, internal)",
-            m.errors.clone(),
-        );
-        r.register(
-            "streaming",
-            "1 while a replication connection streams, else 0",
-            m.streaming.clone(),
-        );
-        r.register(
-            "sink_durable_lsn_bytes",
-            "The position up to which a sink holds everything durably (files: the checkpoint; \
-             nats: every publish before it acknowledged by JetStream), as a byte offset in the \
-             WAL, by sink",
-            m.sink_durable.clone(),
-        );
-        r.register(
-            "sink_behind_bytes",
-            "WAL bytes between what the stream gave every sink and what this sink holds durably \
-             (nats: publishes awaiting JetStream's acknowledgement), by sink",
-            m.sink_behind.clone(),
-        );
+        register::register(&m, &mut registry, role);
+        if role == Role::Archive {
+            m.names()
+                .insert(register::PENDING.into(), m.pending.clone());
+        }
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         m
     }
 
     /// Registers a gauge of a command's own under `audit_tail_<name>` and returns it: set it
-    /// whenever the figure changes.
+    /// whenever the figure changes. A name registered already (by the command's set, or an
+    /// earlier call) gives the same gauge.
     pub fn gauge(&self, name: &str, help: &str) -> Gauge {
+        let mut names = self.names();
+        if let Some(gauge) = names.get(name) {
+            return gauge.clone();
+        }
         let gauge = Gauge::default();
         self.registry().register(name, help, gauge.clone());
+        names.insert(name.to_string(), gauge.clone());
         gauge
+    }
+
+    fn names(&self) -> MutexGuard<'_, BTreeMap<String, Gauge>> {
+        self.named.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a counter of a command's own, shown as `audit_tail_<name>_total`.
@@ -271,14 +240,15 @@ impl Metrics {
 
     /// The exposition in the OpenMetrics text format, as of now.
     pub fn render(&self) -> String {
-        let since = match self
-            .last_commit_us
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        let since = match self.last_commit_us.load(Ordering::Relaxed) {
             0 => self.started.elapsed().as_secs_f64(),
             us => (chrono::Utc::now().timestamp_micros() - us).max(0) as f64 / 1e6,
         };
         self.since_commit.set(since);
+        let elapsed = self.started.elapsed().as_micros() as u64;
+        let last_write = self.last_write_us.load(Ordering::Relaxed);
+        self.since_write
+            .set(elapsed.saturating_sub(last_write) as f64 / 1e6);
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry());
@@ -293,6 +263,39 @@ impl Metrics {
     /// The rows `sink` accepted since its last commit form a complete transaction.
     pub fn commit(&self, sink: &'static str) {
         self.figures().commit(sink);
+        self.wrote();
+    }
+
+    /// A row of `table` of `bytes` was accepted by `sink`, a sink that becomes durable later
+    /// (`commit_at`, `sink_position`).
+    pub fn row_bytes(&self, sink: &'static str, table: &Arc<Table>, bytes: u64) {
+        self.figures().row_bytes(sink, table, bytes);
+    }
+
+    /// The rows `sink` accepted since its last commit form a transaction that ends at `end`:
+    /// they count once `sink_position` says `sink` is durable up to there.
+    pub fn commit_at(&self, sink: &'static str, end: Lsn) {
+        self.figures().commit_at(sink, end);
+    }
+
+    /// A new connection gives `sink` everything from `resume` on: what it holds below is
+    /// counted, what it was given past it is forgotten (it comes again).
+    pub fn resumed(&self, sink: &'static str, resume: Lsn) {
+        let counted = self.figures().resumed(sink, resume);
+        self.count(sink, counted);
+    }
+
+    fn count(&self, sink: &str, tables: Vec<(String, u64, u64)>) {
+        for (table, rows, bytes) in tables {
+            self.rows_written(sink, &table, rows);
+            self.bytes_written(sink, &table, bytes);
+        }
+    }
+
+    /// A transaction was written (the archive's silence counts from the last).
+    fn wrote(&self) {
+        let us = (self.started.elapsed().as_micros() as u64).max(1);
+        self.last_write_us.store(us, Ordering::Relaxed);
     }
 
     /// Everything `sink` committed is durable: its rows are counted.
@@ -336,8 +339,7 @@ impl Metrics {
         self.transactions.inc();
         // The protocol's clock counts from 2000-01-01, 946,684,800 s after the Unix epoch.
         let us = commit_time.0.saturating_add(946_684_800_000_000);
-        self.last_commit_us
-            .store(us, std::sync::atomic::Ordering::Relaxed);
+        self.last_commit_us.store(us, Ordering::Relaxed);
         self.last_commit.set(us as f64 / 1e6);
     }
 
@@ -383,6 +385,8 @@ impl Metrics {
         self.sink_behind
             .get_or_create(&label)
             .set(given.0.saturating_sub(durable.0) as i64);
+        let counted = self.figures().durable_at(sink, durable);
+        self.count(sink, counted);
     }
 
     /// The connection was lost and is being made again.
@@ -393,13 +397,13 @@ impl Metrics {
     /// An error of `kind` ended a connection or the program.
     pub fn error(&self, kind: Kind) {
         let kind = match kind {
-            Kind::Usage => "usage",
-            Kind::Transient => "transient",
-            Kind::Refused => "refused",
-            Kind::Setup => "setup",
-            Kind::Data => "data",
-            Kind::Io => "io",
-            Kind::Internal => "internal",
+            Kind::Transient => register::KINDS[0],
+            Kind::Refused => register::KINDS[1],
+            Kind::Setup => register::KINDS[2],
+            Kind::Data => register::KINDS[3],
+            Kind::Io => register::KINDS[4],
+            Kind::Usage => register::KINDS[5],
+            Kind::Internal => register::KINDS[6],
         };
         self.errors.get_or_create(&KindLabel { kind }).inc();
     }

@@ -170,8 +170,126 @@ fn an_address_in_use_is_a_usage_error() {
     );
 }
 
-/// docs/operations.md lists every metric, and its alert rules parse and name only metrics that
-/// exist.
+/// The archive has no slot, no server WAL and no replication connection: none of the stream's
+/// figures (a rule on `audit_tail_streaming == 0` would fire for every archive), but its own,
+/// and every error kind from the start.
+#[test]
+fn the_archive_exposes_its_own_figures_and_none_of_the_streams() {
+    let m = Metrics::for_role(Role::Archive);
+    // The archive's own call, as src/archive/mod.rs makes it: the same gauge as the set's.
+    m.gauge("archive_pending_messages", "messages not yet delivered")
+        .set(5);
+    m.row("files", &table("public", "users_audit"));
+    m.commit("files");
+    m.durable("files");
+    let text = m.render();
+    for stream_only in [
+        "audit_tail_streaming",
+        "audit_tail_seconds_since_last_commit",
+        "audit_tail_slot_",
+        "audit_tail_server_wal_lsn_bytes",
+        "audit_tail_transactions",
+        "audit_tail_commit_to_durable_seconds",
+        "audit_tail_sink_",
+        "audit_tail_last_commit_timestamp_seconds",
+    ] {
+        assert!(!text.contains(stream_only), "{stream_only} in\n{text}");
+    }
+    assert_eq!(
+        value(&text, "audit_tail_archive_pending_messages "),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("# TYPE audit_tail_archive_pending_messages ")
+            .count(),
+        1,
+        "{text}"
+    );
+    let since = value(&text, "audit_tail_archive_seconds_since_last_write ").unwrap();
+    assert!((0.0..60.0).contains(&since), "{text}");
+    assert_eq!(files_rows(&text, "public.users_audit"), Some(1.0), "{text}");
+    assert_eq!(value(&text, "audit_tail_reconnects_total "), Some(0.0));
+    for kind in register::KINDS {
+        assert_eq!(
+            value(
+                &text,
+                &format!("audit_tail_errors_total{{kind=\"{kind}\"}} ")
+            ),
+            Some(0.0),
+            "{kind}: {text}"
+        );
+    }
+    m.error(Kind::Transient);
+    let text = m.render();
+    assert_eq!(
+        value(&text, "audit_tail_errors_total{kind=\"transient\"} "),
+        Some(1.0)
+    );
+    // The stream's set still has them all.
+    let text = Metrics::new().render();
+    assert!(text.contains("audit_tail_streaming 0"), "{text}");
+    assert!(!text.contains("audit_tail_archive_"), "{text}");
+}
+
+/// JetStream holds a row once it acknowledged it: rows and bytes for sink="nats" count when the
+/// sink's durable position reaches their transaction's end, and what a new connection gives the
+/// sink again counts once.
+#[test]
+fn nats_rows_and_bytes_count_when_jetstream_acknowledged_them() {
+    let m = Metrics::new();
+    let users = table("public", "users_audit");
+    let log = table("audit", "log");
+    let nats = |text: &str, what: &str, t: &str| {
+        value(
+            text,
+            &format!("audit_tail_{what}_written_total{{sink=\"nats\",table=\"{t}\"}} "),
+        )
+    };
+    m.row_bytes("nats", &users, 100);
+    m.row_bytes("nats", &log, 40);
+    m.commit_at("nats", Lsn(100));
+    m.row_bytes("nats", &users, 110);
+    m.commit_at("nats", Lsn(200));
+    m.row_bytes("nats", &users, 7); // open: never counted here
+    let text = m.render();
+    assert_eq!(nats(&text, "rows", "public.users_audit"), None, "{text}");
+    m.sink_position("nats", Lsn(150), Lsn(200));
+    let text = m.render();
+    assert_eq!(
+        nats(&text, "rows", "public.users_audit"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(nats(&text, "bytes", "public.users_audit"), Some(100.0));
+    assert_eq!(nats(&text, "rows", "audit.log"), Some(1.0));
+    assert_eq!(nats(&text, "bytes", "audit.log"), Some(40.0));
+    // A reconnection resumes from 150: the transaction at 200 and the open row come again.
+    m.resumed("nats", Lsn(150));
+    m.sink_position("nats", Lsn(300), Lsn(300));
+    assert_eq!(nats(&m.render(), "rows", "public.users_audit"), Some(1.0));
+    m.row_bytes("nats", &users, 110);
+    m.commit_at("nats", Lsn(200));
+    m.sink_position("nats", Lsn(200), Lsn(200));
+    let text = m.render();
+    assert_eq!(
+        nats(&text, "rows", "public.users_audit"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(nats(&text, "bytes", "public.users_audit"), Some(210.0));
+    // A resume point past a queued transaction counts it (acknowledged while disconnected).
+    m.row_bytes("nats", &log, 50);
+    m.commit_at("nats", Lsn(400));
+    m.resumed("nats", Lsn(400));
+    assert_eq!(nats(&m.render(), "rows", "audit.log"), Some(2.0));
+    // The files' own counting is untouched.
+    assert_eq!(files_rows(&m.render(), "public.users_audit"), None);
+}
+
+/// docs/operations.md lists every metric of both commands, and its alert rules parse, come in
+/// one group per scrape job (`audit-tail` for streams, `audit-tail-archive` for archives) and
+/// name only metrics that job's command exposes.
 #[test]
 fn the_operations_guide_lists_every_metric_and_its_rules_use_real_ones() {
     let guide = include_str!("../../docs/operations.md");
@@ -179,19 +297,30 @@ fn the_operations_guide_lists_every_metric_and_its_rules_use_real_ones() {
         .split("## Metrics and alerts")
         .nth(1)
         .expect("a \"Metrics and alerts\" section");
-    let m = Metrics::new();
-    m.rows_written("files", "public.t", 1);
-    m.bytes_written("files", "public.t", 1);
-    m.error(Kind::Io);
-    m.sink_position("nats", Lsn(1), Lsn(2));
-    let text = m.render();
-    let families: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .map(|l| l.split(' ').next().unwrap())
-        .collect();
-    assert!(families.len() >= 12, "{families:?}");
-    for family in &families {
+    let render = |role: Role| {
+        let m = Metrics::for_role(role);
+        m.rows_written("files", "public.t", 1);
+        m.bytes_written("files", "public.t", 1);
+        m.error(Kind::Io);
+        m.sink_position("nats", Lsn(1), Lsn(2));
+        m.render()
+    };
+    let families = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect()
+    };
+    let samples = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+            .collect()
+    };
+    let (stream, archive) = (render(Role::Stream), render(Role::Archive));
+    assert!(families(&stream).len() >= 12, "{stream}");
+    assert!(families(&archive).len() >= 6, "{archive}");
+    for family in families(&stream).iter().chain(&families(&archive)) {
         assert!(
             section.contains(&format!("`{family}")),
             "{family} is not in the guide"
@@ -199,26 +328,38 @@ fn the_operations_guide_lists_every_metric_and_its_rules_use_real_ones() {
     }
     let rules = section
         .split("```yaml\n")
-        .nth(1)
+        .find(|block| block.starts_with("groups:"))
         .and_then(|r| r.split("```").next())
         .expect("the alert rules");
     let docs = yaml_rust2::YamlLoader::load_from_str(rules).expect("the rules are YAML");
-    let alerts = docs[0]["groups"][0]["rules"].as_vec().expect("rules");
-    assert!(alerts.len() >= 5);
-    let samples: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| l.split(['{', ' ']).next().unwrap())
-        .collect();
-    for alert in alerts {
-        let expr = alert["expr"].as_str().expect("an expr");
-        for word in expr.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
-            if word.starts_with("audit_tail_") {
-                assert!(
-                    samples.contains(&word),
-                    "{word} in {expr:?} is not a metric"
-                );
+    let groups = docs[0]["groups"].as_vec().expect("groups");
+    let mut jobs = Vec::new();
+    for group in groups {
+        let job = group["name"].as_str().expect("a group name");
+        let exposed = match job {
+            "audit-tail" => samples(&stream),
+            "audit-tail-archive" => samples(&archive),
+            other => panic!("a rule group for an unknown job {other:?}"),
+        };
+        jobs.push(job);
+        let alerts = group["rules"].as_vec().expect("rules");
+        assert!(alerts.len() >= 3, "{job}");
+        for alert in alerts {
+            let expr = alert["expr"].as_str().expect("an expr");
+            // A rule selects its own job, so it never fires for the other command.
+            assert!(
+                expr.contains(&format!("job=\"{job}\"")),
+                "{job}: {expr:?} does not select job=\"{job}\""
+            );
+            for word in expr.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+                if word.starts_with("audit_tail_") {
+                    assert!(
+                        exposed.iter().any(|s| s == word),
+                        "{word} in {expr:?} is not a metric of {job}"
+                    );
+                }
             }
         }
     }
+    assert_eq!(jobs, ["audit-tail", "audit-tail-archive"]);
 }

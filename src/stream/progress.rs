@@ -90,6 +90,7 @@ impl<'a, P: Sink> Progress<'a, P> {
     /// one).
     pub fn start(&mut self) -> Lsn {
         self.skip_below = self.sinks().map(|s| s.resume_point()).collect();
+        self.report_resumed();
         let start = self.skip_below.iter().flatten().min().copied();
         let start = start.unwrap_or(Lsn(0));
         self.txn = None;
@@ -152,6 +153,7 @@ impl<'a, P: Sink> Progress<'a, P> {
         for (sink, takes) in self.others.iter_mut().zip(&self.takes[1..]) {
             if *takes {
                 sink.commit(txn, end_lsn)?;
+                crate::metrics::get().inspect(|m| m.commit_at(sink.name(), end_lsn));
             }
         }
         self.accepted = self.accepted.max(end_lsn);
@@ -197,6 +199,17 @@ impl<'a, P: Sink> Progress<'a, P> {
             if let Some(durable) = sink.durable() {
                 m.sink_position(sink.name(), durable, self.accepted);
             }
+        }
+    }
+
+    /// A new connection: the sinks besides the primary (which counts its own) have what they
+    /// resume from counted, and what they were given past it forgotten, to the metrics.
+    fn report_resumed(&self) {
+        let Some(m) = crate::metrics::get() else {
+            return;
+        };
+        for (sink, resume) in self.others.iter().zip(&self.skip_below[1..]) {
+            m.resumed(sink.name(), resume.unwrap_or(Lsn(0)));
         }
     }
 

@@ -197,6 +197,7 @@ impl Encoder {
             }
         }
         buf.extend_from_slice(&self.tail);
+        crate::metrics::get().inspect(|m| m.row_bytes("nats", &row.table, buf.len() as u64));
         Bytes::copy_from_slice(buf)
     }
 }
