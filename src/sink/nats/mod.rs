@@ -10,8 +10,11 @@
 //! is handed to the publisher one behind, so the last row of a transaction can carry its end
 //! LSN (the archiver commits its files there).
 //!
-//! Failures: an acknowledgement that does not come (NATS down, slow) is transient, the stream
-//! rewinds to what is durable and re-sends; a refusal (no permission, no stream) is fatal.
+//! Failures: a lost connection or an acknowledgement that does not come (NATS down, slow) is
+//! transient: the stream rewinds to what is durable, the sink makes a new connection (waiting
+//! while NATS is unreachable), reads JetStream's last row of ours again and skips exactly what
+//! is stored, as on start (see `publisher` for why JetStream always holds a prefix of our rows,
+//! in order); a refusal (no permission, no stream) is fatal.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -29,7 +32,7 @@ mod publisher;
 
 pub use connect::NatsConfig;
 use message::Position;
-use publisher::{Command, Shared};
+use publisher::{Command, Rewound, Shared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
@@ -68,6 +71,23 @@ pub struct NatsSink {
     /// A transaction published in part before the last stop: its commit LSN and the index of its
     /// last row in the stream.
     partial: Option<(Lsn, u64)>,
+    /// Where JetStream's rows of ours stop, as read on start or on the last rewind:
+    /// transactions committed below it are there already.
+    resume: Lsn,
+}
+
+/// Where to resume after JetStream's last row of ours: the transactions committed below the
+/// returned LSN are stored whole, and the second part is a transaction stored in part (its
+/// commit LSN and the index of its last stored row). A row goes out without the end header only
+/// once the next row of its transaction has come, so a last row without it has more after it.
+pub fn resume_after(last: Option<Position>) -> (Lsn, Option<(Lsn, u64)>) {
+    match last {
+        None => (Lsn(0), None),
+        Some(Position {
+            end_lsn: Some(end), ..
+        }) => (end, None),
+        Some(p) => (p.commit_lsn, Some((p.commit_lsn, p.index))),
+    }
 }
 
 impl NatsSink {
@@ -102,13 +122,7 @@ impl NatsSink {
         let Some(started) = started? else {
             return Ok(None);
         };
-        let (resume, partial) = match started.last {
-            None => (Lsn(0), None),
-            Some(Position {
-                end_lsn: Some(end), ..
-            }) => (end, None),
-            Some(p) => (p.commit_lsn, Some((p.commit_lsn, p.index))),
-        };
+        let (resume, partial) = resume_after(started.last);
         shared.durable.store(resume.0, Ordering::Release);
         tracing::info!(stream = %config.stream, %resume, partial = partial.is_some(),
             "JetStream holds the rows of this database up to here");
@@ -122,6 +136,7 @@ impl NatsSink {
             txn: None,
             index: 0,
             partial,
+            resume,
         }))
     }
 
@@ -162,6 +177,7 @@ impl NatsSink {
             index: self.index - 1,
             end_lsn: end,
         };
+        let at = (position.commit_lsn, position.index);
         let message = async_nats::jetstream::message::PublishMessage::build()
             .headers(message::headers(&self.database, &position))
             .payload(self.encoder.body(
@@ -170,7 +186,11 @@ impl NatsSink {
                 txn.commit_lsn,
                 txn.commit_time,
             ));
-        self.send(Command::Publish { subject, message })
+        self.send(Command::Publish {
+            subject,
+            message,
+            at,
+        })
     }
 }
 
@@ -180,7 +200,7 @@ impl Sink for NatsSink {
     }
 
     fn resume_point(&self) -> Option<Lsn> {
-        Some(Lsn(self.shared.durable.load(Ordering::Acquire)))
+        Some(self.resume)
     }
 
     fn row(&mut self, row: &Row, txn: Txn) -> Result<(), SinkFailure> {
@@ -236,10 +256,25 @@ impl Sink for NatsSink {
         self.index = 0;
         let (done, wait) = mpsc::sync_channel(1);
         self.send(Command::Rewind(done))?;
-        // The thread answers between two publishes: at most a send's wait.
-        wait.recv().map_err(|_| {
+        // The thread answers once connected again (waiting while NATS is unreachable).
+        let answer = wait.recv().map_err(|_| {
             SinkFailure::fatal(NatsError::Publish("the NATS client's thread ended".into()))
-        })
+        })?;
+        match answer {
+            Rewound::Last(last) => {
+                let (resume, partial) = resume_after(last);
+                // Stored, so durable: an acknowledgement lost with the connection.
+                self.shared.durable.fetch_max(resume.0, Ordering::AcqRel);
+                self.resume = resume;
+                self.partial = partial;
+                tracing::info!(%resume, partial = partial.is_some(),
+                    "connected to NATS again; JetStream holds the rows of this database up to here");
+                Ok(())
+            }
+            // The stream stops; should it go on, the thread tries again on the next rewind.
+            Rewound::Stopped => Ok(()),
+            Rewound::Fatal(why) => Err(SinkFailure::fatal(NatsError::Publish(why))),
+        }
     }
 
     fn waker(&self) -> Option<Arc<Notify>> {
