@@ -27,6 +27,7 @@ use crate::capture::Row;
 use crate::lsn::Lsn;
 
 pub mod connect;
+mod holds;
 pub mod message;
 mod publisher;
 
@@ -285,5 +286,30 @@ impl Sink for NatsSink {
 impl Drop for NatsSink {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lsn::PgTimestamp;
+
+    #[test]
+    fn resuming_skips_whole_transactions_below_and_the_stored_rows_of_a_partial_one() {
+        assert_eq!(resume_after(None), (Lsn(0), None));
+        let last = |end_lsn| Position {
+            commit_lsn: Lsn(0x100),
+            commit_time: PgTimestamp(0),
+            index: 4,
+            end_lsn,
+        };
+        assert_eq!(
+            resume_after(Some(last(Some(Lsn(0x108))))),
+            (Lsn(0x108), None)
+        );
+        assert_eq!(
+            resume_after(Some(last(None))),
+            (Lsn(0x100), Some((Lsn(0x100), 4)))
+        );
     }
 }

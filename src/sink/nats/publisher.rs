@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, context::PublishErrorKind};
+use async_nats::jetstream::{self, context::PublishErrorKind};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
@@ -49,6 +49,7 @@ use tokio::sync::Notify;
 
 use super::NatsError;
 use super::connect::{NatsConfig, OneConnection, ServerErrors};
+use super::holds::{Acked, check_nothing_lost, last_position, watch_signals};
 use super::message::{self, Position};
 use crate::lsn::Lsn;
 use crate::sink::FailureKind;
@@ -139,13 +140,6 @@ enum End {
     Failed,
     /// The stream rewound while the connection was fine: a new epoch answers it.
     Rewind(mpsc::SyncSender<Rewound>),
-}
-
-/// The highest position JetStream acknowledged, across epochs.
-#[derive(Default, Debug, Clone, Copy)]
-struct Acked {
-    row: Option<RowAt>,
-    sequence: u64,
 }
 
 /// Starts the thread; resolves once it is connected and knows the last row published for
@@ -352,54 +346,6 @@ fn fatal(answer: Answer, e: NatsError) -> End {
     End::Over
 }
 
-/// Sets `flag` on SIGTERM or SIGINT (the stream's own handlers see them too).
-fn watch_signals(flag: Arc<AtomicBool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        flag.store(true, Ordering::Release);
-    });
-}
-
-/// Whether JetStream holds at least what it acknowledged; says so loudly if not.
-fn check_nothing_lost(acked: &Acked, last: Option<&Position>, sequence: u64) {
-    let holds = last.map(|p| (p.commit_lsn, p.index));
-    let lost_sequence = sequence < acked.sequence;
-    // Our last row gone while the stream's sequence did not go back: expired (max age) or
-    // purged, not lost by the server.
-    let lost_row = holds.is_some() && holds < acked.row;
-    if !(lost_sequence || lost_row) {
-        return;
-    }
-    let show = |r: Option<RowAt>| match r {
-        Some((lsn, index)) => format!("row {index} of the transaction at {lsn}"),
-        None => "no row".to_string(),
-    };
-    crate::metrics::get().inspect(|m| m.error(crate::error::Kind::Data));
-    tracing::error!(
-        holds = %show(holds), acknowledged = %show(acked.row),
-        stream_sequence = sequence, acknowledged_sequence = acked.sequence,
-        "JetStream lost messages it had acknowledged: it holds this database's rows up to {} \
-         (stream sequence {sequence}) but had acknowledged up to {} (sequence {}). The rows \
-         between will not be published again, since the slot has moved past them: copy them \
-         from the --out-dir files or the nightly export if the JetStream copy must be complete, \
-         and check the NATS server (a machine crash before JetStream synced its files, a \
-         stream deleted and made again); publishing goes on after what JetStream holds",
-        show(holds),
-        show(acked.row),
-        acked.sequence
-    );
-}
-
 /// What an acknowledged item was.
 enum Done {
     Mark(Lsn),
@@ -500,46 +446,4 @@ fn classify(kind: PublishErrorKind, text: String) -> (FailureKind, String) {
             format!("JetStream refused a publish: {text}"),
         ),
     }
-}
-
-/// The position of the last message under `filter`, read through an ephemeral consumer that
-/// starts at the last matching message.
-async fn last_position(
-    stream: &jetstream::stream::Stream,
-    filter: &str,
-    name: &str,
-) -> Result<Option<Position>, NatsError> {
-    let err = |e: &dyn std::fmt::Display| NatsError::Stream {
-        stream: name.to_string(),
-        reason: format!("could not read the last message published: {e}"),
-    };
-    let mut consumer: consumer::PullConsumer = stream
-        .create_consumer(consumer::pull::Config {
-            filter_subject: filter.to_string(),
-            deliver_policy: consumer::DeliverPolicy::Last,
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| err(&e))?;
-    let pending = consumer.info().await.map_err(|e| err(&e))?.num_pending;
-    if pending == 0 {
-        return Ok(None);
-    }
-    let mut batch = consumer
-        .fetch()
-        .max_messages(1)
-        .expires(Duration::from_secs(5))
-        .messages()
-        .await
-        .map_err(|e| err(&e))?;
-    let Some(message) = batch.next().await else {
-        return Ok(None);
-    };
-    let message = message.map_err(|e| err(&e))?;
-    let what = format!("on {}", message.subject);
-    message::position(message.headers.as_ref(), &what)
-        .map(Some)
-        .map_err(|e| err(&e))
 }
