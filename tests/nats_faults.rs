@@ -296,6 +296,7 @@ async fn kill_9_of_stream_archive_and_nats_server_loses_and_doubles_nothing() {
     let db = TestDb::new("nats_kill9");
     let out = tempfile::tempdir().unwrap();
     let archive_out = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
     prepare(&db, out.path());
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(&db, stop.clone());
@@ -304,11 +305,26 @@ async fn kill_9_of_stream_archive_and_nats_server_loses_and_doubles_nothing() {
     let kills = 16;
     let mut nats_kills = 0;
     for i in 0..kills {
-        let mut stream = common::Consumer::spawn(
-            &db,
-            out.path(),
-            &["--format", "none", "--nats", &nats.url()],
-        );
+        let log = logs.path().join(format!("stream-{i}.log"));
+        let mut stream = common::Consumer {
+            child: stream_command(
+                &db,
+                out.path(),
+                &["--format", "none", "--nats", &nats.url()],
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        };
+        // How many times the stream has read where its rows stop in JetStream (on start and
+        // after each new connection).
+        let connections = || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("JetStream holds the rows of this database up to here")
+                .count()
+        };
         let mut archive = common::Consumer {
             child: nats_support::archive_command(&nats.url(), archive_out.path(), &[])
                 .stdout(Stdio::null())
@@ -322,14 +338,29 @@ async fn kill_9_of_stream_archive_and_nats_server_loses_and_doubles_nothing() {
         // JetStream must still hold each row once and in order. Sometimes the stream is killed
         // while the server is down (its rewind waits for NATS), sometimes it reconnects.
         if i % 2 == 1 {
+            let before = connections();
             nats.kill();
             nats_kills += 1;
             std::thread::sleep(Duration::from_millis(rng.below(500)));
-            if rng.below(3) == 0 {
+            let stream_killed = rng.below(3) == 0;
+            if stream_killed {
                 stream.child.kill().unwrap();
             }
             nats.restart().unwrap();
-            std::thread::sleep(Duration::from_millis(300 + rng.below(900)));
+            if !stream_killed {
+                // The stream lives through it: it connects again and goes on publishing.
+                common::wait::until(
+                    "the stream to connect to NATS again",
+                    Duration::from_secs(60),
+                    || connections() > before || stream.child.try_wait().unwrap().is_some(),
+                );
+                assert!(
+                    stream.child.try_wait().unwrap().is_none(),
+                    "the stream ended when NATS was killed (seed {seed}): {}",
+                    std::fs::read_to_string(&log).unwrap()
+                );
+                std::thread::sleep(Duration::from_millis(rng.below(900)));
+            }
         }
         // Kill them in a random order (the stream may be gone already).
         if rng.below(2) == 0 {
@@ -486,4 +517,70 @@ async fn a_rewind_skips_exactly_what_jetstream_holds() {
         .map(|s| s.body["row"]["id"].as_str().unwrap())
         .collect();
     assert_eq!(values, ["a0", "a1", "a2", "b0", "b1", "b2", "b3"]);
+}
+
+/// NATS lost mid-run: the stream says so, waits for it (the rewind's new connection) and still
+/// stops at once on SIGTERM with exit 0; the rows it could not publish are sent once NATS is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_waiting_for_nats_after_losing_it_stops_on_sigterm_and_loses_nothing() {
+    let nats = NatsServer::start().unwrap();
+    let db = TestDb::new("nats_lost_stop");
+    let out = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    prepare(&db, out.path());
+    let log = logs.path().join("stream.log");
+    let child = stream_command(
+        &db,
+        out.path(),
+        &["--format", "none", "--nats", &nats.url()],
+    )
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    let mut stream = common::Consumer { child };
+    db.psql("UPDATE users SET role = 'x' WHERE id <= 10");
+    let rows = audit_rows(&db);
+    let url = nats.url();
+    let published = || {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(nats_support::count_or_zero(&url, "AUDIT"))
+        })
+        .join()
+        .unwrap()
+    };
+    common::wait::until("the rows in JetStream", Duration::from_secs(30), || {
+        published() == rows
+    });
+    nats.kill();
+    db.psql("UPDATE users SET role = 'y' WHERE id <= 10");
+    let said = |text: &str| std::fs::read_to_string(&log).unwrap().contains(text);
+    common::wait::until(
+        "the stream to wait for NATS again",
+        Duration::from_secs(30),
+        || said("NATS is unreachable"),
+    );
+    assert!(said("the connection to NATS was lost"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(stream.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut status = None;
+    common::wait::until("the stream to stop", Duration::from_secs(15), || {
+        status = stream.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(
+        status.unwrap().success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    nats.restart().unwrap();
+    catch_up_with_nats(&db, out.path(), &nats.url());
+    let stored = nats_support::read_all(&nats.url(), "AUDIT").await;
+    assert_eq!(nats_support::order_problem(&stored), None);
+    assert_eq!(stored.len() as u64, audit_rows(&db), "every row once");
 }

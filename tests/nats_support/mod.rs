@@ -258,3 +258,15 @@ pub fn order_problem(stored: &[Stored]) -> Option<String> {
         .find(|(_, (_, _, ends))| !ends)
         .map(|(db, at)| format!("the last transaction of {db} is incomplete: {at:?}"))
 }
+
+/// How many messages `stream` holds; 0 while NATS or the stream is not there (yet).
+pub async fn count_or_zero(url: &str, stream: &str) -> u64 {
+    let Ok(client) = async_nats::connect(url).await else {
+        return 0;
+    };
+    let js = jetstream::new(client);
+    let Ok(mut stream) = js.get_stream(stream).await else {
+        return 0;
+    };
+    stream.info().await.map(|i| i.state.messages).unwrap_or(0)
+}

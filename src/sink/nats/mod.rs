@@ -75,6 +75,8 @@ pub struct NatsSink {
     /// Where JetStream's rows of ours stop, as read on start or on the last rewind:
     /// transactions committed below it are there already.
     resume: Lsn,
+    /// The failure in `shared` was returned to the stream already.
+    reported: bool,
 }
 
 /// Where to resume after JetStream's last row of ours: the transactions committed below the
@@ -138,6 +140,7 @@ impl NatsSink {
             index: 0,
             partial,
             resume,
+            reported: false,
         }))
     }
 
@@ -146,10 +149,11 @@ impl NatsSink {
         self.shared.wake.clone()
     }
 
-    fn check(&self) -> Result<(), SinkFailure> {
+    fn check(&mut self) -> Result<(), SinkFailure> {
         if !self.shared.failed.load(Ordering::Acquire) {
             return Ok(());
         }
+        self.reported = true;
         let failure = self
             .shared
             .failure
@@ -244,7 +248,13 @@ impl Sink for NatsSink {
     }
 
     fn flush(&mut self) -> Result<(), SinkFailure> {
-        self.check()
+        // A transient failure is reported once: after it the stream keeps what is complete (a
+        // flush that must succeed) and rewinds, which makes a new connection.
+        let reported = self.reported;
+        match self.check() {
+            Err(e) if reported && e.is_transient() => Ok(()),
+            other => other,
+        }
     }
 
     fn durable(&self) -> Option<Lsn> {
@@ -252,6 +262,7 @@ impl Sink for NatsSink {
     }
 
     fn rewind(&mut self) -> Result<(), SinkFailure> {
+        self.reported = false;
         self.held = None;
         self.txn = None;
         self.index = 0;
