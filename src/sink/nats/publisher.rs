@@ -362,10 +362,13 @@ async fn publish_loop(
     acked: &mut Acked,
 ) -> End {
     let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
+    // One waiter for the whole loop (a notification before its first poll is kept as a permit).
+    let lost = lost.notified();
+    tokio::pin!(lost);
     loop {
         tokio::select! {
             biased;
-            _ = lost.notified() => {
+            _ = &mut lost => {
                 shared.fail(FailureKind::Transient, format!(
                     "the connection to NATS was lost with {} publishes unacknowledged; they \
                      are sent again on a new connection", in_flight.len()));
