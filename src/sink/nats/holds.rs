@@ -1,9 +1,6 @@
 //! What JetStream holds of this database's rows, as an epoch of the publisher reads it on
 //! connecting: the last row of ours, and whether the server lost rows it had acknowledged.
-//! Also the signal watch of an epoch that waits for NATS during a rewind.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -50,24 +47,6 @@ pub fn check_nothing_lost(acked: &Acked, last: Option<&Position>, sequence: u64)
         acked.sequence
     );
     true
-}
-
-/// Sets `flag` on SIGTERM or SIGINT (the stream's own handlers see them too).
-pub fn watch_signals(flag: Arc<AtomicBool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        flag.store(true, Ordering::Release);
-    });
 }
 
 /// The position of the last message under `filter`, read through an ephemeral consumer that

@@ -10,11 +10,12 @@
 //! is handed to the publisher one behind, so the last row of a transaction can carry its end
 //! LSN (the archiver commits its files there).
 //!
-//! Failures: a lost connection or an acknowledgement that does not come (NATS down, slow) is
-//! transient: the stream rewinds to what is durable, the sink makes a new connection (waiting
-//! while NATS is unreachable), reads JetStream's last row of ours again and skips exactly what
-//! is stored, as on start (see `publisher` for why JetStream always holds a prefix of our rows,
-//! in order); a refusal (no permission, no stream) is fatal.
+//! Failures: a lost connection makes the sink drop what it is given (nothing more becomes
+//! durable, so the slot stays) while a new connection is tried; once connected, the sink fails
+//! as transient so that the stream rewinds to what is durable, reads JetStream's last row of
+//! ours again and skips exactly what is stored, as on start. An acknowledgement that does not
+//! come (NATS slow) is transient at once. See `publisher` for why JetStream always holds a
+//! prefix of our rows, in order. A refusal (no permission, no stream) is fatal.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -166,6 +167,10 @@ impl NatsSink {
     }
 
     fn send(&self, command: Command) -> Result<(), SinkFailure> {
+        // The connection is lost: nothing goes out, nothing becomes durable.
+        if !matches!(command, Command::Rewind(_)) && self.shared.down.load(Ordering::Acquire) {
+            return Ok(());
+        }
         self.commands.send(command).map_err(|_| {
             SinkFailure::fatal(NatsError::Publish("the NATS client's thread ended".into()))
         })
@@ -266,9 +271,14 @@ impl Sink for NatsSink {
         self.held = None;
         self.txn = None;
         self.index = 0;
+        if self.shared.down.load(Ordering::Acquire) && !self.shared.failed.load(Ordering::Acquire) {
+            // Still waiting for NATS (another sink's or the server's rewind): the thread asks
+            // for one once it is connected.
+            return Ok(());
+        }
         let (done, wait) = mpsc::sync_channel(1);
         self.send(Command::Rewind(done))?;
-        // The thread answers once connected again (waiting while NATS is unreachable).
+        // The thread answers once connected again, or after a first attempt that failed.
         let answer = wait.recv().map_err(|_| {
             SinkFailure::fatal(NatsError::Publish("the NATS client's thread ended".into()))
         })?;
@@ -281,6 +291,13 @@ impl Sink for NatsSink {
                 self.partial = partial;
                 tracing::info!(%resume, partial = partial.is_some(),
                     "connected to NATS again; JetStream holds the rows of this database up to here");
+                Ok(())
+            }
+            Rewound::Down => {
+                tracing::warn!(
+                    "NATS is unreachable: the other sinks go on, the slot stays where JetStream \
+                     holds the rows, and what it lacks is sent once NATS is back"
+                );
                 Ok(())
             }
             // The stream stops; should it go on, the thread tries again on the next rewind.

@@ -49,7 +49,7 @@ use tokio::sync::Notify;
 
 use super::NatsError;
 use super::connect::{NatsConfig, OneConnection, ServerErrors};
-use super::holds::{Acked, check_nothing_lost, last_position, watch_signals};
+use super::holds::{Acked, check_nothing_lost, last_position};
 use super::message::{self, Position};
 use crate::lsn::Lsn;
 use crate::sink::FailureKind;
@@ -81,6 +81,9 @@ pub enum Command {
 pub enum Rewound {
     /// Connected again; JetStream's last row of ours, if any.
     Last(Option<Position>),
+    /// NATS is unreachable: drop what comes until the thread asks for a rewind (a transient
+    /// failure) once it is connected again.
+    Down,
     /// Told to stop while NATS was unreachable.
     Stopped,
     /// Going on cannot help (credentials refused, the stream gone).
@@ -96,6 +99,9 @@ pub struct Shared {
     pub wake: Arc<Notify>,
     pub server_errors: ServerErrors,
     pub stop: AtomicBool,
+    /// The connection is lost: the sink drops what it is given (nothing becomes durable) until
+    /// this thread, connected again, asks for a rewind.
+    pub down: AtomicBool,
 }
 
 impl Shared {
@@ -136,6 +142,8 @@ enum Answer {
 enum End {
     /// The sink is gone or it could not start: the thread ends.
     Over,
+    /// The connection was lost: connect again at once, without waiting for a rewind.
+    Lost,
     /// Its connection failed: wait for the rewind.
     Failed,
     /// The stream rewound while the connection was fine: a new epoch answers it.
@@ -183,7 +191,7 @@ fn run(
     mut rx: tokio::sync::mpsc::Receiver<Command>,
     started: StartAnswer,
 ) {
-    let mut answer = Answer::Start(started);
+    let mut answer = Some(Answer::Start(started));
     let mut acked = Acked::default();
     loop {
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -193,14 +201,15 @@ fn run(
             Ok(rt) => rt,
             Err(e) => {
                 match answer {
-                    Answer::Start(tx) => {
+                    Some(Answer::Start(tx)) => {
                         let _ = tx.send(Err(NatsError::Runtime(e)));
                     }
-                    Answer::Rewind(done) => {
+                    Some(Answer::Rewind(done)) => {
                         let _ = done.send(Rewound::Fatal(format!(
                             "could not start the NATS client's runtime: {e}"
                         )));
                     }
+                    None => {}
                 }
                 return;
             }
@@ -212,11 +221,12 @@ fn run(
         drop(runtime);
         answer = match end {
             End::Over => return,
-            End::Rewind(done) => Answer::Rewind(done),
+            End::Lost => None,
+            End::Rewind(done) => Some(Answer::Rewind(done)),
             // Everything handed over until the rewind is sent again after it.
             End::Failed => loop {
                 match rx.blocking_recv() {
-                    Some(Command::Rewind(done)) => break Answer::Rewind(done),
+                    Some(Command::Rewind(done)) => break Some(Answer::Rewind(done)),
                     Some(_) => {}
                     None => return,
                 }
@@ -232,23 +242,26 @@ async fn epoch(
     database: &str,
     shared: &Shared,
     rx: &mut tokio::sync::mpsc::Receiver<Command>,
-    answer: Answer,
+    answer: Option<Answer>,
     acked: &mut Acked,
 ) -> End {
-    let rewinding = matches!(answer, Answer::Rewind(_));
+    let rewinding = !matches!(answer, Some(Answer::Start(_)));
     if rewinding {
         shared.clear();
     }
-    // A rewind blocks the stream's runtime, whose signal handling then cannot run: this runtime
-    // watches for the same signals while it waits for NATS.
-    // (Only once it has to wait: the handlers stay installed for the process's life.)
-    let signalled = Arc::new(AtomicBool::new(false));
-    let watching = std::cell::Cell::new(false);
+    // A rewind does not wait for NATS: after the first failed attempt it answers `Down`, the
+    // sink drops what it is given (its durable position stays, and so does the slot) and the
+    // stream goes on with its other sinks; once connected, this asks for a rewind again.
+    let pending = std::cell::RefCell::new(answer);
     let stopped = || {
-        if rewinding && !watching.replace(true) {
-            watch_signals(signalled.clone());
+        let mut pending = pending.borrow_mut();
+        if matches!(*pending, Some(Answer::Rewind(_)))
+            && let Some(Answer::Rewind(done)) = pending.take()
+        {
+            shared.down.store(true, Ordering::Release);
+            let _ = done.send(Rewound::Down);
         }
-        shared.stop.load(Ordering::Acquire) || signalled.load(Ordering::Acquire)
+        shared.stop.load(Ordering::Acquire)
     };
     let mut backoff = Duration::from_millis(500);
     let (js, once, last) = loop {
@@ -258,9 +271,26 @@ async fn epoch(
             .await;
         let client = match connected {
             Ok(Some(client)) => client,
-            Ok(None) => return stopped_waiting(shared, answer),
-            Err(e) => return fatal(answer, e),
+            Ok(None) => return stopped_waiting(shared, pending.take()),
+            Err(e) => return fatal(pending.take(), e),
         };
+        if pending.borrow().is_none() {
+            // The sink was told NATS is down: ask the stream for a rewind and wait for it.
+            shared.fail(
+                FailureKind::Transient,
+                "connected to NATS again; sending what JetStream lacks".into(),
+            );
+            let done = loop {
+                match rx.recv().await {
+                    Some(Command::Rewind(done)) => break done,
+                    Some(_) => {}
+                    None => return End::Over,
+                }
+            };
+            shared.clear();
+            shared.down.store(false, Ordering::Release);
+            *pending.borrow_mut() = Some(Answer::Rewind(done));
+        }
         let js = jetstream::ContextBuilder::new()
             .timeout(ACK_TIMEOUT)
             .max_ack_inflight(IN_FLIGHT * 2)
@@ -286,13 +316,13 @@ async fn epoch(
                     "could not read where this database's rows stop in JetStream; the slot \
                      stays where it is, retrying");
             }
-            Err(e) => return fatal(answer, e),
+            Err(e) => return fatal(pending.take(), e),
         }
         drop(js);
         let mut waited = Duration::ZERO;
         while waited < backoff {
             if stopped() {
-                return stopped_waiting(shared, answer);
+                return stopped_waiting(shared, pending.take());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
             waited += Duration::from_millis(100);
@@ -302,13 +332,14 @@ async fn epoch(
     if let Some(p) = &last {
         acked.row = acked.row.max(Some((p.commit_lsn, p.index)));
     }
-    match answer {
-        Answer::Start(tx) => {
+    match pending.take() {
+        None => return End::Over,
+        Some(Answer::Start(tx)) => {
             if tx.send(Ok(Some(Started { last }))).is_err() {
                 return End::Over;
             }
         }
-        Answer::Rewind(done) => {
+        Some(Answer::Rewind(done)) => {
             if done.send(Rewound::Last(last)).is_err() {
                 return End::Over;
             }
@@ -317,13 +348,13 @@ async fn epoch(
     publish_loop(&js, shared, rx, &once.lost, acked).await
 }
 
-fn stopped_waiting(shared: &Shared, answer: Answer) -> End {
+fn stopped_waiting(shared: &Shared, answer: Option<Answer>) -> End {
     match answer {
-        Answer::Start(tx) => {
+        Some(Answer::Start(tx)) => {
             let _ = tx.send(Ok(None));
             End::Over
         }
-        Answer::Rewind(done) => {
+        Some(Answer::Rewind(done)) => {
             shared.fail(
                 FailureKind::Transient,
                 "stopped while waiting for NATS".into(),
@@ -331,17 +362,21 @@ fn stopped_waiting(shared: &Shared, answer: Answer) -> End {
             let _ = done.send(Rewound::Stopped);
             End::Failed
         }
+        None => End::Over,
     }
 }
 
-fn fatal(answer: Answer, e: NatsError) -> End {
+/// Going on cannot help; told to whoever waits (after `Down`, the sink learns it from the
+/// thread's end).
+fn fatal(answer: Option<Answer>, e: NatsError) -> End {
     match answer {
-        Answer::Start(tx) => {
+        Some(Answer::Start(tx)) => {
             let _ = tx.send(Err(e));
         }
-        Answer::Rewind(done) => {
+        Some(Answer::Rewind(done)) => {
             let _ = done.send(Rewound::Fatal(e.to_string()));
         }
+        None => {}
     }
     End::Over
 }
@@ -369,10 +404,13 @@ async fn publish_loop(
         tokio::select! {
             biased;
             _ = &mut lost => {
-                shared.fail(FailureKind::Transient, format!(
-                    "the connection to NATS was lost with {} publishes unacknowledged; they \
-                     are sent again on a new connection", in_flight.len()));
-                return End::Failed;
+                // No rewind yet: the other sinks go on, this one drops rows until connected
+                // again (then it asks for the rewind that sends what JetStream lacks).
+                shared.down.store(true, Ordering::Release);
+                tracing::warn!(unacknowledged = in_flight.len(),
+                    "the other sinks go on; the slot stays where JetStream holds the rows, and \
+                     what it lacks is sent once NATS is back");
+                return End::Lost;
             }
             done = in_flight.next(), if !in_flight.is_empty() => {
                 match done {
