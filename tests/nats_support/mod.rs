@@ -216,3 +216,57 @@ pub fn terminate(child: &mut std::process::Child) -> (Option<i32>, String) {
     }
     (status.code(), err)
 }
+
+/// Whether `stored` holds each database's rows in the order the stream publishes them: commit
+/// LSNs non-decreasing, indexes consecutive from 0 within a transaction, every transaction
+/// complete (its last row carries the end LSN) before the next begins, and the last one
+/// complete. `None` when it does; else what is wrong, at which stream position.
+pub fn order_problem(stored: &[Stored]) -> Option<String> {
+    use audit_tail::lsn::Lsn;
+    // Per database: the last row's commit LSN, index and whether it ended its transaction.
+    let mut last: std::collections::HashMap<String, (Lsn, u64, bool)> = Default::default();
+    for (n, s) in stored.iter().enumerate() {
+        let mut parts = s.id.rsplitn(3, ':');
+        let (Some(index), Some(lsn), Some(db)) = (parts.next(), parts.next(), parts.next()) else {
+            return Some(format!(
+                "message {n}: id {:?} is not <db>:<lsn>:<index>",
+                s.id
+            ));
+        };
+        let (Ok(index), Ok(lsn)) = (index.parse::<u64>(), lsn.parse::<Lsn>()) else {
+            return Some(format!("message {n}: id {:?} does not parse", s.id));
+        };
+        let ends = s.end_lsn.is_some();
+        let fits = match last.get(db) {
+            None => index == 0,
+            Some(&(prev, prev_index, prev_ends)) if prev == lsn => {
+                !prev_ends && index == prev_index + 1
+            }
+            Some(&(prev, _, prev_ends)) => prev_ends && prev < lsn && index == 0,
+        };
+        if !fits {
+            return Some(format!(
+                "message {n} ({}) does not follow the previous row of its database ({:?}: \
+                 commit LSN, index, ended its transaction)",
+                s.id,
+                last.get(db)
+            ));
+        }
+        last.insert(db.to_string(), (lsn, index, ends));
+    }
+    last.iter()
+        .find(|(_, (_, _, ends))| !ends)
+        .map(|(db, at)| format!("the last transaction of {db} is incomplete: {at:?}"))
+}
+
+/// How many messages `stream` holds; 0 while NATS or the stream is not there (yet).
+pub async fn count_or_zero(url: &str, stream: &str) -> u64 {
+    let Ok(client) = async_nats::connect(url).await else {
+        return 0;
+    };
+    let js = jetstream::new(client);
+    let Ok(mut stream) = js.get_stream(stream).await else {
+        return 0;
+    };
+    stream.info().await.map(|i| i.state.messages).unwrap_or(0)
+}

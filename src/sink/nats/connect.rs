@@ -14,6 +14,25 @@ use super::NatsError;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The reconnect delay of a client of one connection once it has connected: longer than any
+/// run, so the client's connection handler never makes a second connection.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A client that makes one connection only (the sink's publishing, see
+/// src/sink/nats/publisher.rs): once connected, a lost connection is reported through `lost`
+/// and never made again by the client itself.
+///
+/// async-nats 0.51 has no option for that: `max_reconnects(Some(0))` means no limit, and its
+/// connector resets its attempt count after each connection, then calls the reconnect delay
+/// callback before every attempt (connector.rs, `try_connect`). So the callback returns
+/// `NEVER` once `connected` is set (right after `connect` returns, before the connection
+/// handler first runs): a disconnected handler sleeps in that delay and writes nothing it
+/// buffered. Its runtime is then dropped, which ends it.
+#[derive(Clone, Default)]
+pub struct OneConnection {
+    pub connected: Arc<std::sync::atomic::AtomicBool>,
+    pub lost: Arc<tokio::sync::Notify>,
+}
 
 /// `--nats` and its options.
 #[derive(Clone, Default)]
@@ -63,7 +82,12 @@ impl NatsConfig {
         format!("{}.>", self.subject_prefix)
     }
 
-    async fn options(&self, errors: ServerErrors) -> Result<ConnectOptions, NatsError> {
+    async fn options(
+        &self,
+        errors: ServerErrors,
+        once: Option<&OneConnection>,
+    ) -> Result<ConnectOptions, NatsError> {
+        let lost = once.map(|o| o.lost.clone());
         let mut options = ConnectOptions::new()
             .name("audit-tail")
             .connection_timeout(Duration::from_secs(5))
@@ -71,7 +95,13 @@ impl NatsConfig {
             .max_reconnects(None)
             .event_callback(move |event| {
                 let errors = errors.clone();
+                let lost = lost.clone();
                 async move {
+                    if let (async_nats::Event::Disconnected, Some(lost)) = (&event, &lost) {
+                        tracing::warn!("the connection to NATS was lost");
+                        lost.notify_one();
+                        return;
+                    }
                     match event {
                         async_nats::Event::ServerError(e) => {
                             tracing::warn!(error = %e, "the NATS server reported an error");
@@ -88,6 +118,16 @@ impl NatsConfig {
                     }
                 }
             });
+        if let Some(once) = once {
+            let connected = once.connected.clone();
+            options = options.reconnect_delay_callback(move |_| {
+                if connected.load(std::sync::atomic::Ordering::Acquire) {
+                    NEVER
+                } else {
+                    Duration::ZERO
+                }
+            });
+        }
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             options = options.user_and_password(user.clone(), password.clone());
         }
@@ -121,12 +161,38 @@ impl NatsConfig {
         errors: ServerErrors,
         stopped: &dyn Fn() -> bool,
     ) -> Result<Option<async_nats::Client>, NatsError> {
+        self.connect_with(errors, stopped, None).await
+    }
+
+    /// As `connect`, for a client of one connection (see [`OneConnection`]).
+    pub async fn connect_once(
+        &self,
+        errors: ServerErrors,
+        stopped: &dyn Fn() -> bool,
+        once: &OneConnection,
+    ) -> Result<Option<async_nats::Client>, NatsError> {
+        self.connect_with(errors, stopped, Some(once)).await
+    }
+
+    async fn connect_with(
+        &self,
+        errors: ServerErrors,
+        stopped: &dyn Fn() -> bool,
+        once: Option<&OneConnection>,
+    ) -> Result<Option<async_nats::Client>, NatsError> {
         let mut backoff = BACKOFF_FIRST;
         let mut attempt = 0u32;
         loop {
-            let options = self.options(errors.clone()).await?;
+            let options = self.options(errors.clone(), once).await?;
             match options.connect(self.url.as_str()).await {
-                Ok(client) => return Ok(Some(client)),
+                Ok(client) => {
+                    // No await since the handler was spawned: it has not run yet.
+                    if let Some(once) = once {
+                        once.connected
+                            .store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    return Ok(Some(client));
+                }
                 Err(e) => {
                     let fatal = matches!(
                         e.kind(),

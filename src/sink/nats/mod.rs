@@ -10,8 +10,12 @@
 //! is handed to the publisher one behind, so the last row of a transaction can carry its end
 //! LSN (the archiver commits its files there).
 //!
-//! Failures: an acknowledgement that does not come (NATS down, slow) is transient, the stream
-//! rewinds to what is durable and re-sends; a refusal (no permission, no stream) is fatal.
+//! Failures: a lost connection makes the sink drop what it is given (nothing more becomes
+//! durable, so the slot stays) while a new connection is tried; once connected, the sink fails
+//! as transient so that the stream rewinds to what is durable, reads JetStream's last row of
+//! ours again and skips exactly what is stored, as on start. An acknowledgement that does not
+//! come (NATS slow) is transient at once. See `publisher` for why JetStream always holds a
+//! prefix of our rows, in order. A refusal (no permission, no stream) is fatal.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -24,12 +28,13 @@ use crate::capture::Row;
 use crate::lsn::Lsn;
 
 pub mod connect;
+mod holds;
 pub mod message;
 mod publisher;
 
 pub use connect::NatsConfig;
 use message::Position;
-use publisher::{Command, Shared};
+use publisher::{Command, Rewound, Shared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
@@ -68,6 +73,25 @@ pub struct NatsSink {
     /// A transaction published in part before the last stop: its commit LSN and the index of its
     /// last row in the stream.
     partial: Option<(Lsn, u64)>,
+    /// Where JetStream's rows of ours stop, as read on start or on the last rewind:
+    /// transactions committed below it are there already.
+    resume: Lsn,
+    /// The failure in `shared` was returned to the stream already.
+    reported: bool,
+}
+
+/// Where to resume after JetStream's last row of ours: the transactions committed below the
+/// returned LSN are stored whole, and the second part is a transaction stored in part (its
+/// commit LSN and the index of its last stored row). A row goes out without the end header only
+/// once the next row of its transaction has come, so a last row without it has more after it.
+pub fn resume_after(last: Option<Position>) -> (Lsn, Option<(Lsn, u64)>) {
+    match last {
+        None => (Lsn(0), None),
+        Some(Position {
+            end_lsn: Some(end), ..
+        }) => (end, None),
+        Some(p) => (p.commit_lsn, Some((p.commit_lsn, p.index))),
+    }
 }
 
 impl NatsSink {
@@ -102,13 +126,7 @@ impl NatsSink {
         let Some(started) = started? else {
             return Ok(None);
         };
-        let (resume, partial) = match started.last {
-            None => (Lsn(0), None),
-            Some(Position {
-                end_lsn: Some(end), ..
-            }) => (end, None),
-            Some(p) => (p.commit_lsn, Some((p.commit_lsn, p.index))),
-        };
+        let (resume, partial) = resume_after(started.last);
         shared.durable.store(resume.0, Ordering::Release);
         tracing::info!(stream = %config.stream, %resume, partial = partial.is_some(),
             "JetStream holds the rows of this database up to here");
@@ -122,6 +140,8 @@ impl NatsSink {
             txn: None,
             index: 0,
             partial,
+            resume,
+            reported: false,
         }))
     }
 
@@ -130,10 +150,11 @@ impl NatsSink {
         self.shared.wake.clone()
     }
 
-    fn check(&self) -> Result<(), SinkFailure> {
+    fn check(&mut self) -> Result<(), SinkFailure> {
         if !self.shared.failed.load(Ordering::Acquire) {
             return Ok(());
         }
+        self.reported = true;
         let failure = self
             .shared
             .failure
@@ -146,6 +167,10 @@ impl NatsSink {
     }
 
     fn send(&self, command: Command) -> Result<(), SinkFailure> {
+        // The connection is lost: nothing goes out, nothing becomes durable.
+        if !matches!(command, Command::Rewind(_)) && self.shared.down.load(Ordering::Acquire) {
+            return Ok(());
+        }
         self.commands.send(command).map_err(|_| {
             SinkFailure::fatal(NatsError::Publish("the NATS client's thread ended".into()))
         })
@@ -162,6 +187,7 @@ impl NatsSink {
             index: self.index - 1,
             end_lsn: end,
         };
+        let at = (position.commit_lsn, position.index);
         let message = async_nats::jetstream::message::PublishMessage::build()
             .headers(message::headers(&self.database, &position))
             .payload(self.encoder.body(
@@ -170,7 +196,11 @@ impl NatsSink {
                 txn.commit_lsn,
                 txn.commit_time,
             ));
-        self.send(Command::Publish { subject, message })
+        self.send(Command::Publish {
+            subject,
+            message,
+            at,
+        })
     }
 }
 
@@ -180,7 +210,7 @@ impl Sink for NatsSink {
     }
 
     fn resume_point(&self) -> Option<Lsn> {
-        Some(Lsn(self.shared.durable.load(Ordering::Acquire)))
+        Some(self.resume)
     }
 
     fn row(&mut self, row: &Row, txn: Txn) -> Result<(), SinkFailure> {
@@ -223,7 +253,13 @@ impl Sink for NatsSink {
     }
 
     fn flush(&mut self) -> Result<(), SinkFailure> {
-        self.check()
+        // A transient failure is reported once: after it the stream keeps what is complete (a
+        // flush that must succeed) and rewinds, which makes a new connection.
+        let reported = self.reported;
+        match self.check() {
+            Err(e) if reported && e.is_transient() => Ok(()),
+            other => other,
+        }
     }
 
     fn durable(&self) -> Option<Lsn> {
@@ -231,15 +267,43 @@ impl Sink for NatsSink {
     }
 
     fn rewind(&mut self) -> Result<(), SinkFailure> {
+        self.reported = false;
         self.held = None;
         self.txn = None;
         self.index = 0;
+        if self.shared.down.load(Ordering::Acquire) && !self.shared.failed.load(Ordering::Acquire) {
+            // Still waiting for NATS (another sink's or the server's rewind): the thread asks
+            // for one once it is connected.
+            return Ok(());
+        }
         let (done, wait) = mpsc::sync_channel(1);
         self.send(Command::Rewind(done))?;
-        // The thread answers between two publishes: at most a send's wait.
-        wait.recv().map_err(|_| {
+        // The thread answers once connected again, or after a first attempt that failed.
+        let answer = wait.recv().map_err(|_| {
             SinkFailure::fatal(NatsError::Publish("the NATS client's thread ended".into()))
-        })
+        })?;
+        match answer {
+            Rewound::Last(last) => {
+                let (resume, partial) = resume_after(last);
+                // Stored, so durable: an acknowledgement lost with the connection.
+                self.shared.durable.fetch_max(resume.0, Ordering::AcqRel);
+                self.resume = resume;
+                self.partial = partial;
+                tracing::info!(%resume, partial = partial.is_some(),
+                    "connected to NATS again; JetStream holds the rows of this database up to here");
+                Ok(())
+            }
+            Rewound::Down => {
+                tracing::warn!(
+                    "NATS is unreachable: the other sinks go on, the slot stays where JetStream \
+                     holds the rows, and what it lacks is sent once NATS is back"
+                );
+                Ok(())
+            }
+            // The stream stops; should it go on, the thread tries again on the next rewind.
+            Rewound::Stopped => Ok(()),
+            Rewound::Fatal(why) => Err(SinkFailure::fatal(NatsError::Publish(why))),
+        }
     }
 
     fn waker(&self) -> Option<Arc<Notify>> {
@@ -250,5 +314,30 @@ impl Sink for NatsSink {
 impl Drop for NatsSink {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lsn::PgTimestamp;
+
+    #[test]
+    fn resuming_skips_whole_transactions_below_and_the_stored_rows_of_a_partial_one() {
+        assert_eq!(resume_after(None), (Lsn(0), None));
+        let last = |end_lsn| Position {
+            commit_lsn: Lsn(0x100),
+            commit_time: PgTimestamp(0),
+            index: 4,
+            end_lsn,
+        };
+        assert_eq!(
+            resume_after(Some(last(Some(Lsn(0x108))))),
+            (Lsn(0x108), None)
+        );
+        assert_eq!(
+            resume_after(Some(last(None))),
+            (Lsn(0x100), Some((Lsn(0x100), 4)))
+        );
     }
 }
