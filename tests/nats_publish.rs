@@ -131,15 +131,18 @@ async fn the_slot_is_acknowledged_promptly_once_jetstream_has_acknowledged() {
         ],
     );
     common::wait::streaming(&db, &db.name);
+    // The position before the UPDATE, not after it: the cluster is shared with the other tests
+    // of this file, whose WAL can follow our commit, and only a keepalive (every 30 s) would
+    // take the slot past WAL of other databases. Past `before` is only our commit's end.
+    let before = db.psql("SELECT pg_current_wal_lsn()").trim().to_string();
     db.psql("UPDATE users SET role = 'woken'");
     // Well before the server's own keepalive (half of wal_sender_timeout, 30 s) would ask.
-    let target = db.psql("SELECT pg_current_wal_lsn()").trim().to_string();
     common::wait::until(
-        "the slot to be acknowledged",
+        "the slot to be acknowledged past the UPDATE",
         std::time::Duration::from_secs(10),
         || {
             db.psql(&format!(
-                "SELECT confirmed_flush_lsn >= '{target}'::pg_lsn FROM pg_replication_slots \
+                "SELECT confirmed_flush_lsn > '{before}'::pg_lsn FROM pg_replication_slots \
              WHERE slot_name = '{}'",
                 db.name
             ))
