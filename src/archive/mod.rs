@@ -51,6 +51,11 @@ const BATCH: usize = 2000;
 const FETCH_WAIT: Duration = Duration::from_millis(200);
 /// How long a fetch may go without a message or its end before NATS is taken for gone.
 const STALL: Duration = Duration::from_secs(5);
+/// How long a fetch may go without a message or its end, past its expiry, while the connection
+/// is up: then it is given up and another one asked for. Under load nats-server 2.9 leaves a
+/// pull request that received part of its batch unanswered now and then (no message, no end):
+/// taken for NATS gone after STALL, that was a reconnection several times a minute.
+const QUIET: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// While a backlog is read (fetches come back full), the longest between durable points: each
@@ -284,6 +289,7 @@ impl Archive {
                 client
             }
         };
+        let link_state = client.clone();
         let js = jetstream::new(client);
         let stream = config.nats.stream(&js).await?;
         let Some(filter) = self.filter(config, &stream, shutdown).await? else {
@@ -301,7 +307,21 @@ impl Archive {
             pending.set(consumer.cached_info().num_pending as i64);
         }
         let mut last_durable = std::time::Instant::now();
+        // The consumer's delivery count of the last message taken: a gap means NATS delivered
+        // messages to a pull request given up on (QUIET), which this session never saw.
+        let mut delivered = 0;
+        // The last answer from NATS (a message or a fetch's end).
+        let mut quiet_since = std::time::Instant::now();
+        // The client's connections so far: one more is a reconnection under this session.
+        let stats = link_state.statistics();
+        let connects = || stats.connects.load(std::sync::atomic::Ordering::Relaxed);
+        let mut connected = connects();
         loop {
+            if connects() > connected {
+                connected = connects();
+                crate::metrics::get().inspect(|m| m.reconnected());
+                tracing::info!("connected to NATS again; the archive reads on from its consumer");
+            }
             let batch = tokio::select! {
                 biased;
                 _ = stopped(shutdown) => {
@@ -315,7 +335,8 @@ impl Archive {
             let mut got = 0;
             loop {
                 // While NATS is down a fetch neither ends nor fails: give up on it after STALL
-                // and connect again, and stop on a signal at any message.
+                // and connect again, and stop on a signal at any message. With the connection
+                // up, a fetch unanswered past its expiry is given up on and another one made.
                 let next = tokio::select! {
                     biased;
                     _ = stopped(shutdown) => {
@@ -323,19 +344,43 @@ impl Archive {
                         tracing::info!(durable = %self.files.durable_lsn(), rows = self.rows, "stopped on signal");
                         return Ok(());
                     }
-                    next = tokio::time::timeout(STALL, batch.next()) => next,
+                    next = tokio::time::timeout(FETCH_WAIT + QUIET, batch.next()) => next,
                 };
                 match next {
-                    Err(_) => {
+                    Err(_) if quiet_since.elapsed() >= STALL => {
                         return Err(ArchiveError::Link(format!(
                             "no answer from NATS for {} s",
                             STALL.as_secs()
                         )));
                     }
-                    Ok(None) => break,
+                    Err(_) => {
+                        if link_state.connection_state() == async_nats::connection::State::Connected
+                        {
+                            tracing::debug!(
+                                got,
+                                "a fetch went unanswered past its expiry; asking again"
+                            );
+                            break;
+                        }
+                    }
+                    Ok(None) => {
+                        quiet_since = std::time::Instant::now();
+                        break;
+                    }
                     Ok(Some(message)) => {
                         got += 1;
+                        quiet_since = std::time::Instant::now();
                         let message = message.map_err(|e| ArchiveError::Link(e.to_string()))?;
+                        let count = message.info().map_or(0, |i| i.consumer_sequence);
+                        if count != 0 && delivered != 0 && count != delivered + 1 {
+                            return Err(ArchiveError::Link(format!(
+                                "NATS delivered messages {}..{} of this consumer to a fetch given \
+                                 up on; reading again from where the files end",
+                                delivered + 1,
+                                count - 1
+                            )));
+                        }
+                        delivered = count;
                         self.check_database(&message, &config.nats.subject_prefix)?;
                         self.take(message)?
                     }
