@@ -53,14 +53,15 @@ fn whose(info: &consumer::Info) -> String {
 }
 
 /// The durable consumer `name`, made (again) to deliver `filter`'s messages from stream
-/// sequence `start` (1: from the first). Refused when it belongs to another out-dir or another
-/// process is reading it.
+/// sequence `start` (1: from the first). Refused when it belongs to another out-dir or (when
+/// `ask_busy`) another process is reading it.
 pub async fn open(
     stream: &Stream,
     name: &str,
     owner: &Owner,
     filter: &str,
     start: u64,
+    ask_busy: bool,
 ) -> Result<consumer::PullConsumer, ArchiveError> {
     let link = |e: &dyn std::fmt::Display| ArchiveError::Link(e.to_string());
     let refuse = |why: String| ArchiveError::Consumer {
@@ -80,7 +81,7 @@ pub async fn open(
                 )));
             }
             let mut busy = 0;
-            for i in 0..SAMPLES {
+            for i in 0..if ask_busy { SAMPLES } else { 0 } {
                 if i > 0 {
                     tokio::time::sleep(SAMPLE_EVERY).await;
                 }

@@ -176,6 +176,8 @@ struct Archive {
     dir_handle: std::fs::File,
     /// `<prefix>.<database>.`: a row whose subject starts so is of the out-dir's database.
     subject_start: Option<String>,
+    /// Set once a session has opened the consumer.
+    owner_checked: bool,
 }
 
 /// Archives until `shutdown` turns true (exit 0) or a fatal error.
@@ -229,6 +231,7 @@ pub async fn run(
         out_dir: config.out_dir.clone(),
         dir_handle,
         subject_start,
+        owner_checked: false,
     };
     let mut client = Some(client);
     let mut backoff = BACKOFF_FIRST;
@@ -296,7 +299,19 @@ impl Archive {
             return Ok(());
         };
         let start = self.state.resume_from(self.files.durable_lsn());
-        let consumer = cursor::open(&stream, &config.consumer, &self.owner, &filter, start).await?;
+        // Whether another process reads the consumer is asked on the first connect only: after
+        // a reconnection, a pull request of this process's last session may still be waiting.
+        let first = !self.owner_checked;
+        let consumer = cursor::open(
+            &stream,
+            &config.consumer,
+            &self.owner,
+            &filter,
+            start,
+            first,
+        )
+        .await?;
+        self.owner_checked = true;
         self.reader = Some(digests::Reader::start(
             js.clone(),
             config.nats.clone(),
@@ -480,7 +495,7 @@ impl Archive {
             .and_then(|m| m.info().ok())
             .map(|i| i.stream_sequence);
         if let Some(last) = last
-            && self.state.sequence.is_none_or(|(seq, _)| seq < last)
+            && self.state.sequence.map(|(seq, _)| seq) != Some(last)
         {
             self.state.sequence = Some((last, self.files.durable_lsn()));
             self.store_state()?;
