@@ -305,3 +305,66 @@ async fn refused_credentials_leave_no_out_dir_and_a_filter_matching_nothing_says
         "the subjects the stream holds are named: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_another_process_is_reading_is_refused() {
+    use async_nats::jetstream::{self, consumer};
+    use futures_util::StreamExt;
+    let nats = NatsServer::start().expect("start nats-server");
+    let db = TestDb::new("archive_busy");
+    let stream_out = tempfile::tempdir().unwrap();
+    let archive = tempfile::tempdir().unwrap();
+    db.install();
+    catch_up_with_nats(&db, stream_out.path(), &nats.url());
+    more_rows(&db, stream_out.path(), &nats.url(), "one");
+
+    // A consumer of that name made otherwise (an older audit-tail, by hand), which a process
+    // keeps pulling from.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js.get_stream("AUDIT").await.expect("the stream exists");
+    let theirs: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("shared".into()),
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut messages = theirs
+            .stream()
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .unwrap();
+        while messages.next().await.is_some() {}
+    });
+    common::wait::until(
+        "the other process to wait on the consumer",
+        Duration::from_secs(30),
+        || nats_support::consumer_waiting(&nats),
+    );
+    let (code, stderr) = run_to_exit(&nats.url(), archive.path(), &["--nats-consumer", "shared"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("another process is reading it"), "{stderr}");
+    assert!(
+        stderr.contains("made by an older audit-tail or by hand"),
+        "{stderr}"
+    );
+    assert!(csv_files(archive.path()).is_empty());
+
+    // Once nobody reads it, it is taken over and every row archived.
+    reader.abort();
+    let _ = reader.await;
+    drop(stream);
+    drop(js);
+    let (a, log) = spawn(&nats.url(), archive.path(), &["--nats-consumer", "shared"]);
+    wait_same_files(stream_out.path(), archive.path());
+    let (code, stderr) = stop(a, log);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("taking over a consumer made by an older audit-tail"),
+        "{stderr}"
+    );
+}
