@@ -350,3 +350,28 @@ async fn the_archive_rebuilds_sealed_days_manifests_and_its_chain_spans_days() {
     let (code, report) = verify_integrity(archive_out.path(), &[&public], &[]);
     assert_eq!(code, Some(0), "{report}");
 }
+
+#[test]
+fn a_bad_public_key_is_refused_before_archiving() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.pub");
+    std::fs::write(&bad, "not a key\n").unwrap();
+    let out = dir.path().join("archive");
+    for key in [bad, dir.path().join("missing.pub")] {
+        let (code, stdout, stderr) = common::run_audit_tail(&[
+            "archive",
+            "--nats",
+            "nats://127.0.0.1:1",
+            "--out-dir",
+            out.to_str().unwrap(),
+            "--public-key",
+            key.to_str().unwrap(),
+        ]);
+        assert_eq!(code, Some(2), "{stdout}{stderr}");
+        assert!(
+            stderr.contains("is not an audit-tail public key"),
+            "{stderr}"
+        );
+        assert!(!out.exists(), "nothing written");
+    }
+}
