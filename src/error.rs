@@ -305,6 +305,12 @@ impl Classify for crate::archive::ArchiveError {
             ArchiveError::Foreign(_) | ArchiveError::Order { .. } => Kind::Data,
             ArchiveError::Link(_) => Kind::Transient,
             ArchiveError::Integrity(e) => integrity(e),
+            ArchiveError::State(crate::archive::StateError::Io { .. }) => Kind::Io,
+            ArchiveError::State(crate::archive::StateError::Corrupt { .. }) => Kind::Data,
+            // A person must pick another consumer name.
+            ArchiveError::Consumer { .. } => Kind::Setup,
+            ArchiveError::OtherDatabase { .. } => Kind::Data,
+            ArchiveError::FilterChanged { .. } => Kind::Usage,
         }
     }
 }

@@ -6,23 +6,33 @@
 //! Exactly once: the files' checkpoint holds the end LSN of the last transaction on disk, and a
 //! row whose transaction committed below it is skipped (the stream's own skip rule, on the LSNs
 //! the messages carry). Messages are acknowledged only after the files holding them are fsynced
-//! and the checkpoint stored, and only up to the last complete transaction (AckAll). On every
-//! start and after every NATS failure, the consumer is made again to deliver from the first
-//! message after its acknowledged floor: in order, never past anything not on disk.
+//! and the checkpoint stored, and only up to the last complete transaction (AckAll).
+//!
+//! The out-dir is the truth (`state`, `audit-tail.archive`): it holds the last stream sequence
+//! its files hold, the database and the filter it archives, and a random id. On every start and
+//! after every NATS failure, the consumer (`cursor`) is made again to deliver from the sequence
+//! after the out-dir's last (a new out-dir: the filter's first message), whatever the consumer
+//! acknowledged; it carries the out-dir's id, so a consumer of another out-dir, or one another
+//! process is reading, is refused. A row of another database is refused before it is written.
 //!
 //! Digests (`digests`): when the stream signs (`--signing-key`), its digests are copied into the
 //! out-dir at the durable point, each once the archive's files are durable past what it covers,
 //! so `verify --integrity` works on the archive as on the stream's out-dir.
 
+mod cursor;
 mod decode;
 mod digest_reader;
 mod digests;
+mod setup;
+mod state;
+
+pub use state::StateError;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
@@ -41,6 +51,11 @@ const BATCH: usize = 2000;
 const FETCH_WAIT: Duration = Duration::from_millis(200);
 /// How long a fetch may go without a message or its end before NATS is taken for gone.
 const STALL: Duration = Duration::from_secs(5);
+/// How long a fetch may go without a message or its end, past its expiry, while the connection
+/// is up: then it is given up and another one asked for. Under load nats-server 2.9 leaves a
+/// pull request that received part of its batch unanswered now and then (no message, no end):
+/// taken for NATS gone after STALL, that was a reconnection several times a minute.
+const QUIET: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// While a backlog is read (fetches come back full), the longest between durable points: each
@@ -83,6 +98,46 @@ pub enum ArchiveError {
     /// Writing the stream's digests into the out-dir.
     #[error(transparent)]
     Integrity(#[from] crate::integrity::IntegrityError),
+    /// The archive's own state file (`audit-tail.archive`).
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// The consumer is another out-dir's, or another process reads it.
+    #[error(
+        "the NATS consumer {name} is not this archive's to use: {why}; this out-dir is \"{ours}\". \
+         Two archives on one consumer take each other's place and each misses the rows the other \
+         acknowledged: give each out-dir its own --nats-consumer NAME (any new name; it reads \
+         from where this out-dir's files end)"
+    )]
+    Consumer {
+        name: String,
+        ours: String,
+        why: String,
+    },
+    /// A row of a database other than the out-dir's.
+    #[error(
+        "message {subject} (stream sequence {sequence}) is a row of database {theirs}, but this \
+         out-dir holds database {ours}'s rows (filter {filter}); nothing of it was written. \
+         Archive one database per out-dir: --nats-filter <prefix>.<database>.> with an out-dir \
+         and a --nats-consumer of its own for each"
+    )]
+    OtherDatabase {
+        subject: String,
+        sequence: u64,
+        theirs: String,
+        ours: String,
+        filter: String,
+    },
+    /// `--nats-filter` differs from the one the out-dir was made with.
+    #[error(
+        "--nats-filter {given} differs from {recorded}, the filter {out_dir} archives (in its \
+         audit-tail.archive): an out-dir holds one filter's rows; give --nats-filter {recorded} \
+         (or none) for this out-dir, or another --out-dir and --nats-consumer for {given}"
+    )]
+    FilterChanged {
+        given: String,
+        recorded: String,
+        out_dir: String,
+    },
 }
 
 impl ArchiveError {
@@ -114,6 +169,15 @@ struct Archive {
     digests: digests::Digests,
     /// This session's reader of the digests' subject.
     reader: Option<digests::Reader>,
+    /// The out-dir's own state (src/archive/state.rs), and what the consumer says it is.
+    state: state::State,
+    owner: cursor::Owner,
+    out_dir: std::path::PathBuf,
+    dir_handle: std::fs::File,
+    /// `<prefix>.<database>.`: a row whose subject starts so is of the out-dir's database.
+    subject_start: Option<String>,
+    /// Set once a session has opened the consumer.
+    owner_checked: bool,
 }
 
 /// Archives until `shutdown` turns true (exit 0) or a fatal error.
@@ -121,7 +185,18 @@ pub async fn run(
     config: ArchiveConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ArchiveError> {
+    // NATS first: refused credentials leave no out-dir behind.
+    let stop = shutdown.clone();
+    let stopped_now = move || *stop.borrow();
+    let Some(client) = config
+        .nats
+        .connect(Arc::new(Mutex::new(None)), &stopped_now)
+        .await?
+    else {
+        return Ok(());
+    };
     let files = StreamFiles::open(&config.out_dir, config.cells)?;
+    let (state, dir_handle) = setup::load_state(&config.out_dir)?;
     let metrics = crate::metrics::get();
     metrics.inspect(|m| m.files_opened(files.durable()));
     let pending = metrics.map(|m| {
@@ -132,7 +207,15 @@ pub async fn run(
     });
     let digests = digests::Digests::open(&config.out_dir, &config.public_keys)?;
     tracing::info!(out_dir = %config.out_dir.display(), durable = %files.durable_lsn(),
-        newest_digest = digests.newest(), "archiving");
+        sequence = ?state.sequence.map(|(seq, _)| seq), filter = ?state.filter,
+        database = ?state.database, newest_digest = digests.newest(), "archiving");
+    let subject_start = state.database.as_ref().map(|d| {
+        format!(
+            "{}.{}.",
+            config.nats.subject_prefix,
+            crate::sink::nats::message::token(d)
+        )
+    });
     let mut archive = Archive {
         files,
         tables: Vec::new(),
@@ -143,10 +226,18 @@ pub async fn run(
         pending,
         digests,
         reader: None,
+        owner: cursor::Owner::new(&state.id, &config.out_dir),
+        state,
+        out_dir: config.out_dir.clone(),
+        dir_handle,
+        subject_start,
+        owner_checked: false,
     };
+    let mut client = Some(client);
     let mut backoff = BACKOFF_FIRST;
     loop {
-        match archive.session(&config, &mut shutdown).await {
+        let rows_before = archive.rows;
+        match archive.session(&config, client.take(), &mut shutdown).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retried() => {
                 // Keep what is complete, forget the rest: it is delivered again.
@@ -161,6 +252,10 @@ pub async fn run(
                 archive.to_ack = None;
                 archive.reader = None;
                 archive.digests.forget_received();
+                if archive.rows > rows_before {
+                    // A session that archived rows was a good one: wait as after the first.
+                    backoff = BACKOFF_FIRST;
+                }
                 tracing::warn!(error = %e, retry_in = ?backoff, "archive interrupted; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -179,31 +274,70 @@ pub async fn run(
 }
 
 impl Archive {
+    /// One connection's worth of archiving (`client`: one already made).
     async fn session(
         &mut self,
         config: &ArchiveConfig,
+        client: Option<async_nats::Client>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ArchiveError> {
-        let errors = Arc::new(Mutex::new(None));
-        let stop = shutdown.clone();
-        let stopped_now = move || *stop.borrow();
-        let Some(client) = config.nats.connect(errors, &stopped_now).await? else {
-            return Ok(());
+        let client = match client {
+            Some(client) => client,
+            None => {
+                let errors = Arc::new(Mutex::new(None));
+                let stop = shutdown.clone();
+                let stopped_now = move || *stop.borrow();
+                let Some(client) = config.nats.connect(errors, &stopped_now).await? else {
+                    return Ok(());
+                };
+                client
+            }
         };
+        let link_state = client.clone();
         let js = jetstream::new(client);
         let stream = config.nats.stream(&js).await?;
-        let consumer = self.consumer(config, &stream).await?;
+        let Some(filter) = self.filter(config, &stream, shutdown).await? else {
+            return Ok(());
+        };
+        let start = self.state.resume_from(self.files.durable_lsn());
+        // Whether another process reads the consumer is asked on the first connect only: after
+        // a reconnection, a pull request of this process's last session may still be waiting.
+        let first = !self.owner_checked;
+        let consumer = cursor::open(
+            &stream,
+            &config.consumer,
+            &self.owner,
+            &filter,
+            start,
+            first,
+        )
+        .await?;
+        self.owner_checked = true;
         self.reader = Some(digests::Reader::start(
             js.clone(),
             config.nats.clone(),
             format!("{}-digests", config.consumer),
-            digests::subject_for(&config.nats, config.filter.as_deref()),
+            digests::subject_for(&config.nats, Some(&filter)),
         ));
         if let Some(pending) = &self.pending {
             pending.set(consumer.cached_info().num_pending as i64);
         }
         let mut last_durable = std::time::Instant::now();
+        // The consumer's delivery count of the last message taken: a gap means NATS delivered
+        // messages to a pull request given up on (QUIET), which this session never saw.
+        let mut delivered = 0;
+        // The last answer from NATS (a message or a fetch's end).
+        let mut quiet_since = std::time::Instant::now();
+        // The client's connections so far: one more is a reconnection under this session.
+        let stats = link_state.statistics();
+        let connects = || stats.connects.load(std::sync::atomic::Ordering::Relaxed);
+        let mut connected = connects();
         loop {
+            if connects() > connected {
+                connected = connects();
+                crate::metrics::get().inspect(|m| m.reconnected());
+                tracing::info!("connected to NATS again; the archive reads on from its consumer");
+            }
             let batch = tokio::select! {
                 biased;
                 _ = stopped(shutdown) => {
@@ -217,7 +351,8 @@ impl Archive {
             let mut got = 0;
             loop {
                 // While NATS is down a fetch neither ends nor fails: give up on it after STALL
-                // and connect again, and stop on a signal at any message.
+                // and connect again, and stop on a signal at any message. With the connection
+                // up, a fetch unanswered past its expiry is given up on and another one made.
                 let next = tokio::select! {
                     biased;
                     _ = stopped(shutdown) => {
@@ -225,19 +360,45 @@ impl Archive {
                         tracing::info!(durable = %self.files.durable_lsn(), rows = self.rows, "stopped on signal");
                         return Ok(());
                     }
-                    next = tokio::time::timeout(STALL, batch.next()) => next,
+                    next = tokio::time::timeout(FETCH_WAIT + QUIET, batch.next()) => next,
                 };
                 match next {
-                    Err(_) => {
+                    Err(_) if quiet_since.elapsed() >= STALL => {
                         return Err(ArchiveError::Link(format!(
                             "no answer from NATS for {} s",
                             STALL.as_secs()
                         )));
                     }
-                    Ok(None) => break,
+                    Err(_) => {
+                        if link_state.connection_state() == async_nats::connection::State::Connected
+                        {
+                            tracing::debug!(
+                                got,
+                                "a fetch went unanswered past its expiry; asking again"
+                            );
+                            break;
+                        }
+                    }
+                    Ok(None) => {
+                        quiet_since = std::time::Instant::now();
+                        break;
+                    }
                     Ok(Some(message)) => {
                         got += 1;
-                        self.take(message.map_err(|e| ArchiveError::Link(e.to_string()))?)?
+                        quiet_since = std::time::Instant::now();
+                        let message = message.map_err(|e| ArchiveError::Link(e.to_string()))?;
+                        let count = message.info().map_or(0, |i| i.consumer_sequence);
+                        if count != 0 && delivered != 0 && count != delivered + 1 {
+                            return Err(ArchiveError::Link(format!(
+                                "NATS delivered messages {}..{} of this consumer to a fetch given \
+                                 up on; reading again from where the files end",
+                                delivered + 1,
+                                count - 1
+                            )));
+                        }
+                        delivered = count;
+                        self.check_database(&message, &config.nats.subject_prefix)?;
+                        self.take(message)?
                     }
                 }
             }
@@ -248,55 +409,6 @@ impl Archive {
                 last_durable = std::time::Instant::now();
             }
         }
-    }
-
-    /// The durable consumer, made again to deliver from the first message after its
-    /// acknowledged floor (see the module documentation).
-    async fn consumer(
-        &self,
-        config: &ArchiveConfig,
-        stream: &jetstream::stream::Stream,
-    ) -> Result<consumer::PullConsumer, ArchiveError> {
-        let link = |e: &dyn std::fmt::Display| ArchiveError::Link(e.to_string());
-        let floor = match stream
-            .get_consumer::<consumer::pull::Config>(&config.consumer)
-            .await
-        {
-            Ok(mut existing) => {
-                let floor = existing
-                    .info()
-                    .await
-                    .map_err(|e| link(&e))?
-                    .ack_floor
-                    .stream_sequence;
-                stream
-                    .delete_consumer(&config.consumer)
-                    .await
-                    .map_err(|e| link(&e))?;
-                floor
-            }
-            Err(e) if e.to_string().contains("not found") => 0,
-            Err(e) => return Err(link(&e)),
-        };
-        let filter = config
-            .filter
-            .clone()
-            .unwrap_or_else(|| config.nats.stream_subjects());
-        tracing::info!(consumer = %config.consumer, %filter, from_sequence = floor + 1, "reading JetStream");
-        stream
-            .create_consumer(consumer::pull::Config {
-                durable_name: Some(config.consumer.clone()),
-                filter_subject: filter,
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: floor + 1,
-                },
-                ack_policy: consumer::AckPolicy::All,
-                ack_wait: Duration::from_secs(300),
-                max_ack_pending: -1,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| link(&e))
     }
 
     /// One message: a row for the files, or one already there (skipped).
@@ -373,10 +485,22 @@ impl Archive {
         Ok(())
     }
 
-    /// fsync and store the checkpoint; what became durable is counted.
-    fn make_durable(&mut self) -> Result<(), SinkError> {
+    /// fsync and store the checkpoint, then the out-dir's last stream sequence (after the
+    /// checkpoint: it never names more than the files hold); what became durable is counted.
+    fn make_durable(&mut self) -> Result<(), ArchiveError> {
         self.files.make_durable()?;
         crate::metrics::get().inspect(|m| m.files_made_durable(self.files.durable()));
+        let last = self
+            .to_ack
+            .as_ref()
+            .and_then(|m| m.info().ok())
+            .map(|i| i.stream_sequence);
+        if let Some(last) = last
+            && self.state.sequence.map(|(seq, _)| seq) != Some(last)
+        {
+            self.state.sequence = Some((last, self.files.durable_lsn()));
+            self.store_state()?;
+        }
         Ok(())
     }
 
