@@ -345,9 +345,17 @@ impl Archive {
                     tracing::info!(durable = %self.files.durable_lsn(), rows = self.rows, "stopped on signal");
                     return Ok(());
                 }
-                batch = consumer.fetch().max_messages(BATCH).expires(FETCH_WAIT).messages() => batch,
+                // Asking for a batch can itself wait while NATS is down: the same STALL bounds it.
+                batch = tokio::time::timeout(
+                    STALL,
+                    consumer.fetch().max_messages(BATCH).expires(FETCH_WAIT).messages(),
+                ) => batch,
             };
-            let mut batch = batch.map_err(|e| ArchiveError::Link(e.to_string()))?;
+            let mut batch = batch
+                .map_err(|_| {
+                    ArchiveError::Link(format!("no answer from NATS for {} s", STALL.as_secs()))
+                })?
+                .map_err(|e| ArchiveError::Link(e.to_string()))?;
             let mut got = 0;
             loop {
                 // While NATS is down a fetch neither ends nor fails: give up on it after STALL
@@ -380,7 +388,12 @@ impl Archive {
                         }
                     }
                     Ok(None) => {
-                        quiet_since = std::time::Instant::now();
+                        // The client ends a fetch at its expiry on its own: that is an answer
+                        // from NATS only while the connection is up.
+                        if link_state.connection_state() == async_nats::connection::State::Connected
+                        {
+                            quiet_since = std::time::Instant::now();
+                        }
                         break;
                     }
                     Ok(Some(message)) => {
