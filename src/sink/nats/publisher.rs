@@ -49,7 +49,7 @@ use tokio::sync::Notify;
 
 use super::NatsError;
 use super::connect::{NatsConfig, OneConnection, ServerErrors};
-use super::holds::{Acked, check_nothing_lost, last_position};
+use super::holds::{Acked, check_nothing_lost, check_same_system, last_position};
 use super::message::{self, Position};
 use crate::lsn::Lsn;
 use crate::sink::FailureKind;
@@ -155,6 +155,7 @@ enum End {
 pub async fn start(
     config: NatsConfig,
     database: String,
+    system_id: u64,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
 ) -> Result<Option<Started>, NatsError> {
@@ -174,7 +175,7 @@ pub async fn start(
         .map_err(NatsError::Runtime)?;
     std::thread::Builder::new()
         .name("audit-tail-nats".into())
-        .spawn(move || run(config, database, shared, rx, started_tx))
+        .spawn(move || run(config, (database, system_id), shared, rx, started_tx))
         .map_err(NatsError::Runtime)?;
     started_rx.await.unwrap_or_else(|_| {
         Err(NatsError::Runtime(std::io::Error::other(
@@ -186,7 +187,7 @@ pub async fn start(
 /// The thread: one epoch (a runtime, a client, a connection) after another.
 fn run(
     config: NatsConfig,
-    database: String,
+    (database, system_id): (String, u64),
     shared: Arc<Shared>,
     mut rx: tokio::sync::mpsc::Receiver<Command>,
     started: StartAnswer,
@@ -215,7 +216,12 @@ fn run(
             }
         };
         let end = runtime.block_on(epoch(
-            &config, &database, &shared, &mut rx, answer, &mut acked,
+            &config,
+            (&database, system_id),
+            &shared,
+            &mut rx,
+            answer,
+            &mut acked,
         ));
         // Ends the client's tasks: what it buffered for its lost connection is never written.
         drop(runtime);
@@ -239,7 +245,7 @@ fn run(
 /// answer, then publish until the connection fails or the stream rewinds.
 async fn epoch(
     config: &NatsConfig,
-    database: &str,
+    (database, system_id): (&str, u64),
     shared: &Shared,
     rx: &mut tokio::sync::mpsc::Receiver<Command>,
     answer: Option<Answer>,
@@ -302,7 +308,11 @@ async fn epoch(
             Ok::<_, NatsError>((last, stream.cached_info().state.last_sequence))
         };
         match setup.await {
-            Ok((last, sequence)) => {
+            Ok(((last, from), sequence)) => {
+                // Another cluster's rows: refused on start and on every rewind.
+                if let Err(e) = check_same_system(config, database, system_id, from) {
+                    return fatal(pending.take(), e);
+                }
                 check_nothing_lost(acked, last.as_ref(), sequence);
                 break (js, once, last);
             }
