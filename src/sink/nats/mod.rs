@@ -29,6 +29,7 @@ use crate::lsn::Lsn;
 
 pub mod connect;
 mod holds;
+mod inflight;
 pub mod message;
 mod publisher;
 
@@ -205,17 +206,16 @@ impl NatsSink {
         let at = (position.commit_lsn, position.index);
         let mut headers = message::headers(&self.database, &position);
         headers.insert(message::SYSTEM_ID, self.system_id.as_str());
-        let message = async_nats::jetstream::message::PublishMessage::build()
-            .headers(headers)
-            .payload(self.encoder.body(
-                (&self.prefix, &self.database),
-                &row,
-                txn.commit_lsn,
-                txn.commit_time,
-            ));
+        let payload = self.encoder.body(
+            (&self.prefix, &self.database),
+            &row,
+            txn.commit_lsn,
+            txn.commit_time,
+        );
         self.send(Command::Publish {
             subject,
-            message,
+            headers,
+            payload,
             at,
         })
     }
