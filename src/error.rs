@@ -292,6 +292,8 @@ fn nats(error: &crate::sink::nats::NatsError) -> Kind {
         NatsError::Stream { .. } => Kind::Setup,
         NatsError::Runtime(_) => Kind::Io,
         NatsError::Publish(_) => Kind::Refused,
+        // Two clusters on the same subjects: a --nats-subject-prefix per cluster.
+        NatsError::OtherSystem { .. } => Kind::Setup,
     }
 }
 

@@ -434,7 +434,7 @@ async fn a_rewind_skips_exactly_what_jetstream_holds() {
         stream: "AUDIT".into(),
         ..Default::default()
     };
-    let mut sink = NatsSink::start(&config, "app", || false)
+    let mut sink = NatsSink::start(&config, ("app", 1), || false)
         .await
         .unwrap()
         .unwrap();

@@ -165,9 +165,18 @@ pub async fn run<W: Write + Send>(
     }
     if let Some(nats) = &config.nats {
         let stop = shutdown.clone();
+        let Some(system_id) =
+            crate::sink::nats::server_system_id(&config.conn, || *stop.borrow()).await?
+        else {
+            tracing::info!("stopped on signal while waiting for PostgreSQL");
+            return Ok(());
+        };
+        let stop = shutdown.clone();
         let sink =
-            crate::sink::nats::NatsSink::start(nats, &config.conn.dbname, move || *stop.borrow())
-                .await?;
+            crate::sink::nats::NatsSink::start(nats, (&config.conn.dbname, system_id), move || {
+                *stop.borrow()
+            })
+            .await?;
         match sink {
             Some(sink) => others.push(Box::new(sink)),
             None => {

@@ -224,6 +224,22 @@ impl NatsConfig {
         }
     }
 
+    /// Why the stream cannot be made when its subjects overlap an existing stream's: names
+    /// that stream (looked up by our subjects) and what to do.
+    async fn overlap(&self, js: &jetstream::Context, e: &dyn std::fmt::Display) -> String {
+        let subjects = self.stream_subjects();
+        // The stream whose subjects collide with ours.
+        let owner = match js.stream_by_subject(subjects.as_str()).await {
+            Ok(owner) => format!("stream \"{owner}\""),
+            Err(_) => "an existing stream".to_string(),
+        };
+        format!(
+            "could not create it: its subjects {subjects} overlap those of {owner} ({e}); \
+             publish to that stream with --nats-stream, or give this cluster its own \
+             --nats-subject-prefix"
+        )
+    }
+
     /// The stream: created with file storage and the max age when missing, used as it is
     /// otherwise (with a warning if it keeps messages only in memory).
     pub async fn stream(&self, js: &jetstream::Context) -> Result<stream::Stream, NatsError> {
@@ -234,13 +250,23 @@ impl NatsConfig {
             max_age: self.max_age,
             ..Default::default()
         };
-        let mut stream = js
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| NatsError::Stream {
-                stream: self.stream.clone(),
-                reason: e.to_string(),
-            })?;
+        let mut stream = match js.get_or_create_stream(config).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let overlap = matches!(e.kind(),
+                    jetstream::context::CreateStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP);
+                let reason = if overlap {
+                    self.overlap(js, &e).await
+                } else {
+                    e.to_string()
+                };
+                return Err(NatsError::Stream {
+                    stream: self.stream.clone(),
+                    reason,
+                });
+            }
+        };
         let info = stream.info().await.map_err(|e| NatsError::Stream {
             stream: self.stream.clone(),
             reason: e.to_string(),

@@ -50,12 +50,13 @@ pub fn check_nothing_lost(acked: &Acked, last: Option<&Position>, sequence: u64)
 }
 
 /// The position of the last message under `filter`, read through an ephemeral consumer that
-/// starts at the last matching message.
+/// starts at the last matching message, with the system identifier of the server its row came
+/// from (`None`: no such header, published by an older version).
 pub async fn last_position(
     stream: &jetstream::stream::Stream,
     filter: &str,
     name: &str,
-) -> Result<Option<Position>, NatsError> {
+) -> Result<(Option<Position>, Option<u64>), NatsError> {
     let err = |e: &dyn std::fmt::Display| NatsError::Stream {
         stream: name.to_string(),
         reason: format!("could not read the last message published: {e}"),
@@ -72,7 +73,7 @@ pub async fn last_position(
         .map_err(|e| err(&e))?;
     let pending = consumer.info().await.map_err(|e| err(&e))?.num_pending;
     if pending == 0 {
-        return Ok(None);
+        return Ok((None, None));
     }
     let mut batch = consumer
         .fetch()
@@ -82,13 +83,32 @@ pub async fn last_position(
         .await
         .map_err(|e| err(&e))?;
     let Some(message) = batch.next().await else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let message = message.map_err(|e| err(&e))?;
     let what = format!("on {}", message.subject);
-    message::position(message.headers.as_ref(), &what)
-        .map(Some)
-        .map_err(|e| err(&e))
+    let position = message::position(message.headers.as_ref(), &what).map_err(|e| err(&e))?;
+    Ok((Some(position), message::system_id(message.headers.as_ref())))
+}
+
+/// Refuses a last row of ours that another PostgreSQL cluster published: its database has the
+/// same name, so both publish to the same subjects and each would skip the other's rows.
+pub fn check_same_system(
+    config: &super::NatsConfig,
+    database: &str,
+    ours: u64,
+    theirs: Option<u64>,
+) -> Result<(), NatsError> {
+    match theirs {
+        Some(theirs) if theirs != ours => Err(NatsError::OtherSystem {
+            stream: config.stream.clone(),
+            subjects: format!("{}.{}.>", config.subject_prefix, message::token(database)),
+            database: database.to_string(),
+            ours,
+            theirs,
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

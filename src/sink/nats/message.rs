@@ -13,6 +13,7 @@
 //! | `Audit-Tail-Commit-Time` | its commit time, µs since 2000-01-01 (PostgreSQL's epoch) |
 //! | `Audit-Tail-Index` | the row's index in the transaction, from 0 |
 //! | `Audit-Tail-End-Lsn` | only on the transaction's last row: its end LSN |
+//! | `Audit-Tail-System-Id` | the PostgreSQL server's system identifier (`pg_control_system()`): two clusters whose databases share a name are told apart |
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ pub const COMMIT_LSN: &str = "Audit-Tail-Commit-Lsn";
 pub const COMMIT_TIME: &str = "Audit-Tail-Commit-Time";
 pub const INDEX: &str = "Audit-Tail-Index";
 pub const END_LSN: &str = "Audit-Tail-End-Lsn";
+pub const SYSTEM_ID: &str = "Audit-Tail-System-Id";
 
 /// Where a message sits in the change stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +204,12 @@ impl Encoder {
     }
 }
 
+/// The system identifier of the server a message's row comes from; `None` when the message has
+/// no such header (published by a version before it) or it is not a number.
+pub fn system_id(headers: Option<&HeaderMap>) -> Option<u64> {
+    headers?.get(SYSTEM_ID)?.as_str().parse().ok()
+}
+
 /// Reads the position from `headers`; `what` names the message in the error.
 pub fn position(headers: Option<&HeaderMap>, what: &str) -> Result<Position, ForeignMessage> {
     let foreign = |why: String| ForeignMessage {
@@ -318,8 +326,11 @@ mod tests {
             index: 4,
             end_lsn: Some(Lsn(0x16B3790)),
         };
-        let h = headers("app db", &position);
+        let mut h = headers("app db", &position);
         assert_eq!(h.get("Nats-Msg-Id").unwrap().as_str(), "app db:0/16B3748:4");
+        assert_eq!(system_id(Some(&h)), None, "an older version's message");
+        h.insert(SYSTEM_ID, u64::MAX.to_string().as_str());
+        assert_eq!(system_id(Some(&h)), Some(u64::MAX));
         assert_eq!(super::position(Some(&h), "m").unwrap(), position);
         let body = body(&row(), position.commit_lsn, position.commit_time);
         let json: Value = serde_json::from_slice(&body).unwrap();

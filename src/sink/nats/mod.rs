@@ -29,6 +29,7 @@ use crate::lsn::Lsn;
 
 pub mod connect;
 mod holds;
+mod inflight;
 pub mod message;
 mod publisher;
 
@@ -54,12 +55,24 @@ pub enum NatsError {
     Runtime(#[source] std::io::Error),
     #[error("{0}")]
     Publish(String),
+    #[error(
+        "JetStream stream \"{stream}\" holds rows of another PostgreSQL cluster under {subjects}: its last row comes from the server with system identifier {theirs}, this server's is {ours}. Both clusters have a database \"{database}\" and publish to the same subjects, so each would skip the other's rows: give each cluster its own --nats-subject-prefix, with its own --nats-stream (one subject prefix per cluster, see docs/operations.md)"
+    )]
+    OtherSystem {
+        stream: String,
+        subjects: String,
+        database: String,
+        ours: u64,
+        theirs: u64,
+    },
 }
 
 /// The sink; see the module documentation.
 pub struct NatsSink {
     prefix: String,
     database: String,
+    /// The PostgreSQL server's system identifier, carried by every message.
+    system_id: String,
     shared: Arc<Shared>,
     commands: mpsc::SyncSender<Command>,
     /// The row waiting for the next one (or the commit) to learn whether it is its
@@ -96,10 +109,11 @@ pub fn resume_after(last: Option<Position>) -> (Lsn, Option<(Lsn, u64)>) {
 
 impl NatsSink {
     /// Connects (waiting while NATS is unreachable), makes sure of the stream and reads where
-    /// the rows of `database` stop in it. `Ok(None)`: `stopped` turned true while waiting.
+    /// the rows of `database` stop in it; refuses rows another cluster (`system_id` differs)
+    /// published there. `Ok(None)`: `stopped` turned true while waiting.
     pub async fn start(
         config: &NatsConfig,
-        database: &str,
+        (database, system_id): (&str, u64),
         stopped: impl Fn() -> bool + Send + 'static,
     ) -> Result<Option<NatsSink>, NatsError> {
         let shared = Arc::new(Shared::default());
@@ -118,6 +132,7 @@ impl NatsSink {
         let started = publisher::start(
             config.clone(),
             database.to_string(),
+            system_id,
             shared.clone(),
             receiver,
         )
@@ -133,6 +148,7 @@ impl NatsSink {
         Ok(Some(NatsSink {
             prefix: config.subject_prefix.clone(),
             database: database.to_string(),
+            system_id: system_id.to_string(),
             shared,
             commands,
             held: None,
@@ -188,19 +204,52 @@ impl NatsSink {
             end_lsn: end,
         };
         let at = (position.commit_lsn, position.index);
-        let message = async_nats::jetstream::message::PublishMessage::build()
-            .headers(message::headers(&self.database, &position))
-            .payload(self.encoder.body(
-                (&self.prefix, &self.database),
-                &row,
-                txn.commit_lsn,
-                txn.commit_time,
-            ));
+        let mut headers = message::headers(&self.database, &position);
+        headers.insert(message::SYSTEM_ID, self.system_id.as_str());
+        let payload = self.encoder.body(
+            (&self.prefix, &self.database),
+            &row,
+            txn.commit_lsn,
+            txn.commit_time,
+        );
         self.send(Command::Publish {
             subject,
-            message,
+            headers,
+            payload,
             at,
         })
+    }
+}
+
+/// The system identifier of the server `conn` reaches (every message carries it), waiting
+/// while the server is unreachable as the stream does. `Ok(None)`: `stopped` turned true.
+pub async fn server_system_id(
+    conn: &crate::wire::params::ConnParams,
+    stopped: impl Fn() -> bool,
+) -> Result<Option<u64>, crate::replication::slot::PreflightError> {
+    let mut backoff = std::time::Duration::from_millis(500);
+    loop {
+        let identified = async {
+            let client = crate::sql::connect_params(conn).await?;
+            crate::replication::slot::identify(&client, "").await
+        };
+        match identified.await {
+            Ok(identity) => return Ok(Some(identity.system_id)),
+            Err(e) if crate::error::kind(&e).is_retried() => {
+                tracing::warn!(error = %e, retry_in = ?backoff,
+                    "could not read the server's system identifier, which the NATS messages                      carry; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        let mut waited = std::time::Duration::ZERO;
+        while waited < backoff {
+            if stopped() {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            waited += std::time::Duration::from_millis(100);
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
     }
 }
 

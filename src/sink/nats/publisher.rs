@@ -41,15 +41,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishErrorKind};
-use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesOrdered;
+use async_nats::jetstream;
 use tokio::sync::Notify;
 
 use super::NatsError;
 use super::connect::{NatsConfig, OneConnection, ServerErrors};
-use super::holds::{Acked, check_nothing_lost, last_position};
+use super::holds::{Acked, check_nothing_lost, check_same_system, last_position};
 use super::message::{self, Position};
 use crate::lsn::Lsn;
 use crate::sink::FailureKind;
@@ -57,9 +54,9 @@ use crate::sink::FailureKind;
 /// Commands queued between the sink and this thread.
 pub const QUEUE: usize = 4096;
 /// Publishes awaiting their acknowledgement at once.
-const IN_FLIGHT: usize = 8192;
+pub const IN_FLIGHT: usize = 8192;
 /// How long a publish waits for its acknowledgement before the link is taken for broken.
-const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A row's place in `S`: its transaction's commit LSN and its index there.
 pub type RowAt = (Lsn, u64);
@@ -67,7 +64,8 @@ pub type RowAt = (Lsn, u64);
 pub enum Command {
     Publish {
         subject: String,
-        message: jetstream::message::PublishMessage,
+        headers: async_nats::HeaderMap,
+        payload: bytes::Bytes,
         at: RowAt,
     },
     /// Everything handed over before this is complete up to this position.
@@ -105,7 +103,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn fail(&self, kind: FailureKind, why: String) {
+    pub(super) fn fail(&self, kind: FailureKind, why: String) {
         let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         if failure.is_none() {
             *failure = Some((kind, why));
@@ -139,7 +137,7 @@ enum Answer {
 }
 
 /// How an epoch ended.
-enum End {
+pub enum End {
     /// The sink is gone or it could not start: the thread ends.
     Over,
     /// The connection was lost: connect again at once, without waiting for a rewind.
@@ -155,6 +153,7 @@ enum End {
 pub async fn start(
     config: NatsConfig,
     database: String,
+    system_id: u64,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
 ) -> Result<Option<Started>, NatsError> {
@@ -174,7 +173,7 @@ pub async fn start(
         .map_err(NatsError::Runtime)?;
     std::thread::Builder::new()
         .name("audit-tail-nats".into())
-        .spawn(move || run(config, database, shared, rx, started_tx))
+        .spawn(move || run(config, (database, system_id), shared, rx, started_tx))
         .map_err(NatsError::Runtime)?;
     started_rx.await.unwrap_or_else(|_| {
         Err(NatsError::Runtime(std::io::Error::other(
@@ -186,7 +185,7 @@ pub async fn start(
 /// The thread: one epoch (a runtime, a client, a connection) after another.
 fn run(
     config: NatsConfig,
-    database: String,
+    (database, system_id): (String, u64),
     shared: Arc<Shared>,
     mut rx: tokio::sync::mpsc::Receiver<Command>,
     started: StartAnswer,
@@ -215,7 +214,12 @@ fn run(
             }
         };
         let end = runtime.block_on(epoch(
-            &config, &database, &shared, &mut rx, answer, &mut acked,
+            &config,
+            (&database, system_id),
+            &shared,
+            &mut rx,
+            answer,
+            &mut acked,
         ));
         // Ends the client's tasks: what it buffered for its lost connection is never written.
         drop(runtime);
@@ -239,7 +243,7 @@ fn run(
 /// answer, then publish until the connection fails or the stream rewinds.
 async fn epoch(
     config: &NatsConfig,
-    database: &str,
+    (database, system_id): (&str, u64),
     shared: &Shared,
     rx: &mut tokio::sync::mpsc::Receiver<Command>,
     answer: Option<Answer>,
@@ -302,7 +306,11 @@ async fn epoch(
             Ok::<_, NatsError>((last, stream.cached_info().state.last_sequence))
         };
         match setup.await {
-            Ok((last, sequence)) => {
+            Ok(((last, from), sequence)) => {
+                // Another cluster's rows: refused on start and on every rewind.
+                if let Err(e) = check_same_system(config, database, system_id, from) {
+                    return fatal(pending.take(), e);
+                }
                 check_nothing_lost(acked, last.as_ref(), sequence);
                 break (js, once, last);
             }
@@ -345,7 +353,7 @@ async fn epoch(
             }
         }
     }
-    publish_loop(&js, shared, rx, &once.lost, acked).await
+    super::inflight::publish_loop(&js.client(), shared, rx, &once.lost, acked).await
 }
 
 fn stopped_waiting(shared: &Shared, answer: Option<Answer>) -> End {
@@ -379,112 +387,4 @@ fn fatal(answer: Option<Answer>, e: NatsError) -> End {
         None => {}
     }
     End::Over
-}
-
-/// What an acknowledged item was.
-enum Done {
-    Mark(Lsn),
-    Row(RowAt, u64),
-}
-
-type Pending = BoxFuture<'static, Result<Done, (FailureKind, String)>>;
-
-async fn publish_loop(
-    js: &jetstream::Context,
-    shared: &Shared,
-    rx: &mut tokio::sync::mpsc::Receiver<Command>,
-    lost: &Notify,
-    acked: &mut Acked,
-) -> End {
-    let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
-    // One waiter for the whole loop (a notification before its first poll is kept as a permit).
-    let lost = lost.notified();
-    tokio::pin!(lost);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut lost => {
-                // No rewind yet: the other sinks go on, this one drops rows until connected
-                // again (then it asks for the rewind that sends what JetStream lacks).
-                shared.down.store(true, Ordering::Release);
-                tracing::warn!(unacknowledged = in_flight.len(),
-                    "the other sinks go on; the slot stays where JetStream holds the rows, and \
-                     what it lacks is sent once NATS is back");
-                return End::Lost;
-            }
-            done = in_flight.next(), if !in_flight.is_empty() => {
-                match done {
-                    Some(Ok(Done::Mark(lsn))) => {
-                        shared.durable.fetch_max(lsn.0, Ordering::AcqRel);
-                        shared.wake.notify_one();
-                    }
-                    Some(Ok(Done::Row(at, sequence))) => {
-                        acked.row = acked.row.max(Some(at));
-                        acked.sequence = acked.sequence.max(sequence);
-                    }
-                    None => {}
-                    Some(Err((kind, why))) => {
-                        // A permission violation shows as a missing acknowledgement; the server
-                        // said why beside it.
-                        let server = shared.server_errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                        match server {
-                            Some(server) => shared.fail(FailureKind::Fatal, format!(
-                                "the NATS server refused a publish: {server}: give the account \
-                                 permission to publish to the subject prefix, or pick another \
-                                 --nats-subject-prefix")),
-                            None => shared.fail(kind, why),
-                        }
-                        return End::Failed;
-                    }
-                }
-            }
-            command = rx.recv(), if in_flight.len() < IN_FLIGHT => {
-                let Some(command) = command else { return End::Over };
-                match command {
-                    Command::Rewind(done) => return End::Rewind(done),
-                    Command::Mark(lsn) => {
-                        in_flight.push_back(Box::pin(async move { Ok(Done::Mark(lsn)) }));
-                    }
-                    Command::Publish { subject, message, at } => {
-                        match js.send_publish(subject, message).await {
-                            Ok(ack) => in_flight.push_back(Box::pin(async move {
-                                ack.await
-                                    .map(|ack| Done::Row(at, ack.sequence))
-                                    .map_err(|e| classify(e.kind(), e.to_string()))
-                            })),
-                            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                                shared.fail(FailureKind::Fatal, format!(
-                                    "a row is too large for the NATS server ({e}): raise \
-                                     max_payload in the server's configuration (up to 64MB)"));
-                                return End::Failed;
-                            }
-                            Err(e) => {
-                                shared.fail(FailureKind::Fatal, format!("could not publish to JetStream: {e}"));
-                                return End::Failed;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn classify(kind: PublishErrorKind, text: String) -> (FailureKind, String) {
-    match kind {
-        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => (
-            FailureKind::Transient,
-            format!("JetStream did not acknowledge a publish ({text}); NATS unreachable or slow"),
-        ),
-        PublishErrorKind::StreamNotFound => (
-            FailureKind::Fatal,
-            "no JetStream stream takes the subject published to: create the stream or \
-             check --nats-stream and --nats-subject-prefix"
-                .to_string(),
-        ),
-        _ => (
-            FailureKind::Fatal,
-            format!("JetStream refused a publish: {text}"),
-        ),
-    }
 }
