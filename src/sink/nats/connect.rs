@@ -209,7 +209,7 @@ impl NatsConfig {
                     }
                     attempt += 1;
                     tracing::warn!(url = %self.url, attempt, retry_in = ?backoff, error = %e,
-                        "NATS is unreachable; the slot stays where it is, retrying");
+                        "NATS is unreachable; nothing is acknowledged until it is back, retrying");
                 }
             }
             let mut waited = Duration::ZERO;
