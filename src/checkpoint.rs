@@ -322,7 +322,7 @@ impl Checkpoint {
 }
 
 /// A name as one field of a line: `%`, space, control and non-ASCII bytes become `%XX`.
-fn escape(name: &str) -> String {
+pub(crate) fn escape(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_graphic() && b != b'%' {
@@ -335,7 +335,7 @@ fn escape(name: &str) -> String {
 }
 
 /// The inverse of `escape`; None for a malformed or empty field.
-fn unescape(field: &str) -> Option<String> {
+pub(crate) fn unescape(field: &str) -> Option<String> {
     let mut bytes = Vec::with_capacity(field.len());
     let mut rest = field.as_bytes();
     while let Some((&b, tail)) = rest.split_first() {

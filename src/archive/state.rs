@@ -28,6 +28,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::{escape, unescape};
 use crate::lsn::Lsn;
 
 /// The file's name inside out-dir.
@@ -187,34 +188,6 @@ pub fn database_of(message_id: &str) -> Option<&str> {
     let mut parts = message_id.rsplitn(3, ':');
     let (_index, _lsn, database) = (parts.next()?, parts.next()?, parts.next()?);
     Some(database)
-}
-
-fn escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_graphic() && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn unescape(field: &str) -> Option<String> {
-    let mut bytes = Vec::with_capacity(field.len());
-    let mut rest = field.as_bytes();
-    while let Some((&b, tail)) = rest.split_first() {
-        if b == b'%' {
-            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
-            bytes.push(u8::from_str_radix(hex, 16).ok()?);
-            rest = &tail[2..];
-        } else {
-            bytes.push(b);
-            rest = tail;
-        }
-    }
-    String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]
