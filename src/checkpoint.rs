@@ -210,17 +210,8 @@ impl Checkpoint {
             line,
             reason: reason.to_string(),
         };
-        if !text.ends_with('\n') {
-            return Err(corrupt(
-                text.lines().count(),
-                "it does not end with a newline",
-            ));
-        }
-        let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
-        match lines.next() {
-            Some((_, MAGIC)) => {}
-            _ => return Err(corrupt(1, "the first line is not the format marker")),
-        }
+        let lines = crate::durable::framed_lines(text, MAGIC)
+            .map_err(|(line, reason)| corrupt(line, reason))?;
         let mut checkpoint = Checkpoint::default();
         let mut seen_lsn = false;
         let (mut server, mut database, mut slot) = (None, None, None);

@@ -1,5 +1,6 @@
 //! Replacing a small file atomically and durably: the one sequence the state file
-//! (src/checkpoint.rs) and the day manifests (src/sink/seal.rs) are written with.
+//! (src/checkpoint.rs) and the day manifests (src/sink/seal.rs) are written with, and the framing
+//! (format marker, final newline) they and the archive's state file are read with.
 //!
 //! Write a temporary file beside the target, fsync it, rename it over the target, then fsync the
 //! directory that holds it, so that after a crash at any point the target is either the old
@@ -42,6 +43,24 @@ pub fn replace(path: &Path, temp: &Path, bytes: &[u8], dir: &File) -> Result<(),
     let parent = path.parent().unwrap_or(Path::new("."));
     dir.sync_all()
         .map_err(failed("fsync the directory", parent))
+}
+
+/// The lines of a small line-format file (the state file, a day's manifest, the archive's state)
+/// after its format marker, numbered from 2; or where and why it is corrupt: it does not end with
+/// a newline (cut short), or its first line is not `magic`. Each caller names the file in its own
+/// error type.
+pub fn framed_lines<'a>(
+    text: &'a str,
+    magic: &str,
+) -> Result<impl Iterator<Item = (usize, &'a str)>, (usize, &'static str)> {
+    if !text.ends_with('\n') {
+        return Err((text.lines().count(), "it does not end with a newline"));
+    }
+    let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+    if lines.next().map(|(_, l)| l) != Some(magic) {
+        return Err((1, "the first line is not the format marker"));
+    }
+    Ok(lines)
 }
 
 #[cfg(test)]

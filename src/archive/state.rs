@@ -104,16 +104,8 @@ impl State {
             line,
             reason: reason.to_string(),
         };
-        if !text.ends_with('\n') {
-            return Err(corrupt(
-                text.lines().count(),
-                "it does not end with a newline",
-            ));
-        }
-        let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
-        if lines.next().map(|(_, l)| l) != Some(MAGIC) {
-            return Err(corrupt(1, "the first line is not the format marker"));
-        }
+        let lines = crate::durable::framed_lines(text, MAGIC)
+            .map_err(|(line, reason)| corrupt(line, reason))?;
         let (mut id, mut filter, mut database, mut sequence) = (None, None, None, None);
         for (n, line) in lines {
             match line.split(' ').collect::<Vec<_>>().as_slice() {

@@ -122,16 +122,8 @@ impl Manifest {
             line,
             reason: reason.to_string(),
         };
-        if !text.ends_with('\n') {
-            return Err(corrupt(
-                text.lines().count(),
-                "it does not end with a newline",
-            ));
-        }
-        let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
-        if lines.next().map(|(_, l)| l) != Some(MAGIC) {
-            return Err(corrupt(1, "the first line is not the format marker"));
-        }
+        let mut lines = crate::durable::framed_lines(text, MAGIC)
+            .map_err(|(line, reason)| corrupt(line, reason))?;
         let day = match lines.next() {
             Some((_, l)) => l
                 .strip_prefix("day ")
