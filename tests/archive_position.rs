@@ -12,22 +12,7 @@ use std::time::Duration;
 
 use audit_tail::nats_server::{NatsServer, NatsServerOptions};
 use common::{TestDb, stream_command};
-use nats_support::{archive_command, csv_files, wait_same_files};
-
-fn catch_up_with_nats(db: &TestDb, out: &Path, url: &str) {
-    let out = stream_command(
-        db,
-        out,
-        &["--until", "now", "--format", "none", "--nats", url],
-    )
-    .output()
-    .expect("run audit-tail stream");
-    assert!(
-        out.status.success(),
-        "stream --nats failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use nats_support::{archive_command, catch_up_with_nats, csv_files, wait_same_files};
 
 /// Some rows in `db`, published.
 fn more_rows(db: &TestDb, out: &Path, url: &str, role: &str) {

@@ -8,23 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use audit_tail::nats_server::{NatsServer, NatsServerOptions};
-use common::{TestDb, stream_command};
-use nats_support::{archive_command, csv_files, terminate, wait_same_files};
-
-fn catch_up_with_nats(db: &TestDb, out: &std::path::Path, url: &str) {
-    let out = stream_command(
-        db,
-        out,
-        &["--until", "now", "--format", "none", "--nats", url],
-    )
-    .output()
-    .expect("run audit-tail stream");
-    assert!(
-        out.status.success(),
-        "stream --nats failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::TestDb;
+use nats_support::{archive_command, catch_up_with_nats, csv_files, terminate, wait_same_files};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_archive_writes_the_streams_files_byte_for_byte_and_verify_accepts_them() {

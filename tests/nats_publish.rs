@@ -4,26 +4,12 @@
 mod common;
 mod nats_support;
 
+use nats_support::catch_up_with_nats;
+
 use std::collections::HashSet;
 
 use audit_tail::nats_server::{NatsServer, NatsServerOptions};
-use common::{TestDb, stream_command};
-
-fn catch_up_with_nats(db: &TestDb, out: &std::path::Path, url: &str) -> std::process::Output {
-    let out = stream_command(
-        db,
-        out,
-        &["--until", "now", "--format", "none", "--nats", url],
-    )
-    .output()
-    .expect("run audit-tail stream");
-    assert!(
-        out.status.success(),
-        "stream --nats failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::TestDb;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_are_published_once_with_their_ids_and_bodies() {

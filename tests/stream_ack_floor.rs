@@ -11,12 +11,14 @@
 mod common;
 mod nats_support;
 
+use nats_support::catch_up_with_nats;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use audit_tail::nats_server::NatsServer;
-use common::{Consumer, TestDb, stream_command};
+use common::{Consumer, TestDb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -69,21 +71,6 @@ impl AckHolder {
     fn hold(&self, held: bool) {
         self.held.send_replace(held);
     }
-}
-
-fn catch_up_with_nats(db: &TestDb, out: &std::path::Path, url: &str) {
-    let run = stream_command(
-        db,
-        out,
-        &["--until", "now", "--format", "none", "--nats", url],
-    )
-    .output()
-    .expect("run audit-tail stream");
-    assert!(
-        run.status.success(),
-        "stream --nats failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
 }
 
 /// GET /metrics at `addr`: the body.

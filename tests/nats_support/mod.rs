@@ -61,6 +61,28 @@ pub async fn count(url: &str, stream: &str) -> u64 {
     stream.info().await.unwrap().state.messages
 }
 
+/// `stream --until now --nats URL` into `out`: everything committed so far, in the files and
+/// JetStream; panics with the stream's stderr when it fails.
+pub fn catch_up_with_nats(
+    db: &crate::common::TestDb,
+    out: &std::path::Path,
+    url: &str,
+) -> std::process::Output {
+    let run = crate::common::stream_command(
+        db,
+        out,
+        &["--until", "now", "--format", "none", "--nats", url],
+    )
+    .output()
+    .expect("run audit-tail stream");
+    assert!(
+        run.status.success(),
+        "stream --nats failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    run
+}
+
 /// The stream files of `dir` (name → bytes), as src/layout.rs lists them.
 pub fn csv_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     audit_tail::layout::list(dir)
