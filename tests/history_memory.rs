@@ -6,30 +6,9 @@ mod common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::TestDb;
-
-/// The process's peak resident set (VmHWM) in KiB, sampled from /proc until it exits, as
-/// tests/stream_memory.rs does; and its exit status.
-fn run_and_watch_peak(mut child: std::process::Child) -> (std::process::ExitStatus, u64) {
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&status_file)
-            && let Some(kib) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            peak = peak.max(kib);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status, peak);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use common::memory::run_and_watch_peak;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn log_from_the_database_prints_a_large_answer_in_bounded_memory() {

@@ -2,29 +2,8 @@
 
 mod common;
 
-use std::time::Duration;
-
+use common::memory::run_and_watch_peak;
 use common::{TestDb, assert_files_equal_table, catch_up, stream_command};
-
-/// The consumer's peak resident set (VmHWM) in KiB, sampled from /proc until it exits.
-fn run_and_watch_peak(mut child: std::process::Child) -> (std::process::ExitStatus, u64) {
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&status_file)
-            && let Some(kib) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            peak = peak.max(kib);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status, peak);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_million_row_transaction_stays_within_tens_of_megabytes() {

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod install;
+pub mod memory;
 pub mod signing;
 pub mod sql;
 pub mod wait;
