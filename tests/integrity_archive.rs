@@ -14,7 +14,7 @@ use std::time::Duration;
 use audit_tail::integrity::chain;
 use audit_tail::integrity::digest::Digest;
 use audit_tail::nats_server::NatsServer;
-use common::signing::{keygen, verify_integrity};
+use common::signing::{catch_up_signed, keygen, signed_nats_args, verify_integrity};
 use common::{Rng, TestDb, stream_command, wait};
 use nats_support::{archive_command, csv_files, wait_same_files};
 
@@ -26,30 +26,6 @@ fn digests(out: &Path) -> Vec<(u64, String)> {
         .into_iter()
         .map(|(seq, p)| (seq, std::fs::read_to_string(p).unwrap()))
         .collect()
-}
-
-fn signed_args<'a>(key: &'a str, url: &'a str) -> Vec<&'a str> {
-    vec![
-        "--format",
-        "none",
-        "--signing-key",
-        key,
-        "--digest-interval",
-        "0",
-        "--nats",
-        url,
-    ]
-}
-
-fn catch_up_signed(db: &TestDb, out: &Path, key: &str, url: &str) {
-    let mut args = vec!["--until", "now"];
-    args.extend(signed_args(key, url));
-    let output = stream_command(db, out, &args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// A child whose stderr goes to a file of the test's temp dir (a pipe nobody reads would fill
@@ -126,7 +102,7 @@ async fn an_archive_of_a_signed_stream_verifies_and_survives_kill_9() {
 
     // Under load: the stream signs and publishes while the archive is killed and restarted.
     let mut stream = spawn_logged(
-        stream_command(&db, stream_out.path(), &signed_args(&key, &url)),
+        stream_command(&db, stream_out.path(), &signed_nats_args(&key, &url)),
         &logs.path().join("stream.log"),
     );
     let stop = Arc::new(AtomicBool::new(false));
@@ -281,7 +257,7 @@ async fn the_archive_rebuilds_sealed_days_manifests_and_its_chain_spans_days() {
     let logs = tempfile::tempdir().unwrap();
     let archive_log = logs.path().join("archive.log");
     let mut args = vec!["--status-interval", "1"];
-    args.extend(signed_args(&key, &url));
+    args.extend(signed_nats_args(&key, &url));
     let mut stream = spawn_logged(
         stream_command(&db, stream_out.path(), &args),
         &logs.path().join("stream.log"),

@@ -12,7 +12,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use audit_tail::integrity::{chain, hasher::PrefixHasher};
 use audit_tail::nats_server::NatsServer;
-use common::{Consumer, TestDb, run_audit_tail, stream_command, wait};
+use common::signing::{catch_up_signed, signed_nats_args};
+use common::{Consumer, TestDb, run_audit_tail, wait};
 use futures_util::StreamExt;
 
 fn keygen(dir: &Path) -> (String, String) {
@@ -120,30 +121,6 @@ fn wait_published(url: &str, out: &Path) {
     );
 }
 
-fn signed_args<'a>(key: &'a str, url: &'a str) -> Vec<&'a str> {
-    vec![
-        "--format",
-        "none",
-        "--signing-key",
-        key,
-        "--digest-interval",
-        "0",
-        "--nats",
-        url,
-    ]
-}
-
-fn catch_up(db: &TestDb, out: &Path, key: &str, url: &str) {
-    let mut args = vec!["--until", "now"];
-    args.extend(signed_args(key, url));
-    let output = stream_command(db, out, &args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn every_digest_is_published_once_across_a_kill_9_and_a_nats_outage() {
     let nats = NatsServer::start().expect("start nats-server");
@@ -153,7 +130,7 @@ fn every_digest_is_published_once_across_a_kill_9_and_a_nats_outage() {
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = keygen(keys.path());
     let out = tempfile::tempdir().unwrap();
-    let consumer = Consumer::spawn(&db, out.path(), &signed_args(&key, &url));
+    let consumer = Consumer::spawn(&db, out.path(), &signed_nats_args(&key, &url));
     wait::streaming(&db, &db.name);
     db.psql(&audit_row("first"));
     wait::caught_up(&db, &db.name);
@@ -172,9 +149,9 @@ fn every_digest_is_published_once_across_a_kill_9_and_a_nats_outage() {
     drop(consumer); // kill -9
     nats.restart().expect("restart nats-server");
     db.psql(&audit_row("fourth"));
-    catch_up(&db, out.path(), &key, &url);
+    catch_up_signed(&db, out.path(), &key, &url);
     // And a run that publishes and finds nothing new to send.
-    catch_up(&db, out.path(), &key, &url);
+    catch_up_signed(&db, out.path(), &key, &url);
 
     let disk = on_disk(out.path());
     let stored = published(&url);
@@ -232,10 +209,10 @@ fn the_newest_digests_deleted_with_their_rows_are_caught_only_with_nats() {
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = keygen(keys.path());
     let out = tempfile::tempdir().unwrap();
-    catch_up(&db, out.path(), &key, &url);
+    catch_up_signed(&db, out.path(), &key, &url);
     for value in ["one", "two", "three"] {
         db.psql(&audit_row(value));
-        catch_up(&db, out.path(), &key, &url);
+        catch_up_signed(&db, out.path(), &key, &url);
     }
     wait_published(&url, out.path());
     let name = stream_file_name(&db);
@@ -289,9 +266,9 @@ fn a_digest_re_signed_with_the_key_is_caught_only_with_nats() {
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = keygen(keys.path());
     let out = tempfile::tempdir().unwrap();
-    catch_up(&db, out.path(), &key, &url);
+    catch_up_signed(&db, out.path(), &key, &url);
     db.psql(&audit_row("genuine"));
-    catch_up(&db, out.path(), &key, &url);
+    catch_up_signed(&db, out.path(), &key, &url);
     wait_published(&url, out.path());
     let name = stream_file_name(&db);
     // Someone holding the key edits a row and signs the newest digest over the edit.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use audit_tail::integrity::chain;
 
-use super::run_audit_tail;
+use super::{TestDb, run_audit_tail, stream_command};
 
 /// `audit-tail keygen --out DIR/NAME`: the secret and the public key's paths.
 pub fn keygen(dir: &Path, name: &str) -> (String, String) {
@@ -38,4 +38,32 @@ pub fn marked_complete(out: &Path, file: &str) -> bool {
             .iter()
             .any(|f| f.name == file && f.complete)
     })
+}
+
+/// The stream's options for a signed stream publishing to NATS with a digest at every durable
+/// point.
+pub fn signed_nats_args<'a>(key: &'a str, url: &'a str) -> Vec<&'a str> {
+    vec![
+        "--format",
+        "none",
+        "--signing-key",
+        key,
+        "--digest-interval",
+        "0",
+        "--nats",
+        url,
+    ]
+}
+
+/// `stream --until now` with `signed_nats_args`: everything committed so far, signed and
+/// published; panics with the stream's stderr when it fails.
+pub fn catch_up_signed(db: &TestDb, out: &Path, key: &str, url: &str) {
+    let mut args = vec!["--until", "now"];
+    args.extend(signed_nats_args(key, url));
+    let output = stream_command(db, out, &args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
