@@ -8,11 +8,12 @@
 mod common;
 mod nats_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::scrape::{scrape, value};
 use common::{Consumer, TestDb, csv_records, install_audit_log, stream_command};
 
 /// A consumer whose stderr is collected by a thread (a full pipe would block it).
@@ -83,26 +84,6 @@ impl Running {
         );
         addr.unwrap()
     }
-}
-
-/// GET /metrics: the exposition's body.
-fn scrape(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    body.to_string()
-}
-
-/// The value of the sample named `series` (name and labels, as written), if present.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
 }
 
 fn rows(text: &str, table: &str) -> f64 {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use audit_tail::nats_server::{NatsServer, NatsServerOptions};
 use common::TestDb;
+use common::scrape::scrape;
 use nats_support::{archive_command, catch_up_with_nats, csv_files, terminate, wait_same_files};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,19 +102,6 @@ async fn the_archive_rides_out_a_nats_restart_and_stops_on_sigterm_while_nats_is
     );
     let rows = common::assert_files_equal_table(&db, archive_out.path()).await;
     assert!(rows >= 200, "{rows}");
-}
-
-/// GET /metrics at `addr`: the exposition's body.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    body.to_string()
 }
 
 /// The sum of the samples of `name` (any labels).

@@ -13,11 +13,12 @@ mod nats_support;
 
 use nats_support::catch_up_with_nats;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use audit_tail::nats_server::NatsServer;
+use common::scrape::{scrape, value};
 use common::{Consumer, TestDb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -71,31 +72,6 @@ impl AckHolder {
     fn hold(&self, held: bool) {
         self.held.send_replace(held);
     }
-}
-
-/// GET /metrics at `addr`: the body.
-fn scrape(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    answer
-        .split_once("\r\n\r\n")
-        .expect("an HTTP answer")
-        .1
-        .to_string()
-}
-
-/// The value of the sample `series` (name and labels as written), if present.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 fn lsn(text: &str) -> f64 {

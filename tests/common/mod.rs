@@ -8,6 +8,7 @@
 
 pub mod install;
 pub mod memory;
+pub mod scrape;
 pub mod signing;
 pub mod sql;
 pub mod wait;
